@@ -1,0 +1,106 @@
+"""``TrainConfig``: every setting of one training run, validated before anything is read or written.
+
+``run_train.py`` turns its absl flags into a ``TrainConfig`` once; library code takes the config (or plain
+arguments) and never reads flags. The config is saved as ``config.json`` in the run's output directory so an
+interrupted run can be resumed only with the same settings.
+"""
+import dataclasses
+import json
+import math
+import os
+
+from gsmorph_tf.losses import REG_PENALTIES, SIMILARITIES
+from gsmorph_tf.surgery import GROUPINGS, SURGERY_MODES
+
+DATASETS = ("phantom", "acdc")
+MODELS = ("gsmorph",)
+
+#: Settings that may change between an interrupted run and its resumption (more epochs, another place).
+RESUMABLE_CHANGES = ("epochs", "output_dir")
+
+
+class ConfigError(ValueError):
+    """An invalid setting or combination of settings; the message names the setting and what is expected."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One training run. Units: learning rate per Adam step, sizes in pixels/voxels, epochs as full passes."""
+
+    dataset: str = "phantom"
+    data_dir: str = ""
+    output_dir: str = "runs/gsmorph"
+    model: str = "gsmorph"
+    surgery: str = "layerwise"
+    grouping: str = "variable"
+    lam: float = 0.01
+    similarity: str = "mse"
+    ncc_window: int = 9
+    reg_penalty: str = "l2"
+    int_steps: int = 0
+    learning_rate: float = 5e-3
+    batch_size: int = 32
+    epochs: int = 500
+    seed: int = 0
+    crop_size: int = 128
+    conflict_diagnostics: bool = True
+    log_every_n_steps: int = 1
+    phantom_subjects: int = 20
+    phantom_slices: int = 8
+    phantom_size: int = 192
+
+    def validate(self):
+        """Raise :class:`ConfigError` for the first invalid setting; return ``self``."""
+        choices = {"dataset": DATASETS, "model": MODELS, "surgery": SURGERY_MODES, "grouping": GROUPINGS,
+                   "similarity": SIMILARITIES, "reg_penalty": REG_PENALTIES}
+        for name, valid in choices.items():
+            if getattr(self, name) not in valid:
+                raise ConfigError("%s=%r is not one of: %s" % (name, getattr(self, name), ", ".join(valid)))
+        if not self.data_dir:
+            raise ConfigError("data_dir is empty: give the dataset root (for dataset=phantom, the folder the "
+                              "phantom is generated into)")
+        if not self.output_dir:
+            raise ConfigError("output_dir is empty")
+        positive = ("learning_rate", "batch_size", "epochs", "ncc_window", "log_every_n_steps",
+                    "phantom_subjects", "phantom_slices", "phantom_size")
+        for name in positive:
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ConfigError("%s must be a positive number, got %r" % (name, value))
+        if not (math.isfinite(self.lam) and self.lam >= 0):
+            raise ConfigError("lam must be >= 0, got %r" % self.lam)
+        if self.int_steps < 0:
+            raise ConfigError("int_steps must be >= 0, got %r" % self.int_steps)
+        if self.crop_size <= 0 or self.crop_size % 16:
+            raise ConfigError("crop_size must be a positive multiple of 16 (the U-Net pools 4 times), got %r"
+                              % self.crop_size)
+        if self.phantom_subjects < 3 and self.dataset == "phantom":
+            raise ConfigError("phantom_subjects must be >= 3 (train/val/test split), got %r" % self.phantom_subjects)
+        return self
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def save(self, path):
+        """Write the config as JSON (temp file, then rename: never half-written)."""
+        tmp = "%s.tmp-%d" % (path, os.getpid())
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+
+    def check_resumable(self, path):
+        """Compare with the ``config.json`` of an earlier run in the same output dir.
+
+        Raises:
+            ConfigError: a setting other than :data:`RESUMABLE_CHANGES` differs; resuming would silently
+                mix two experiments in one checkpoint.
+        """
+        with open(path, encoding="utf-8") as f:
+            previous = json.load(f)
+        differences = ["%s: %r before, %r now" % (key, previous[key], value)
+                       for key, value in self.to_dict().items()
+                       if key in previous and key not in RESUMABLE_CHANGES and previous[key] != value]
+        if differences:
+            raise ConfigError("%s holds a run with other settings (%s); use another --output_dir or the same "
+                              "settings to resume it" % (os.path.dirname(path) or ".", "; ".join(differences)))

@@ -1,0 +1,105 @@
+"""The GSMorph registration network: a VoxelMorph-style U-Net on voxelmorph's spatial transformer.
+
+Topology of the GSMorph paper's reference implementation (Dou et al., MICCAI 2023), one code path for 2D
+and 3D:
+
+- input: moving and fixed images ``[B, *vol, 1]``, concatenated to 2 channels;
+- an initial 3x3 conv 2 -> 16 without bias (no norm, no activation);
+- encoder blocks at 16, 32, 64, 128, 256 features, max-pool x2 between them; each block is two 3x3 convs,
+  each followed by BatchNorm (momentum 0.9, PyTorch's default) and LeakyReLU(0.2);
+- decoder: x2 (bi/tri)linear upsampling, concatenation with the encoder skip, a block at 128, 64, 32, 16;
+- flow head: 3x3 conv 16 -> ndim, weights ~ N(0, 1e-5), bias 0, so training starts at the identity;
+- optional scaling-and-squaring integration (voxelmorph ``VecInt``) for a diffeomorphic variant;
+- voxelmorph ``SpatialTransformer`` (linear) warps the moving image.
+
+In 2D at 128x128 this has 1,968,002 trainable parameters in 75 trainable tensors (paper: 1.96M).
+"""
+from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
+
+import neurite as ne
+import tensorflow as tf
+import voxelmorph as vxm
+
+KL = tf.keras.layers
+
+#: Encoder feature counts of the paper's network; the decoder mirrors all but the last.
+PAPER_FEATURES = (16, 32, 64, 128, 256)
+
+
+def _conv(ndim, filters, name, use_bias=True, **kwargs):
+    return getattr(KL, "Conv%dD" % ndim)(filters, 3, padding="same", use_bias=use_bias, name=name, **kwargs)
+
+
+def _upsample(ndim, name):
+    """x2 linear upsampling: Keras' bilinear resize in 2D, neurite's linear ``Resize`` in 3D
+    (``UpSampling3D`` only repeats voxels)."""
+    if ndim == 2:
+        return KL.UpSampling2D(2, interpolation="bilinear", name=name)
+    return ne.layers.Resize(2, interp_method="linear", name=name)
+
+
+def conv_block(x, filters, name):
+    """Two (3x3 conv -> BatchNorm -> LeakyReLU(0.2)) layers. ``x``: ``[B, *vol, C]`` -> ``[B, *vol, filters]``."""
+    ndim = len(x.shape) - 2
+    for i in (1, 2):
+        x = _conv(ndim, filters, name="%s_conv%d" % (name, i))(x)
+        # momentum 0.9 = PyTorch's default BN momentum 0.1, as in the reference implementation (Keras'
+        # 0.99 leaves the inference statistics near their initial values for the first few hundred steps).
+        x = KL.BatchNormalization(momentum=0.9, name="%s_bn%d" % (name, i))(x)
+        x = KL.LeakyReLU(0.2, name="%s_act%d" % (name, i))(x)
+    return x
+
+
+def build_gsmorph_unet(inshape, features=PAPER_FEATURES, int_steps=0, name="gsmorph_unet"):
+    """Build the GSMorph registration network as a functional Keras model.
+
+    Args:
+        inshape: spatial shape of the images, e.g. ``(128, 128)`` or ``(80, 96, 80)``; every size must be
+            divisible by ``2 ** (len(features) - 1)`` (the number of max-pools).
+        features: encoder feature counts, top to bottom.
+        int_steps: 0 for a plain displacement field; > 0 integrates the predicted stationary velocity
+            field with that many scaling-and-squaring steps (voxelmorph ``VecInt``): a diffeomorphic variant.
+        name: model name.
+
+    Returns:
+        A ``tf.keras.Model`` with inputs ``moving`` and ``fixed`` (``[B, *inshape, 1]`` float32, intensities in
+        [0, 1]) and outputs ``[moved, flow]``: the warped moving image ``[B, *inshape, 1]`` and the
+        displacement field ``[B, *inshape, ndim]`` in voxels, channel k along array axis k ('ij'), such that
+        ``moved(x) = moving(x + flow(x))``.
+    """
+    inshape = tuple(int(s) for s in inshape)
+    ndim = len(inshape)
+    if ndim not in (2, 3):
+        raise ValueError("inshape must be 2D or 3D, got %r" % (inshape,))
+    factor = 2 ** (len(features) - 1)
+    if any(s % factor for s in inshape):
+        raise ValueError("every image size must be divisible by %d (%d max-pools), got inshape %r"
+                         % (factor, len(features) - 1, inshape))
+    if int_steps < 0:
+        raise ValueError("int_steps must be >= 0, got %d" % int_steps)
+
+    moving = KL.Input((*inshape, 1), name="moving")
+    fixed = KL.Input((*inshape, 1), name="fixed")
+    x = KL.Concatenate(name="pair")([moving, fixed])
+    x = _conv(ndim, features[0], name="initial_conv", use_bias=False)(x)
+
+    skips = []
+    for level, filters in enumerate(features):
+        if level > 0:
+            x = getattr(KL, "MaxPooling%dD" % ndim)(2, name="down%d_pool" % level)(x)
+        x = conv_block(x, filters, name="enc%d" % level)
+        skips.append(x)
+
+    for level in range(len(features) - 2, -1, -1):
+        x = _upsample(ndim, name="dec%d_up" % level)(x)
+        x = KL.Concatenate(name="dec%d_skip" % level)([x, skips[level]])
+        x = conv_block(x, features[level], name="dec%d" % level)
+
+    head = _conv(ndim, ndim, name="flow" if int_steps == 0 else "velocity",
+                 kernel_initializer=tf.keras.initializers.RandomNormal(mean=0.0, stddev=1e-5),
+                 bias_initializer="zeros")
+    flow = head(x)
+    if int_steps > 0:
+        flow = vxm.layers.VecInt(method="ss", int_steps=int_steps, name="flow")(flow)
+    moved = vxm.layers.SpatialTransformer(interp_method="linear", indexing="ij", name="moved")([moving, flow])
+    return tf.keras.Model(inputs=[moving, fixed], outputs=[moved, flow], name=name)

@@ -1,0 +1,166 @@
+"""One training run, step by step: data -> model -> fit -> evaluate -> export.
+
+Each step is a function of a :class:`~gsmorph_tf.config.TrainConfig` (or plain arguments) so it can be
+called on its own from a test; :func:`train_and_evaluate` chains them. A run's output directory holds::
+
+    config.json            the settings (a re-run must match them to resume)
+    tensorboard/           event files: per-step losses and conflict statistics, per-epoch validation metrics
+    checkpoints/           model + optimizer + epoch after every epoch (Keras BackupAndRestore): re-running
+                           the same command after an interruption resumes from the last completed epoch
+    evaluation.json/.md    test-split metrics per subject and mean +- std, with the Initial (identity) row
+    export/<model>/<N>/    SavedModel for TF Serving (serving_default: moving, fixed -> moved, flow)
+"""
+from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
+
+import os
+import sys
+
+import tensorflow as tf
+
+from gsmorph_tf import evaluation
+from gsmorph_tf.config import ConfigError
+from gsmorph_tf.data.acdc import load_acdc
+from gsmorph_tf.data.pairs import STRUCTURES, make_dataset
+from gsmorph_tf.data.phantom import generate_phantom_dataset
+from gsmorph_tf.export import export_saved_model
+from gsmorph_tf.model import GradientSurgeryModel
+from gsmorph_tf.networks import build_gsmorph_unet
+
+#: The phantom is always drawn with this seed, so the training seed changes the run, not the data.
+PHANTOM_SEED = 0
+
+
+def load_data(config):
+    """Read (and for ``phantom``, first generate) the dataset; validate it all before training starts.
+
+    Returns:
+        ``{"train": [...], "val": [...], "test": [...]}`` lists of
+        :class:`~gsmorph_tf.data.pairs.SubjectPairs`, crops of ``config.crop_size`` pixels.
+    """
+    if config.dataset == "phantom":
+        generate_phantom_dataset(config.data_dir, n_subjects=config.phantom_subjects,
+                                 n_slices=config.phantom_slices, image_size=config.phantom_size,
+                                 seed=PHANTOM_SEED)
+    crop = (config.crop_size, config.crop_size)
+    return load_acdc(config.data_dir, crop_size=crop, seed=config.seed)
+
+
+def build_network(config, inshape):
+    """The registration network named by ``config.model`` for images of spatial shape ``inshape``."""
+    if config.model == "gsmorph":
+        return build_gsmorph_unet(inshape, int_steps=config.int_steps)
+    raise ConfigError("unknown model %r" % config.model)
+
+
+def build_model(config, network):
+    """Wrap ``network`` in a compiled :class:`GradientSurgeryModel` (Adam at ``config.learning_rate``)."""
+    model = GradientSurgeryModel(network, similarity=config.similarity, reg_penalty=config.reg_penalty,
+                                 surgery=config.surgery, lam=config.lam, grouping=config.grouping,
+                                 seed=config.seed, ncc_window=config.ncc_window,
+                                 conflict_diagnostics=config.conflict_diagnostics)
+    model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=config.learning_rate))
+    # BackupAndRestore needs a built model to restore into.
+    zeros = tf.zeros((1, *network.inputs[0].shape[1:]))
+    model([zeros, zeros])
+    return model
+
+
+class ValidationMetrics(tf.keras.callbacks.Callback):
+    """At each epoch's end, register the validation subjects and add their mean metrics to the logs as
+    ``val_dice`` (%), ``val_dice_<structure>``, ``val_hd95`` (mm), ``val_mse`` and ``val_njd`` (%), so the
+    TensorBoard callback after it writes them and the progress bar shows them."""
+
+    def __init__(self, subjects, batch_size):
+        super().__init__()
+        self.subjects = subjects
+        self.batch_size = batch_size
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or not self.subjects:
+            return
+        rows = evaluation.evaluate_network(self.model.network, self.subjects, self.batch_size)
+        summary = evaluation.summarize(rows)
+        logs["val_dice"] = summary["dice_mean"]["mean"]
+        for name in STRUCTURES:
+            logs["val_dice_%s" % name] = summary["dice_%s" % name]["mean"]
+        logs["val_hd95"] = summary["hd95_mean"]["mean"]
+        logs["val_mse"] = summary["mse"]["mean"]
+        logs["val_njd"] = summary["njd"]["mean"]
+
+
+def fit(model, splits, config, output_dir, verbose=None):
+    """Train ``model`` for ``config.epochs`` epochs, resuming from ``output_dir/checkpoints`` if present.
+
+    Returns:
+        The Keras ``History`` (only the epochs run now).
+    """
+    train = make_dataset(splits["train"], config.batch_size, shuffle=True, seed=config.seed)
+    val = make_dataset(splits["val"], config.batch_size, shuffle=False) if splits["val"] else None
+    callbacks = [
+        ValidationMetrics(splits["val"], config.batch_size),  # before TensorBoard: it adds to the logs
+        tf.keras.callbacks.TensorBoard(os.path.join(output_dir, "tensorboard"),
+                                       update_freq=config.log_every_n_steps),
+        tf.keras.callbacks.BackupAndRestore(os.path.join(output_dir, "checkpoints"), delete_checkpoint=False),
+    ]
+    if verbose is None:
+        verbose = 1 if sys.stdout.isatty() else 2  # a progress bar on a terminal, a line per epoch in logs
+    tf.keras.utils.set_random_seed(config.seed)
+    return model.fit(train, validation_data=val, epochs=config.epochs, callbacks=callbacks, verbose=verbose)
+
+
+def evaluate(network, subjects, batch_size=32, show_progress=True):
+    """Evaluate the identity and ``network`` on ``subjects``.
+
+    Returns:
+        ``{"Initial": {"subjects": rows, "summary": ...}, "Model": {...}}`` (see :mod:`gsmorph_tf.evaluation`).
+    """
+    bar = tf.keras.utils.Progbar(len(subjects), unit_name="subject") if show_progress else None
+    model_rows = evaluation.evaluate_network(network, subjects, batch_size,
+                                             progress=(lambda done, _: bar.update(done)) if bar else None)
+    results = {}
+    for method, rows in (("Initial", evaluation.evaluate_identity(subjects)), ("Model", model_rows)):
+        results[method] = {"subjects": rows, "summary": evaluation.summarize(rows)}
+    return results
+
+
+def prepare_output_dir(config):
+    """Create the output dir, or check that the run already there has the same settings; save config.json."""
+    os.makedirs(config.output_dir, exist_ok=True)
+    path = os.path.join(config.output_dir, "config.json")
+    if os.path.exists(path):
+        config.check_resumable(path)
+    config.save(path)
+
+
+def train_and_evaluate(config, verbose=None, log=print):
+    """The whole run: validate settings and data, train (or resume), evaluate the test split, export.
+
+    Everything that can be wrong with the settings or the data fails before the output dir is touched.
+
+    Returns:
+        dict with ``history`` (Keras history dict of this call), ``results`` (see :func:`evaluate`),
+        ``table`` (Markdown), ``export_dir`` and the output paths.
+    """
+    config.validate()
+    splits = load_data(config)
+    prepare_output_dir(config)
+    inshape = splits["train"][0].moving.shape[1:]
+    network = build_network(config, inshape)
+    model = build_model(config, network)
+    log("Training %s (surgery=%s) on %d/%d/%d train/val/test subjects (%d training pairs), output in %s"
+        % (config.model, config.surgery, len(splits["train"]), len(splits["val"]), len(splits["test"]),
+           sum(len(p.moving) for p in splits["train"]), config.output_dir))
+    history = fit(model, splits, config, config.output_dir, verbose=verbose)
+
+    log("Evaluating on %d test subjects" % len(splits["test"]))
+    results = evaluate(network, splits["test"], config.batch_size, show_progress=verbose != 0)
+    method = "GSMorph" if config.surgery == "layerwise" else "%s (%s)" % (config.model, config.surgery)
+    table = evaluation.format_table({"Initial": results["Initial"]["summary"], method: results["Model"]["summary"]})
+    evaluation.write_json(os.path.join(config.output_dir, "evaluation.json"),
+                          {"config": config.to_dict(), "structures": list(STRUCTURES), "methods": results})
+    evaluation.write_text(os.path.join(config.output_dir, "evaluation.md"), table + "\n")
+    export_dir = export_saved_model(network, os.path.join(config.output_dir, "export", config.model))
+    return {"history": history.history, "results": results, "table": table, "export_dir": export_dir,
+            "tensorboard_dir": os.path.join(config.output_dir, "tensorboard"),
+            "evaluation_json": os.path.join(config.output_dir, "evaluation.json")}
+

@@ -1,0 +1,28 @@
+"""gsmorph-tf: GSMorph and ULAE-net deformable image registration in TensorFlow (voxelmorph layers)."""
+from setuptools import find_packages, setup
+
+setup(
+    name="gsmorph-tf",
+    version="0.1.0",
+    description="GSMorph (gradient surgery) and ULAE-net deformable registration in TensorFlow/Keras",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=["gsmorph_tf", "gsmorph_tf.*", "ulae_tf", "ulae_tf.*"]),
+    py_modules=["run_train"],
+    install_requires=[
+        "tensorflow==2.21.*",
+        "tf-keras==2.21.*",
+        "voxelmorph==0.2",
+        "neurite==0.2",
+        "nibabel>=5.0,<6",
+        "tensorboard==2.21.*",
+        "absl-py>=2.0,<3",
+        "numpy>=1.26,<3",
+        "scipy>=1.11,<2",
+    ],
+    extras_require={
+        "test": ["pytest>=8,<10"],
+    },
+    entry_points={"console_scripts": ["gsmorph-train=run_train:run"]},
+)

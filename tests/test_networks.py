@@ -1,0 +1,49 @@
+"""The GSMorph U-Net: the paper's size, shapes in 2D and 3D, identity at initialisation."""
+import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
+
+import numpy as np
+import pytest
+
+from gsmorph_tf.networks import build_gsmorph_unet
+from gsmorph_tf.surgery import variable_groups
+
+
+def trainable_count(model):
+    return sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+
+
+def test_paper_parameter_count_in_2d_at_128():
+    model = build_gsmorph_unet((128, 128))
+    assert trainable_count(model) == 1_968_002
+    assert len(model.trainable_variables) == 75  # the reference implementation's 75 surgery groups
+    # initial conv (kernel) + 18 convs (kernel, bias) + 18 BN (gamma, beta) + flow head (kernel, bias)
+    assert len(variable_groups(model, "layer")) == 1 + 18 + 18 + 1
+
+
+@pytest.mark.parametrize("inshape", [(32, 32), (16, 16, 16)])
+def test_outputs_moved_and_flow_and_start_near_identity(inshape):
+    model = build_gsmorph_unet(inshape)
+    rng = np.random.default_rng(0)
+    moving = rng.random((2, *inshape, 1), np.float32)
+    fixed = rng.random((2, *inshape, 1), np.float32)
+    moved, flow = model.predict({"moving": moving, "fixed": fixed}, verbose=0)
+    assert moved.shape == (2, *inshape, 1)
+    assert flow.shape == (2, *inshape, len(inshape))
+    assert model.output_names == ["moved", "flow"]
+    # flow head ~ N(0, 1e-5): the untrained network is (almost) the identity transform
+    assert np.abs(flow).max() < 1e-2
+    np.testing.assert_allclose(moved, moving, atol=1e-2)
+
+
+def test_diffeomorphic_variant_integrates_velocity():
+    model = build_gsmorph_unet((32, 32), int_steps=5)
+    names = [layer.name for layer in model.layers]
+    assert "velocity" in names and "flow" in names
+    assert trainable_count(model) == trainable_count(build_gsmorph_unet((32, 32)))
+
+
+def test_bad_shapes_are_rejected():
+    with pytest.raises(ValueError, match="divisible by 16"):
+        build_gsmorph_unet((120, 128))
+    with pytest.raises(ValueError, match="2D or 3D"):
+        build_gsmorph_unet((64,))

@@ -1,0 +1,223 @@
+"""Tests of gsmorph_tf.data.pairs: cropping, scaling, pair assembly, subject split, tf.data pipeline."""
+import gsmorph_tf  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
+
+import numpy as np
+import pytest
+
+from gsmorph_tf.data.nifti import DatasetError
+from gsmorph_tf.data.pairs import (SubjectPairs, crop_or_pad, label_centroid, make_dataset, make_pairs,
+                                   scale_to_unit, split_subjects, validate_label_map)
+
+LABELS = {"RV": 1, "Myo": 2, "LV": 3}
+
+
+# --- crop_or_pad ------------------------------------------------------------------------------------------
+
+def test_marked_pixel_lands_at_crop_centre():
+    stack = np.zeros((2, 20, 15), np.int32)
+    stack[:, 10, 7] = 5
+    crop = crop_or_pad(stack, center=(10, 7), size=(6, 4))
+    assert crop.shape == (2, 6, 4)
+    assert crop.dtype == np.int32
+    # Centre index of an even-sized window is size // 2.
+    assert np.argwhere(crop[0] == 5).tolist() == [[3, 2]]
+    assert crop.sum() == 10
+
+
+def test_fractional_centre_rounds_half_up():
+    stack = np.zeros((1, 20, 20))
+    stack[0, 9, 5] = 1
+    # 8.5 -> 9 and 4.5 -> 5; round-half-to-even would give 8 and 4 and miss the pixel.
+    crop = crop_or_pad(stack, center=(8.5, 4.5), size=(5, 5))
+    assert np.argwhere(crop[0] == 1).tolist() == [[2, 2]]
+
+
+def test_image_smaller_than_crop_is_padded_and_kept_whole():
+    stack = np.arange(1, 7, dtype=np.float32).reshape(1, 3, 2)  # [[1, 2], [3, 4], [5, 6]]
+    crop = crop_or_pad(stack, center=(1, 1), size=(6, 5), fill=-1)
+    # top = 1 - 3 = -2, left = 1 - 2 = -1: the image sits at rows 2..4, cols 1..2 of the window.
+    np.testing.assert_array_equal(crop[0, 2:5, 1:3], stack[0])
+    assert np.count_nonzero(crop == -1) == 6 * 5 - 6
+    assert crop.shape == (1, 6, 5)
+
+
+def test_window_leaving_the_border_is_padded():
+    stack = np.arange(16).reshape(1, 4, 4)
+    crop = crop_or_pad(stack, center=(0, 0), size=(4, 4))
+    # top = left = -2: the image's top-left 2x2 block fills the window's bottom-right quarter.
+    np.testing.assert_array_equal(crop[0], [[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1], [0, 0, 4, 5]])
+
+
+def test_label_centroid_pools_all_slices():
+    labels = np.zeros((2, 10, 10), np.int32)
+    labels[0, 2, 3] = 1
+    labels[1, 4, 5] = 3
+    assert label_centroid(labels) == (3.0, 4.0)
+    with pytest.raises(ValueError, match="no foreground"):
+        label_centroid(np.zeros((2, 4, 4)))
+
+
+# --- scale_to_unit ----------------------------------------------------------------------------------------
+
+def test_scale_uses_one_range_for_both_frames():
+    moving = np.array([10.0, 30.0, 60.0])
+    fixed = np.array([10.0, 110.0])
+    scaled_moving, scaled_fixed = scale_to_unit(moving, fixed, upper_percentile=100)
+    # lo = 10 (min of both), hi = 110 (max of both): ES is not stretched to its own [0, 1].
+    np.testing.assert_allclose(scaled_moving, [0.0, 0.2, 0.5])
+    np.testing.assert_allclose(scaled_fixed, [0.0, 1.0])
+    assert scaled_moving.dtype == scaled_fixed.dtype == np.float32
+
+
+def test_scale_clips_above_the_percentile():
+    moving = np.arange(100, dtype=np.float32)
+    fixed = np.arange(100, 200, dtype=np.float32)
+    scaled_moving, scaled_fixed = scale_to_unit(moving, fixed, upper_percentile=50)
+    # Median of 0..199 is 99.5.
+    assert scaled_moving[99] == pytest.approx(99 / 99.5)
+    assert np.all(scaled_fixed == 1.0)
+    assert scaled_moving.min() == 0.0
+
+
+def test_scale_constant_images_gives_zeros():
+    scaled_moving, scaled_fixed = scale_to_unit(np.full(4, 7.0), np.full(3, 7.0))
+    assert not scaled_moving.any() and not scaled_fixed.any()
+
+
+# --- make_pairs and label checks --------------------------------------------------------------------------
+
+def _volumes():
+    """[X=20, Y=16, Z=3] ES/ED volumes; ED foreground at one pixel (10, 8), ES elsewhere."""
+    ed_labels = np.zeros((20, 16, 3), np.uint8)
+    ed_labels[10, 8, :] = 3
+    es_labels = np.zeros_like(ed_labels)
+    es_labels[2, 2, :] = 3
+    ed_image = 100.0 * (ed_labels > 0)
+    es_image = 50.0 * (es_labels > 0)
+    return es_image, ed_image, es_labels, ed_labels
+
+
+def test_make_pairs_puts_slices_first_and_centres_on_ed_labels():
+    es_image, ed_image, es_labels, ed_labels = _volumes()
+    pairs = make_pairs("s1", es_image, ed_image, es_labels, ed_labels, (1.5, 1.25, 8.0), LABELS, (8, 8))
+    assert isinstance(pairs, SubjectPairs)
+    assert pairs.moving.shape == pairs.fixed.shape == pairs.fixed_labels.shape == (3, 8, 8)
+    assert pairs.spacing_mm == (8.0, 1.5, 1.25)
+    assert pairs.label_values == LABELS
+    assert pairs.moving.dtype == np.float32 and pairs.fixed_labels.dtype == np.int32
+    # ED foreground (10, 8) is the crop centre -> window index (4, 4) in every slice.
+    assert np.argwhere(pairs.fixed_labels[1] == 3).tolist() == [[4, 4]]
+    assert pairs.fixed[:, 4, 4].tolist() == [1.0, 1.0, 1.0]
+    # ES pixel (2, 2) is 8 rows and 6 columns off the centre: outside the 8x8 window.
+    assert not pairs.moving_labels.any()
+    assert pairs.subject == "s1"
+
+
+def test_make_pairs_moving_is_es_on_shared_scale():
+    es_image, ed_image, es_labels, ed_labels = _volumes()
+    es_labels[:] = ed_labels
+    es_image = 50.0 * (es_labels > 0)
+    pairs = make_pairs("s1", es_image, ed_image, es_labels, ed_labels, (1.0, 1.0, 1.0), LABELS, (8, 8))
+    # Only 6 of 1,920 voxels are bright, so the 99.5th percentile is the background and the range falls
+    # back to [min, max] = [0, 100]: ES 50 -> 0.5, ED 100 -> 1.
+    assert pairs.moving.max() == pytest.approx(0.5)
+    assert pairs.fixed.max() == pytest.approx(1.0)
+
+
+def test_make_pairs_rejects_empty_ed_labels_and_shape_mismatch():
+    es_image, ed_image, es_labels, ed_labels = _volumes()
+    with pytest.raises(DatasetError, match="s1: ED label map has no foreground"):
+        make_pairs("s1", es_image, ed_image, es_labels, 0 * ed_labels, (1.0, 1.0, 1.0), LABELS)
+    with pytest.raises(DatasetError, match="s2: expected"):
+        make_pairs("s2", es_image[:, :, :2], ed_image, es_labels, ed_labels, (1.0, 1.0, 1.0), LABELS)
+
+
+def test_validate_label_map_names_source():
+    image_shape = (4, 4, 2)
+    good = validate_label_map(np.full(image_shape, 3.0), image_shape, LABELS, "a_gt.nii.gz")
+    assert good.dtype == np.int32
+    with pytest.raises(DatasetError, match=r"b_gt\.nii\.gz: label volume has shape \(4, 4, 1\)"):
+        validate_label_map(np.zeros((4, 4, 1)), image_shape, LABELS, "b_gt.nii.gz")
+    with pytest.raises(DatasetError, match=r"c_gt\.nii\.gz: unexpected label values \[4\]"):
+        validate_label_map(np.full(image_shape, 4), image_shape, LABELS, "c_gt.nii.gz")
+    with pytest.raises(DatasetError, match=r"d_gt\.nii\.gz: label volume holds non-integer"):
+        validate_label_map(np.full(image_shape, 1.5), image_shape, LABELS, "d_gt.nii.gz")
+
+
+# --- split_subjects ---------------------------------------------------------------------------------------
+
+def test_split_sizes_disjoint_and_complete():
+    subjects = [f"patient{i:03d}" for i in range(1, 21)]
+    train, val, test = split_subjects(subjects)
+    assert (len(train), len(val), len(test)) == (15, 1, 4)
+    assert sorted(train + val + test) == subjects
+    # Each split keeps the input order.
+    assert train == sorted(train) and test == sorted(test)
+
+
+@pytest.mark.parametrize("n, sizes", [(100, (75, 5, 20)), (3, (1, 1, 1)), (4, (2, 1, 1))])
+def test_split_sizes_follow_rounding_rule(n, sizes):
+    train, val, test = split_subjects(list(range(n)))
+    assert (len(train), len(val), len(test)) == sizes
+
+
+def test_split_is_deterministic_per_seed():
+    subjects = [f"patient{i:03d}" for i in range(1, 21)]
+    assert split_subjects(subjects, seed=3) == split_subjects(subjects, seed=3)
+    assert split_subjects(subjects, seed=0) != split_subjects(subjects, seed=1)
+
+
+def test_split_rejects_bad_input():
+    with pytest.raises(ValueError, match="at least 3 subjects"):
+        split_subjects(["a", "b"])
+    with pytest.raises(ValueError, match="summing to 1"):
+        split_subjects(list("abcdef"), fractions=(0.5, 0.2, 0.2))
+
+
+# --- make_dataset -----------------------------------------------------------------------------------------
+
+def _subject(name, first_value, n_slices, size=8):
+    """SubjectPairs whose slice k has moving = value and fixed = value + 0.5 everywhere (value = first + k)."""
+    values = np.arange(first_value, first_value + n_slices, dtype=np.float32)[:, None, None]
+    moving = np.broadcast_to(values, (n_slices, size, size)).copy()
+    labels = np.zeros((n_slices, size, size), np.int32)
+    return SubjectPairs(name, moving, moving + 0.5, labels, labels, (8.0, 1.0, 1.0), LABELS)
+
+
+def _slice_ids(dataset):
+    """Per element, the moving value identifying the slice, checking fixed stayed paired with it."""
+    ids = []
+    for batch in dataset:
+        moving, fixed = batch["moving"].numpy(), batch["fixed"].numpy()
+        np.testing.assert_array_equal(fixed, moving + 0.5)
+        ids.extend(moving[:, 0, 0, 0].tolist())
+    return ids
+
+
+def test_dataset_shapes_dtypes_and_count():
+    pairs = [_subject("a", 0, 3), _subject("b", 3, 4)]
+    dataset = make_dataset(pairs, batch_size=3, shuffle=False)
+    batches = list(dataset)
+    assert [b["moving"].shape.as_list() for b in batches] == [[3, 8, 8, 1], [3, 8, 8, 1], [1, 8, 8, 1]]
+    assert all(b["moving"].dtype.name == b["fixed"].dtype.name == "float32" for b in batches)
+    assert sorted(batches[0]) == ["fixed", "moving"]
+    assert _slice_ids(dataset) == [0, 1, 2, 3, 4, 5, 6]
+
+
+def test_dataset_shuffle_is_seeded_and_reshuffled_each_epoch():
+    pairs = [_subject("a", 0, 6), _subject("b", 6, 6)]
+    first = make_dataset(pairs, batch_size=4, shuffle=True, seed=7)
+    second = make_dataset(pairs, batch_size=4, shuffle=True, seed=7)
+    epoch1 = _slice_ids(first)
+    assert epoch1 == _slice_ids(second)
+    assert sorted(epoch1) == list(range(12))
+    assert epoch1 != list(range(12))
+    assert _slice_ids(first) != epoch1  # a new order in the next epoch
+    assert _slice_ids(make_dataset(pairs, batch_size=4, shuffle=True, seed=8)) != epoch1
+
+
+def test_dataset_rejects_empty_and_mixed_sizes():
+    with pytest.raises(ValueError, match="at least one"):
+        make_dataset([], batch_size=2, shuffle=False)
+    with pytest.raises(ValueError, match="one in-plane size"):
+        make_dataset([_subject("a", 0, 2, size=8), _subject("b", 2, 2, size=6)], batch_size=2, shuffle=False)
