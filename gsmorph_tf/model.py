@@ -86,6 +86,9 @@ class GradientSurgeryModel(tf.keras.Model):
     def train_step(self, data):
         moving, fixed = unpack_pair(data)
         variables = self.network.trainable_variables
+        # Summaries need an explicit step: the TensorBoard callback's default step is a snapshot taken at
+        # train begin. The optimizer's counter is checkpointed, so steps also continue across a resume.
+        step = tf.identity(self.optimizer.iterations)
         with tf.GradientTape(persistent=self.separate_gradients) as tape:
             sim, reg = self.compute_losses(moving, fixed, training=True)
             total = sim + self.lam * reg
@@ -93,7 +96,7 @@ class GradientSurgeryModel(tf.keras.Model):
             sim_grads = tape.gradient(sim, variables)
             reg_grads = tape.gradient(reg, variables)
             del tape
-            step_seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(self.optimizer.iterations, tf.int64)])
+            step_seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])
             grads = project_gradients(sim_grads, reg_grads, self.surgery, lam=self.lam,
                                        groups=self.groups, seed=step_seed)
             cosines = group_cosines(sim_grads, reg_grads, self.groups)
@@ -101,17 +104,17 @@ class GradientSurgeryModel(tf.keras.Model):
             mean_cosine = tf.reduce_mean(cosines)
             self.conflict_tracker.update_state(conflict)
             self.cosine_tracker.update_state(mean_cosine)
-            tf.summary.scalar("step/conflict_fraction", conflict)
-            tf.summary.scalar("step/mean_cosine", mean_cosine)
-            tf.summary.histogram("step/group_cosine", cosines)
+            tf.summary.scalar("step/conflict_fraction", conflict, step=step)
+            tf.summary.scalar("step/mean_cosine", mean_cosine, step=step)
+            tf.summary.histogram("step/group_cosine", cosines, step=step)
         else:
             grads = tape.gradient(total, variables)
         self.optimizer.apply_gradients([(g, v) for g, v in zip(grads, variables) if g is not None])
         self.sim_tracker.update_state(sim)
         self.reg_tracker.update_state(reg)
         # Instantaneous per-step values (the Keras logs are running means over the epoch).
-        tf.summary.scalar("step/sim_loss", sim)
-        tf.summary.scalar("step/reg_loss", reg)
+        tf.summary.scalar("step/sim_loss", sim, step=step)
+        tf.summary.scalar("step/reg_loss", reg, step=step)
         return {m.name: m.result() for m in self.metrics}
 
     def test_step(self, data):

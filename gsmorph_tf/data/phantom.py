@@ -292,7 +292,8 @@ def _draw_subject(rng, n_slices, image_size, n_frames):
         es_stretch_angle=rng.uniform(0.0, np.pi), fat_angle=rng.uniform(0.0, 2 * np.pi),
         body_centre=body_centre, body_angle=float(body_angle), body_axes=body_axes, fat_mm=rng.uniform(6.0, 15.0),
         muscle_mm=rng.uniform(8.0, 14.0), lungs=lungs, liver=liver, tissue_jitter=rng.uniform(0.9, 1.1, size=8),
-        noise_sigma=rng.uniform(0.03, 0.06), texture_seed=int(rng.integers(2 ** 31)), bias_coefficients=rng.normal(0.0, 0.15, size=6))
+        noise_sigma=rng.uniform(0.03, 0.06), texture_seed=int(rng.integers(2 ** 31)),
+        bias_coefficients=rng.normal(0.0, 0.15, size=6))
 
 
 def _contraction_curve(n_frames, es_index):
@@ -416,7 +417,8 @@ class _Renderer:
 
     def _wall(self, cos_a):
         # The septum faces the RV (cos_a > 0); HCM thickens it.
-        return self.subject.wall_mm.astype(np.float32) * (1.0 + np.float32(self.subject.septal_thickening) * np.maximum(cos_a, 0))
+        thickening = np.float32(self.subject.septal_thickening)
+        return self.subject.wall_mm.astype(np.float32) * (1.0 + thickening * np.maximum(cos_a, 0))
 
     def _contraction_pattern(self, cos_a, sin_a):
         """Relative contraction per direction, mean 1 over the circle (weaker in an infarcted sector)."""

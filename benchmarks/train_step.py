@@ -1,0 +1,124 @@
+"""Training-step and inference speed of the GSMorph network: surgery ``none`` vs ``layerwise``.
+
+Prints, for the paper's network at 128x128 with batch 32 (flags change both):
+- ms per training step with surgery ``none`` (one backward pass of L_sim + lam L_reg: the VoxelMorph floor)
+  and ``layerwise`` (GSMorph: two backward passes + projection), and their ratio;
+- ms spent in the projection alone (``project_gradients`` + conflict statistics on real gradients) and its
+  share of the GSMorph step;
+- inference ms per pair (batch 1 and per pair at batch 32);
+- the machine it ran on.
+
+Usage: ``python benchmarks/train_step.py [--size=128] [--batch_size=32] [--steps=10]``
+"""
+import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
+
+import os
+import platform
+import time
+
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
+
+from gsmorph_tf.model import GradientSurgeryModel
+from gsmorph_tf.networks import build_gsmorph_unet
+from gsmorph_tf.surgery import group_cosines, project_gradients
+
+flags.DEFINE_integer("size", 128, "Image side (pixels).")
+flags.DEFINE_integer("batch_size", 32, "Pairs per training step.")
+flags.DEFINE_integer("steps", 10, "Timed steps per measurement (after 3 warm-up steps).")
+FLAGS = flags.FLAGS
+
+
+def machine():
+    """One line naming the machine: CPU model and cores, GPU if any, TensorFlow version."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpus = [tf.config.experimental.get_device_details(g).get("device_name", g.name)
+            for g in tf.config.list_physical_devices("GPU")]
+    return "%s, %d cores%s, TensorFlow %s" % (cpu, os.cpu_count(), (", GPU: " + ", ".join(gpus)) if gpus else
+                                               ", no GPU", tf.__version__)
+
+
+def timed(fn, steps, warmup=3):
+    """Median wall-clock ms of ``fn()`` over ``steps`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        times.append(1000.0 * (time.perf_counter() - start))
+    return float(np.median(times))
+
+
+def step_ms(mode, batch, steps):
+    """Median ms of one compiled ``train_step`` for a surgery mode."""
+    tf.keras.utils.set_random_seed(0)
+    network = build_gsmorph_unet((FLAGS.size, FLAGS.size))
+    model = GradientSurgeryModel(network, surgery=mode, lam=0.01, conflict_diagnostics=False)
+    model.compile(optimizer=tf.keras.optimizers.Adam(5e-3))
+    train_step = tf.function(model.train_step)
+
+    def run():
+        logs = train_step(batch)
+        float(logs["sim_loss"])  # wait for the step to finish
+    return timed(run, steps), model
+
+
+def projection_ms(model, batch, steps):
+    """Median ms of the projection and conflict statistics alone, on the model's real gradients."""
+    variables = model.network.trainable_variables
+    with tf.GradientTape(persistent=True) as tape:
+        sim, reg = model.compute_losses(batch["moving"], batch["fixed"], training=True)
+    sim_grads, reg_grads = tape.gradient(sim, variables), tape.gradient(reg, variables)
+
+    @tf.function
+    def project(sim_grads, reg_grads):
+        out = project_gradients(sim_grads, reg_grads, "layerwise", groups=model.groups)
+        return out, group_cosines(sim_grads, reg_grads, model.groups)
+
+    def run():
+        out, cos = project(sim_grads, reg_grads)
+        float(tf.reduce_sum(cos) + tf.reduce_sum(out[-1]))
+    return timed(run, steps)
+
+
+def inference_ms(network, batch, steps):
+    """Median ms per pair at batch 1 and at the full batch."""
+    predict = tf.function(lambda m, f: network([m, f], training=False))
+
+    def run_batch(m, f):
+        return lambda: float(tf.reduce_sum(predict(m, f)[1]))
+    one = timed(run_batch(batch["moving"][:1], batch["fixed"][:1]), steps)
+    full = timed(run_batch(batch["moving"], batch["fixed"]), steps)
+    return one, full / int(batch["moving"].shape[0])
+
+
+def main(argv):
+    del argv
+    rng = np.random.default_rng(0)
+    shape = (FLAGS.batch_size, FLAGS.size, FLAGS.size, 1)
+    batch = {"moving": tf.constant(rng.random(shape, np.float32)), "fixed": tf.constant(rng.random(shape, np.float32))}
+    print("machine: %s" % machine())
+    print("network: GSMorph U-Net, %dx%d, batch %d, median of %d steps" % (FLAGS.size, FLAGS.size,
+                                                                          FLAGS.batch_size, FLAGS.steps))
+    none_ms, _ = step_ms("none", batch, FLAGS.steps)
+    layerwise_ms, model = step_ms("layerwise", batch, FLAGS.steps)
+    project = projection_ms(model, batch, FLAGS.steps)
+    one, per_pair = inference_ms(model.network, batch, FLAGS.steps)
+    print("train step, surgery=none      : %8.1f ms" % none_ms)
+    print("train step, surgery=layerwise : %8.1f ms" % layerwise_ms)
+    print("ratio layerwise / none        : %8.2f" % (layerwise_ms / none_ms))
+    print("projection + conflict stats   : %8.1f ms (%.1f %% of the layerwise step)"
+          % (project, 100.0 * project / layerwise_ms))
+    print("inference, batch 1            : %8.1f ms per pair" % one)
+    print("inference, batch %-3d          : %8.1f ms per pair" % (FLAGS.batch_size, per_pair))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,117 @@
+"""The whole run on a tiny phantom: outputs, resume, TensorBoard tags, errors before anything is written."""
+import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
+
+import dataclasses
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from gsmorph_tf.config import ConfigError, TrainConfig
+from gsmorph_tf.data.nifti import DatasetError
+from gsmorph_tf.data.pairs import STRUCTURES
+from gsmorph_tf.training import train_and_evaluate
+
+
+def tiny_config(tmp_path, **overrides):
+    settings = dict(dataset="phantom", data_dir=str(tmp_path / "phantom"), output_dir=str(tmp_path / "run"),
+                    phantom_subjects=4, phantom_slices=2, phantom_size=48, crop_size=32, batch_size=4, epochs=1,
+                    learning_rate=1e-3)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def quiet(config):
+    return train_and_evaluate(config, verbose=0, log=lambda *args: None)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One 2-epoch run, then the same command again with --epochs=3 (resumes: exactly one more epoch)."""
+    tmp_path = tmp_path_factory.mktemp("pipeline")
+    first = quiet(tiny_config(tmp_path, epochs=2))
+    second = quiet(tiny_config(tmp_path, epochs=3))
+    return tmp_path, first, second
+
+
+def test_run_writes_evaluation_checkpoints_and_savedmodel(finished_run):
+    tmp_path, first, _ = finished_run
+    run = tmp_path / "run"
+    with open(run / "evaluation.json") as f:
+        report = json.load(f)
+    assert report["structures"] == list(STRUCTURES)
+    for method in ("Initial", "Model"):
+        summary = report["methods"][method]["summary"]
+        for key in ("dice_LV", "dice_Myo", "dice_RV", "dice_mean", "hd95_mean", "mse", "njd"):
+            assert np.isfinite(summary[key]["mean"]), (method, key)
+        assert len(report["methods"][method]["subjects"]) == 1  # 4 subjects -> 2/1/1
+    assert report["methods"]["Initial"]["summary"]["njd"]["mean"] == 0.0  # identity never folds
+    assert "| Initial |" in (run / "evaluation.md").read_text()
+    assert first["export_dir"] == str(run / "export" / "gsmorph" / "1")
+    assert os.path.exists(os.path.join(first["export_dir"], "saved_model.pb"))
+    assert os.listdir(run / "checkpoints")
+    assert json.loads((run / "config.json").read_text())["surgery"] == "layerwise"
+
+
+def test_rerun_resumes_from_last_completed_epoch(finished_run):
+    _, first, second = finished_run
+    assert len(first["history"]["sim_loss"]) == 2
+    assert len(second["history"]["sim_loss"]) == 1  # epochs 1-2 restored, only epoch 3 trained
+    # Each run exports a new version; none is overwritten.
+    assert second["export_dir"].endswith(os.path.join("gsmorph", "2"))
+
+
+def test_tensorboard_has_per_step_and_per_epoch_tags(finished_run):
+    tmp_path, _, _ = finished_run
+    train = EventAccumulator(str(tmp_path / "run" / "tensorboard" / "train"),
+                             size_guidance={"tensors": 0, "histograms": 0}).Reload()
+    tags = set(train.Tags()["tensors"])
+    assert {"step/sim_loss", "step/reg_loss", "step/conflict_fraction", "step/mean_cosine"} <= tags
+    # 2 training pairs per subject x 2 subjects / batch 4 = 1 step per epoch, 3 epochs, logged every step
+    steps = [event.step for event in train.Tensors("step/sim_loss")]
+    assert sorted(set(steps)) == [0, 1, 2]
+    assert "step/group_cosine" in tags or "step/group_cosine" in train.Tags()["histograms"]
+    validation = EventAccumulator(str(tmp_path / "run" / "tensorboard" / "validation"),
+                                  size_guidance={"tensors": 0}).Reload()
+    val_tags = set(validation.Tags()["tensors"])
+    assert {"epoch_dice", "epoch_dice_LV", "epoch_dice_Myo", "epoch_dice_RV", "epoch_mse", "epoch_njd"} <= val_tags
+
+
+def test_resuming_with_other_settings_is_refused(finished_run):
+    tmp_path, _, _ = finished_run
+    with pytest.raises(ConfigError, match="surgery"):
+        quiet(tiny_config(tmp_path, epochs=3, surgery="none"))
+
+
+def test_bad_data_fails_before_output_dir_is_written(tmp_path):
+    config = tiny_config(tmp_path, dataset="acdc", data_dir=str(tmp_path / "no_such_dir"))
+    with pytest.raises(DatasetError, match="no_such_dir"):
+        quiet(config)
+    assert not os.path.exists(config.output_dir)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(surgery="gradnorm"), "surgery"), (dict(crop_size=40), "multiple of 16"), (dict(lam=-1.0), "lam"),
+    (dict(data_dir=""), "data_dir"), (dict(batch_size=0), "batch_size")])
+def test_invalid_settings_fail_before_anything_is_written(tmp_path, change, message):
+    config = dataclasses.replace(tiny_config(tmp_path), **change)
+    with pytest.raises(ConfigError, match=message):
+        quiet(config)
+    assert not os.path.exists(config.output_dir)
+    assert not glob.glob(str(tmp_path / "phantom" / "*"))
+
+
+def test_exported_model_reproduces_network(finished_run):
+    tmp_path, _, second = finished_run
+    loaded = tf.saved_model.load(second["export_dir"])
+    serve = loaded.signatures["serving_default"]
+    rng = np.random.default_rng(0)
+    moving = rng.random((2, 32, 32, 1), np.float32)
+    fixed = rng.random((2, 32, 32, 1), np.float32)
+    outputs = serve(moving=tf.constant(moving), fixed=tf.constant(fixed))
+    assert set(outputs) == {"moved", "flow"}
+    assert outputs["moved"].shape == (2, 32, 32, 1) and outputs["flow"].shape == (2, 32, 32, 2)
