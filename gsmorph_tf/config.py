@@ -9,6 +9,7 @@ import json
 import math
 import os
 
+from gsmorph_tf.fileio import atomic_write_text
 from gsmorph_tf.losses import REG_PENALTIES, SIMILARITIES
 from gsmorph_tf.surgery import GROUPINGS, SURGERY_MODES
 
@@ -83,11 +84,7 @@ class TrainConfig:
 
     def save(self, path):
         """Write the config as JSON (temp file, then rename: never half-written)."""
-        tmp = "%s.tmp-%d" % (path, os.getpid())
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     def check_resumable(self, path):
         """Compare with the ``config.json`` of an earlier run in the same output dir.

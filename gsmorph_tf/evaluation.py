@@ -15,13 +15,13 @@ Tables report mean +- std over subjects.
 from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
 
 import json
-import os
 
 import numpy as np
 import tensorflow as tf
 import voxelmorph as vxm
 
 from gsmorph_tf import metrics
+from gsmorph_tf.fileio import atomic_write_text
 from gsmorph_tf.data.pairs import STRUCTURES
 
 #: Column order of the summary tables: (key in the per-subject rows, header).
@@ -132,16 +132,4 @@ def write_json(path, data):
             return None if np.isnan(value) else float(value)
         return value
 
-    tmp = "%s.tmp-%d" % (path, os.getpid())
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(clean(data), f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def write_text(path, text):
-    """Write a text file atomically (temp file, then rename)."""
-    tmp = "%s.tmp-%d" % (path, os.getpid())
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(clean(data), indent=2) + "\n")

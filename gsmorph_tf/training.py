@@ -23,6 +23,7 @@ from gsmorph_tf.data.acdc import load_acdc
 from gsmorph_tf.data.pairs import STRUCTURES, make_dataset
 from gsmorph_tf.data.phantom import generate_phantom_dataset
 from gsmorph_tf.export import export_saved_model
+from gsmorph_tf.fileio import atomic_write_text
 from gsmorph_tf.model import GradientSurgeryModel
 from gsmorph_tf.networks import build_gsmorph_unet
 
@@ -158,7 +159,7 @@ def train_and_evaluate(config, verbose=None, log=print):
     table = evaluation.format_table({"Initial": results["Initial"]["summary"], method: results["Model"]["summary"]})
     evaluation.write_json(os.path.join(config.output_dir, "evaluation.json"),
                           {"config": config.to_dict(), "structures": list(STRUCTURES), "methods": results})
-    evaluation.write_text(os.path.join(config.output_dir, "evaluation.md"), table + "\n")
+    atomic_write_text(os.path.join(config.output_dir, "evaluation.md"), table + "\n")
     export_dir = export_saved_model(network, os.path.join(config.output_dir, "export", config.model))
     return {"history": history.history, "results": results, "table": table, "export_dir": export_dir,
             "tensorboard_dir": os.path.join(config.output_dir, "tensorboard"),

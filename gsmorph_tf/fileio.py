@@ -1,0 +1,15 @@
+"""Small file helpers shared by the package (no TensorFlow import)."""
+import os
+
+
+def atomic_write_text(path, text):
+    """Write ``text`` to ``path`` through a temp file in the same folder and an atomic rename, so a reader
+    (or an interrupted run) never sees a half-written file."""
+    tmp = "%s.tmp-%d" % (path, os.getpid())
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
