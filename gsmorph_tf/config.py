@@ -14,7 +14,7 @@ from gsmorph_tf.losses import REG_PENALTIES, SIMILARITIES
 from gsmorph_tf.surgery import GROUPINGS, SURGERY_MODES
 
 DATASETS = ("phantom", "acdc")
-MODELS = ("gsmorph",)
+MODELS = ("gsmorph", "hypermorph")
 
 #: Settings that may change between an interrupted run and its resumption (more epochs, another place).
 RESUMABLE_CHANGES = ("epochs", "output_dir")
@@ -75,6 +75,9 @@ class TrainConfig:
         if self.crop_size <= 0 or self.crop_size % 16:
             raise ConfigError("crop_size must be a positive multiple of 16 (the U-Net pools 4 times), got %r"
                               % self.crop_size)
+        if self.model == "hypermorph" and self.surgery != "none":
+            raise ConfigError("model=hypermorph trains one network for every smoothness weight (lambda drawn per "
+                              "batch) and takes no gradient surgery: use surgery=none, not %r" % self.surgery)
         if self.phantom_subjects < 3 and self.dataset == "phantom":
             raise ConfigError("phantom_subjects must be >= 3 (train/val/test split), got %r" % self.phantom_subjects)
         return self

@@ -17,7 +17,7 @@ import sys
 
 import tensorflow as tf
 
-from gsmorph_tf import evaluation
+from gsmorph_tf import evaluation, hypermorph
 from gsmorph_tf.config import ConfigError
 from gsmorph_tf.data.acdc import load_acdc
 from gsmorph_tf.data.pairs import STRUCTURES, make_dataset
@@ -29,6 +29,9 @@ from gsmorph_tf.networks import build_gsmorph_unet
 
 #: The phantom is always drawn with this seed, so the training seed changes the run, not the data.
 PHANTOM_SEED = 0
+
+#: HyperMorph's lambda for the per-epoch validation metrics (~ VoxelMorph's lam 0.01 with MSE).
+VALIDATION_HYPERMORPH_LAMBDA = 0.01
 
 
 def load_data(config):
@@ -50,36 +53,67 @@ def build_network(config, inshape):
     """The registration network named by ``config.model`` for images of spatial shape ``inshape``."""
     if config.model == "gsmorph":
         return build_gsmorph_unet(inshape, int_steps=config.int_steps)
+    if config.model == "hypermorph":
+        return hypermorph.build_hypermorph(inshape, int_steps=config.int_steps)
     raise ConfigError("unknown model %r" % config.model)
 
 
 def build_model(config, network):
-    """Wrap ``network`` in a compiled :class:`GradientSurgeryModel` (Adam at ``config.learning_rate``)."""
-    model = GradientSurgeryModel(network, similarity=config.similarity, reg_penalty=config.reg_penalty,
-                                 surgery=config.surgery, lam=config.lam, grouping=config.grouping,
-                                 seed=config.seed, ncc_window=config.ncc_window,
-                                 conflict_diagnostics=config.conflict_diagnostics)
-    model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=config.learning_rate))
-    # BackupAndRestore needs a built model to restore into.
+    """Wrap ``network`` in its compiled training model (Adam at ``config.learning_rate``):
+    :class:`GradientSurgeryModel`, or :class:`~gsmorph_tf.hypermorph.HyperMorphModel` for ``hypermorph``."""
     zeros = tf.zeros((1, *network.inputs[0].shape[1:]))
-    model([zeros, zeros])
+    if config.model == "hypermorph":
+        model = hypermorph.HyperMorphModel(network, similarity=config.similarity, reg_penalty=config.reg_penalty,
+                                           ncc_window=config.ncc_window, seed=config.seed)
+        dummy = [zeros, zeros, tf.zeros((1, 1))]
+    else:
+        model = GradientSurgeryModel(network, similarity=config.similarity, reg_penalty=config.reg_penalty,
+                                     surgery=config.surgery, lam=config.lam, grouping=config.grouping,
+                                     seed=config.seed, ncc_window=config.ncc_window,
+                                     conflict_diagnostics=config.conflict_diagnostics)
+        dummy = [zeros, zeros]
+    model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=config.learning_rate))
+    model(dummy)  # BackupAndRestore needs a built model to restore into.
     return model
 
 
-class ValidationMetrics(tf.keras.callbacks.Callback):
-    """At each epoch's end, register the validation subjects and add their mean metrics to the logs as
-    ``val_dice`` (%), ``val_dice_<structure>``, ``val_hd95`` (mm), ``val_mse`` and ``val_njd`` (%), so the
-    TensorBoard callback after it writes them and the progress bar shows them."""
+def inference_network(config, network, splits, log=print):
+    """The ``[moving, fixed] -> [moved, flow]`` network to evaluate and export, and a dict of what was
+    chosen for it: HyperMorph's lambda is selected on the validation split, other networks are used as is."""
+    if config.model != "hypermorph":
+        return network, {}
+    lam, scores = hypermorph.select_lambda(network, splits["val"], batch_size=config.batch_size)
+    log("HyperMorph: lambda %g chosen on the validation split (mean Dice %.2f %%)"
+        % (lam, max(s["dice"] for s in scores if s["lambda"] == lam)))
+    return hypermorph.fixed_lambda_network(network, lam), {"hypermorph_lambda": lam, "lambda_scores": scores}
 
-    def __init__(self, subjects, batch_size):
+
+def method_name(config, chosen=None):
+    """The name a run's method has in tables: the paper's names for its variants."""
+    if config.model == "hypermorph":
+        return "HyperMorph" + (" (lambda=%g)" % chosen["hypermorph_lambda"] if chosen else "")
+    if config.surgery == "none":
+        return "VoxelMorph (lam=%g)" % config.lam
+    return {"layerwise": "GSMorph", "pcgrad": "GS-PCGrad", "agr_rand": "GS-Agr", "agr_sum": "GS-Agr (sum)"}[
+        config.surgery]
+
+
+class ValidationMetrics(tf.keras.callbacks.Callback):
+    """At each epoch's end, register the validation subjects with ``network`` (``[moving, fixed] ->
+    [moved, flow]``, sharing the trained weights) and add their mean metrics to the logs as ``val_dice`` (%),
+    ``val_dice_<structure>``, ``val_hd95`` (mm), ``val_mse`` and ``val_njd`` (%), so the TensorBoard
+    callback after it writes them and the progress bar shows them."""
+
+    def __init__(self, network, subjects, batch_size):
         super().__init__()
+        self.network = network
         self.subjects = subjects
         self.batch_size = batch_size
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or not self.subjects:
             return
-        rows = evaluation.evaluate_network(self.model.network, self.subjects, self.batch_size)
+        rows = evaluation.evaluate_network(self.network, self.subjects, self.batch_size)
         summary = evaluation.summarize(rows)
         logs["val_dice"] = summary["dice_mean"]["mean"]
         for name in STRUCTURES:
@@ -97,8 +131,11 @@ def fit(model, splits, config, output_dir, verbose=None):
     """
     train = make_dataset(splits["train"], config.batch_size, shuffle=True, seed=config.seed)
     val = make_dataset(splits["val"], config.batch_size, shuffle=False) if splits["val"] else None
+    network = model.network
+    if config.model == "hypermorph":  # monitored at VoxelMorph-m's weight; the final lambda is chosen later
+        network = hypermorph.fixed_lambda_network(network, VALIDATION_HYPERMORPH_LAMBDA)
     callbacks = [
-        ValidationMetrics(splits["val"], config.batch_size),  # before TensorBoard: it adds to the logs
+        ValidationMetrics(network, splits["val"], config.batch_size),  # before TensorBoard: it adds to logs
         tf.keras.callbacks.TensorBoard(os.path.join(output_dir, "tensorboard"),
                                        update_freq=config.log_every_n_steps),
         tf.keras.callbacks.BackupAndRestore(os.path.join(output_dir, "checkpoints"), delete_checkpoint=False),
@@ -153,12 +190,14 @@ def train_and_evaluate(config, verbose=None, log=print):
            sum(len(p.moving) for p in splits["train"]), config.output_dir))
     history = fit(model, splits, config, config.output_dir, verbose=verbose)
 
+    network, chosen = inference_network(config, network, splits, log=log)
     log("Evaluating on %d test subjects" % len(splits["test"]))
     results = evaluate(network, splits["test"], config.batch_size, show_progress=verbose != 0)
-    method = "GSMorph" if config.surgery == "layerwise" else "%s (%s)" % (config.model, config.surgery)
-    table = evaluation.format_table({"Initial": results["Initial"]["summary"], method: results["Model"]["summary"]})
+    table = evaluation.format_table({"Initial": results["Initial"]["summary"],
+                                     method_name(config, chosen): results["Model"]["summary"]})
     evaluation.write_json(os.path.join(config.output_dir, "evaluation.json"),
-                          {"config": config.to_dict(), "structures": list(STRUCTURES), "methods": results})
+                          {"config": config.to_dict(), "structures": list(STRUCTURES), "method": method_name(config),
+                           "chosen": chosen, "methods": results})
     atomic_write_text(os.path.join(config.output_dir, "evaluation.md"), table + "\n")
     export_dir = export_saved_model(network, os.path.join(config.output_dir, "export", config.model))
     return {"history": history.history, "results": results, "table": table, "export_dir": export_dir,
