@@ -15,6 +15,8 @@ Tables report mean +- std over subjects.
 from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
 
 import json
+import os
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -30,7 +32,7 @@ TABLE_COLUMNS = (("dice_mean", "Dice (%)"), ("hd95_mean", "HD95 (mm)"), ("mse_x1
 
 
 def predict_pairs(network, moving, fixed, batch_size=32):
-    """Run ``network`` on stacks of 2D pairs.
+    """Run a Keras ``network`` on stacks of 2D pairs.
 
     Args:
         network: Keras model ``[moving, fixed] -> (moved, flow, ...)``.
@@ -42,6 +44,32 @@ def predict_pairs(network, moving, fixed, batch_size=32):
     outputs = network.predict({"moving": moving[..., None], "fixed": fixed[..., None]},
                               batch_size=batch_size, verbose=0)
     return outputs[0][..., 0], outputs[1]
+
+
+def keras_predictor(network, batch_size=32):
+    """A predictor ``f(moving [S, H, W], fixed [S, H, W]) -> (moved [S, H, W], flow [S, H, W, 2])``."""
+    return lambda moving, fixed: predict_pairs(network, moving, fixed, batch_size)
+
+
+def savedmodel_predictor(path, batch_size=32):
+    """A predictor (as :func:`keras_predictor`) running the ``serving_default`` signature of a SavedModel.
+
+    Raises:
+        FileNotFoundError: ``path`` holds no ``saved_model.pb``.
+    """
+    if not os.path.exists(os.path.join(path, "saved_model.pb")):
+        raise FileNotFoundError("no SavedModel at %s (expected %s)" % (path, os.path.join(path, "saved_model.pb")))
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+
+    def predict(moving, fixed):
+        moved, flow = [], []
+        for start in range(0, len(moving), batch_size):
+            out = serve(moving=tf.constant(moving[start:start + batch_size, ..., None], tf.float32),
+                        fixed=tf.constant(fixed[start:start + batch_size, ..., None], tf.float32))
+            moved.append(out["moved"].numpy()[..., 0])
+            flow.append(out["flow"].numpy())
+        return np.concatenate(moved), np.concatenate(flow)
+    return predict
 
 
 def warp_labels(labels, flow):
@@ -84,20 +112,40 @@ def _nanmean(values):
 
 
 def evaluate_identity(subjects):
-    """Per-subject metrics of the identity transform (the ``Initial`` row)."""
-    return [subject_metrics(p, p.moving, p.moving_labels, None) for p in subjects]
+    """Per-subject metrics of the identity transform (the ``Initial`` row); no time spent."""
+    return [dict(subject_metrics(p, p.moving, p.moving_labels, None), seconds=0.0, pairs=len(p.moving))
+            for p in subjects]
 
 
-def evaluate_network(network, subjects, batch_size=32, progress=None):
-    """Per-subject metrics of ``network`` on a list of SubjectPairs. ``progress``: optional callable
-    ``(done, total)`` called after each subject (e.g. a Keras Progbar's update)."""
+def evaluate_predictor(predict, subjects, progress=None):
+    """Per-subject metrics of a predictor on a list of SubjectPairs.
+
+    Args:
+        predict: ``f(moving [S, H, W], fixed [S, H, W]) -> (moved [S, H, W], flow [S, H, W, 2])``
+            (:func:`keras_predictor`, :func:`savedmodel_predictor`, or a classical baseline).
+        subjects: list of :class:`~gsmorph_tf.data.pairs.SubjectPairs`.
+        progress: optional callable ``(done, total)`` called after each subject (e.g. a Progbar's update).
+
+    Returns:
+        One dict per subject (see :func:`subject_metrics`) plus ``seconds`` (wall-clock time of ``predict``
+        for the subject's stack) and ``pairs`` (its number of slices).
+    """
     rows = []
     for done, pairs in enumerate(subjects, 1):
-        moved, flow = predict_pairs(network, pairs.moving, pairs.fixed, batch_size)
-        rows.append(subject_metrics(pairs, moved, warp_labels(pairs.moving_labels, flow), flow))
+        start = time.perf_counter()
+        moved, flow = predict(pairs.moving, pairs.fixed)
+        seconds = time.perf_counter() - start
+        row = subject_metrics(pairs, moved, warp_labels(pairs.moving_labels, flow), flow)
+        row.update(seconds=seconds, pairs=len(pairs.moving))
+        rows.append(row)
         if progress is not None:
             progress(done, len(subjects))
     return rows
+
+
+def evaluate_network(network, subjects, batch_size=32, progress=None):
+    """:func:`evaluate_predictor` for a Keras network ``[moving, fixed] -> [moved, flow]``."""
+    return evaluate_predictor(keras_predictor(network, batch_size), subjects, progress)
 
 
 def summarize(rows):

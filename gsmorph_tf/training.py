@@ -12,13 +12,14 @@ called on its own from a test; :func:`train_and_evaluate` chains them. A run's o
 """
 from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
 
+import json
 import os
 import sys
 
 import tensorflow as tf
 
 from gsmorph_tf import evaluation, hypermorph
-from gsmorph_tf.config import ConfigError
+from gsmorph_tf.config import ConfigError, TrainConfig
 from gsmorph_tf.data.acdc import load_acdc
 from gsmorph_tf.data.pairs import STRUCTURES, make_dataset
 from gsmorph_tf.data.phantom import generate_phantom_dataset
@@ -34,14 +35,15 @@ PHANTOM_SEED = 0
 VALIDATION_HYPERMORPH_LAMBDA = 0.01
 
 
-def load_data(config):
-    """Read (and for ``phantom``, first generate) the dataset; validate it all before training starts.
+def load_data(config, generate=True):
+    """Read (and for ``phantom`` with ``generate``, first generate) the dataset; validate it all before
+    training starts. Without ``generate`` an existing phantom is read as it is (evaluation).
 
     Returns:
         ``{"train": [...], "val": [...], "test": [...]}`` lists of
         :class:`~gsmorph_tf.data.pairs.SubjectPairs`, crops of ``config.crop_size`` pixels.
     """
-    if config.dataset == "phantom":
+    if config.dataset == "phantom" and generate:
         generate_phantom_dataset(config.data_dir, n_subjects=config.phantom_subjects,
                                  n_slices=config.phantom_slices, image_size=config.phantom_size,
                                  seed=PHANTOM_SEED)
@@ -159,6 +161,37 @@ def evaluate(network, subjects, batch_size=32, show_progress=True):
     for method, rows in (("Initial", evaluation.evaluate_identity(subjects)), ("Model", model_rows)):
         results[method] = {"subjects": rows, "summary": evaluation.summarize(rows)}
     return results
+
+
+def load_trained_network(run_dir):
+    """Rebuild the ``[moving, fixed] -> [moved, flow]`` network of a run from ``<run_dir>/config.json`` and
+    the last epoch saved in ``<run_dir>/checkpoints`` (for HyperMorph, at the lambda the run chose).
+
+    Returns:
+        ``(config, network)``.
+
+    Raises:
+        FileNotFoundError: no config.json or no checkpoint in ``run_dir``.
+    """
+    config_path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(config_path):
+        raise FileNotFoundError("%s is not a training run: %s is missing" % (run_dir, config_path))
+    with open(config_path, encoding="utf-8") as f:
+        config = TrainConfig(**json.load(f))
+    checkpoint_dir = os.path.join(run_dir, "checkpoints", "chief")  # where BackupAndRestore writes
+    latest = tf.train.latest_checkpoint(checkpoint_dir)
+    if latest is None:
+        raise FileNotFoundError("no checkpoint in %s: the run has not finished an epoch" % checkpoint_dir)
+    network = build_network(config, (config.crop_size, config.crop_size))
+    model = build_model(config, network)
+    tf.train.Checkpoint(model=model).restore(latest).expect_partial()
+    if config.model == "hypermorph":
+        report = os.path.join(run_dir, "evaluation.json")
+        if not os.path.exists(report):
+            raise FileNotFoundError("%s is missing: HyperMorph's lambda is chosen at the end of training" % report)
+        with open(report, encoding="utf-8") as f:
+            network = hypermorph.fixed_lambda_network(network, json.load(f)["chosen"]["hypermorph_lambda"])
+    return config, network
 
 
 def prepare_output_dir(config):

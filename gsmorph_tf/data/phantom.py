@@ -32,6 +32,7 @@ import numpy as np
 from scipy import ndimage
 
 from gsmorph_tf.data.acdc import ACDC_LABELS
+from gsmorph_tf.data.nifti import DatasetError
 
 GROUPS = ("NOR", "MINF", "DCM", "HCM", "RV")
 
@@ -175,11 +176,11 @@ def _existing_phantom_matches(root, parameters):
     if not root.exists():
         return False
     if not root.is_dir():
-        raise ValueError("phantom root %s exists and is not a directory" % root)
+        raise DatasetError("phantom root %s exists and is not a directory" % root)
     manifest_path = root / PHANTOM_MANIFEST
     if not manifest_path.is_file():
         if any(root.iterdir()):
-            raise ValueError("phantom root %s already holds files that are not a phantom (no %s); choose an "
+            raise DatasetError("phantom root %s already holds files that are not a phantom (no %s); choose an "
                              "empty or new directory" % (root, PHANTOM_MANIFEST))
         return False
     try:
@@ -187,14 +188,14 @@ def _existing_phantom_matches(root, parameters):
         recorded = dict(manifest["parameters"])
         version = manifest["format_version"]
     except (ValueError, KeyError, TypeError) as error:
-        raise ValueError("phantom root %s has an unreadable %s (%s)" % (root, PHANTOM_MANIFEST, error)) from None
+        raise DatasetError("phantom root %s has an unreadable %s (%s)" % (root, PHANTOM_MANIFEST, error)) from None
     if version != PHANTOM_FORMAT_VERSION:
-        raise ValueError("phantom root %s was made by phantom format version %r, this is version %d; delete it "
+        raise DatasetError("phantom root %s was made by phantom format version %r, this is version %d; delete it "
                          "or choose another root" % (root, version, PHANTOM_FORMAT_VERSION))
     differences = ["%s=%r (requested %r)" % (name, recorded.get(name), value)
                    for name, value in parameters.items() if recorded.get(name) != value]
     if differences:
-        raise ValueError("phantom root %s holds a phantom made with different parameters: %s; delete it or "
+        raise DatasetError("phantom root %s holds a phantom made with different parameters: %s; delete it or "
                          "choose another root" % (root, ", ".join(differences)))
     for entry in manifest.get("subjects", []):
         folder = root / "training" / entry["name"]
@@ -204,10 +205,10 @@ def _existing_phantom_matches(root, parameters):
                          folder / ("%s_frame%02d_gt.nii.gz" % (entry["name"], frame))]
         missing = [str(path) for path in expected if not path.is_file()]
         if missing:
-            raise ValueError("phantom root %s is incomplete (missing %s); delete it and generate again"
+            raise DatasetError("phantom root %s is incomplete (missing %s); delete it and generate again"
                              % (root, ", ".join(missing)))
     if len(manifest.get("subjects", [])) != parameters["n_subjects"]:
-        raise ValueError("phantom root %s lists %d subjects in %s, expected %d; delete it and generate again"
+        raise DatasetError("phantom root %s lists %d subjects in %s, expected %d; delete it and generate again"
                          % (root, len(manifest.get("subjects", [])), PHANTOM_MANIFEST, parameters["n_subjects"]))
     return True
 

@@ -1,0 +1,114 @@
+"""Evaluate a trained model on a dataset split with the paper's metrics.
+
+    python run_eval.py --run_dir=runs/acdc_gsmorph                       # checkpoint of a run, its own data/split
+    python run_eval.py --saved_model=runs/demo/export/gsmorph/1 --dataset=acdc --data_dir=/data/ACDC
+    python run_eval.py --run_dir=runs/demo --split=val --output_dir=eval/demo_val
+
+Writes to ``--output_dir`` (default ``<run_dir>/eval_<split>`` or ``eval/``): ``per_subject.csv`` (one row per
+subject), ``summary.md`` (mean +- std: Dice %, HD95 mm, MSE x1e-2, NJD %, Dice per structure) and
+``evaluation.json`` (both, plus the settings), each written atomically. The ``Initial`` (identity) row is
+always included. With ``--run_dir`` the dataset, crop size and split seed default to the run's own.
+"""
+import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import sys
+
+from absl import app, flags, logging
+
+from gsmorph_tf.config import DATASETS, ConfigError, TrainConfig
+from gsmorph_tf.data.nifti import DatasetError
+
+flags.DEFINE_string("run_dir", None, "Output dir of run_train.py: evaluates its last checkpoint.")
+flags.DEFINE_string("saved_model", None, "A SavedModel version folder (…/export/<model>/<N>).")
+flags.DEFINE_enum("dataset", None, DATASETS, "Dataset (default: the run's).")
+flags.DEFINE_string("data_dir", None, "Dataset root (default: the run's).")
+flags.DEFINE_enum("split", "test", ["train", "val", "test", "all"], "Which subjects to evaluate.")
+flags.DEFINE_integer("crop_size", None, "Crop size (default: the run's, else 128).", lower_bound=16)
+flags.DEFINE_integer("seed", None, "Split seed (default: the run's, else 0).")
+flags.DEFINE_integer("batch_size", 32, "Pairs per inference batch.", lower_bound=1)
+flags.DEFINE_string("output_dir", None, "Where the tables go (default <run_dir>/eval_<split>, else eval/).")
+FLAGS = flags.FLAGS
+
+
+def data_config(run_config):
+    """The TrainConfig used to read the data: the run's, overridden by the flags given."""
+    config = run_config or TrainConfig(data_dir="")
+    overrides = {name: getattr(FLAGS, name) for name in ("dataset", "data_dir", "crop_size", "seed")
+                 if getattr(FLAGS, name) is not None}
+    config = dataclasses.replace(config, **overrides)
+    if not config.data_dir:
+        raise ConfigError("--data_dir is required with --saved_model")
+    return config.validate()
+
+
+def subjects_of(splits, split):
+    return splits["train"] + splits["val"] + splits["test"] if split == "all" else splits[split]
+
+
+def per_subject_csv(results):
+    """CSV text: one row per (method, subject), every metric column."""
+    rows = [dict(method=method, **row) for method, result in results.items() for row in result["subjects"]]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
+    if (FLAGS.run_dir is None) == (FLAGS.saved_model is None):
+        raise app.UsageError("give exactly one of --run_dir or --saved_model")
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    import tensorflow as tf
+
+    from gsmorph_tf import evaluation, training
+    from gsmorph_tf.fileio import atomic_write_text
+
+    tf.get_logger().setLevel("WARNING")
+    try:
+        if FLAGS.run_dir:
+            run_config, network = training.load_trained_network(FLAGS.run_dir)
+            predict = evaluation.keras_predictor(network, FLAGS.batch_size)
+            source = FLAGS.run_dir
+        else:
+            run_config = None
+            predict = evaluation.savedmodel_predictor(FLAGS.saved_model, FLAGS.batch_size)
+            source = FLAGS.saved_model
+        config = data_config(run_config)
+        subjects = subjects_of(training.load_data(config, generate=False), FLAGS.split)
+    except (ConfigError, DatasetError, FileNotFoundError) as error:
+        print("error: %s" % error, file=sys.stderr)
+        return 2
+
+    output_dir = FLAGS.output_dir or (os.path.join(FLAGS.run_dir, "eval_%s" % FLAGS.split) if FLAGS.run_dir
+                                      else "eval")
+    os.makedirs(output_dir, exist_ok=True)
+    print("Evaluating %s on %d %s subjects of %s" % (source, len(subjects), FLAGS.split, config.data_dir))
+    bar = tf.keras.utils.Progbar(len(subjects), unit_name="subject")
+    model_rows = evaluation.evaluate_predictor(predict, subjects, progress=lambda done, _: bar.update(done))
+    # A SavedModel is named by its last two path parts, <model>/<version>, as TF Serving lays them out.
+    name = training.method_name(run_config) if run_config else "/".join(os.path.abspath(source).split(os.sep)[-2:])
+    results = {"Initial": evaluation.evaluate_identity(subjects), name: model_rows}
+    results = {method: {"subjects": rows, "summary": evaluation.summarize(rows)} for method, rows in results.items()}
+    table = evaluation.format_table({method: result["summary"] for method, result in results.items()})
+
+    atomic_write_text(os.path.join(output_dir, "per_subject.csv"), per_subject_csv(results))
+    atomic_write_text(os.path.join(output_dir, "summary.md"), table + "\n")
+    evaluation.write_json(os.path.join(output_dir, "evaluation.json"),
+                          {"source": source, "split": FLAGS.split, "data": json.loads(json.dumps(config.to_dict())),
+                           "methods": results})
+    print("\n%s subjects (mean +- std over %d):\n\n%s\n" % (FLAGS.split, len(subjects), table))
+    print("Wrote per_subject.csv, summary.md and evaluation.json to %s" % output_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
