@@ -110,5 +110,10 @@ def main(argv):
     return 0
 
 
-if __name__ == "__main__":
+def run():
+    """Console-script entry point."""
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

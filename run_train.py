@@ -18,8 +18,9 @@ from gsmorph_tf.surgery import GROUPINGS, SURGERY_MODES
 _DEFAULTS = TrainConfig()
 
 flags.DEFINE_enum("dataset", _DEFAULTS.dataset, DATASETS,
-                  "Data: 'acdc' reads the ACDC layout under --data_dir; 'phantom' generates a synthetic "
-                  "cine-MRI phantom in the ACDC layout into --data_dir on first use, then reads it.")
+                  "Data: 'acdc' reads the ACDC layout under --data_dir, 'mnms' the M&Ms layout (with its CSV); "
+                  "'phantom' generates a synthetic cine-MRI phantom in the ACDC layout into --data_dir on first "
+                  "use, then reads it.")
 flags.DEFINE_string("data_dir", None, "Dataset root (for phantom: where it is generated and cached).")
 flags.DEFINE_string("output_dir", _DEFAULTS.output_dir, "Run directory: TensorBoard, checkpoints, evaluation, "
                     "SavedModel. Re-run with the same settings to resume.")

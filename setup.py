@@ -9,7 +9,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["gsmorph_tf", "gsmorph_tf.*", "ulae_tf", "ulae_tf.*"]),
-    py_modules=["run_train"],
+    py_modules=["run_train", "run_eval", "run_benchmark"],
     install_requires=[
         "tensorflow==2.21.*",
         "tf-keras==2.21.*",
@@ -20,9 +20,14 @@ setup(
         "absl-py>=2.0,<3",
         "numpy>=1.26,<3",
         "scipy>=1.11,<2",
+        "matplotlib>=3.7,<4",
+        "tqdm>=4.60,<5",
     ],
     extras_require={
         "test": ["pytest>=8,<10"],
+        # Classical baselines (Demons, SyN). Tested: SimpleITK 2.5.7, antspyx 0.6.3 (needs numpy<2.4, scipy<1.16).
+        "baselines": ["SimpleITK>=2.3,<3", "antspyx>=0.6,<0.7"],
     },
-    entry_points={"console_scripts": ["gsmorph-train=run_train:run"]},
+    entry_points={"console_scripts": ["gsmorph-train=run_train:run", "gsmorph-eval=run_eval:run",
+                                      "gsmorph-benchmark=run_benchmark:run"]},
 )

@@ -13,7 +13,7 @@ from gsmorph_tf.fileio import atomic_write_text
 from gsmorph_tf.losses import REG_PENALTIES, SIMILARITIES
 from gsmorph_tf.surgery import GROUPINGS, SURGERY_MODES
 
-DATASETS = ("phantom", "acdc")
+DATASETS = ("phantom", "acdc", "mnms")
 MODELS = ("gsmorph", "hypermorph")
 
 #: Settings that may change between an interrupted run and its resumption (more epochs, another place).

@@ -21,6 +21,7 @@ import tensorflow as tf
 from gsmorph_tf import evaluation, hypermorph
 from gsmorph_tf.config import ConfigError, TrainConfig
 from gsmorph_tf.data.acdc import load_acdc
+from gsmorph_tf.data.mnms import load_mnms
 from gsmorph_tf.data.pairs import STRUCTURES, make_dataset
 from gsmorph_tf.data.phantom import generate_phantom_dataset
 from gsmorph_tf.export import export_saved_model
@@ -48,7 +49,9 @@ def load_data(config, generate=True):
                                  n_slices=config.phantom_slices, image_size=config.phantom_size,
                                  seed=PHANTOM_SEED)
     crop = (config.crop_size, config.crop_size)
-    return load_acdc(config.data_dir, crop_size=crop, seed=config.seed)
+    if config.dataset == "mnms":
+        return load_mnms(config.data_dir, crop_size=crop, seed=config.seed)
+    return load_acdc(config.data_dir, crop_size=crop, seed=config.seed)  # ACDC and the phantom
 
 
 def build_network(config, inshape):

@@ -13,3 +13,6 @@ __all__ = [
     "label_centroid", "load_acdc", "load_acdc_subject", "load_nifti", "make_dataset", "make_pairs",
     "read_info_cfg", "scale_to_unit", "split_subjects", "validate_label_map",
 ]
+from gsmorph_tf.data.mnms import (MNMS_LABELS, find_mnms_subjects, load_mnms, load_mnms_subject,  # noqa: E402
+                                  read_mnms_csv)
+__all__ += ["MNMS_LABELS", "find_mnms_subjects", "load_mnms", "load_mnms_subject", "read_mnms_csv"]

@@ -1,0 +1,250 @@
+"""The GSMorph paper's comparison (Tables 1 and 2, Fig. 3) on any dataset the loaders read.
+
+Every learned method is trained with the same data, epochs and seed (one :class:`TrainConfig`, a few
+settings changed per method), the classical methods run on the same 2D crops, and all are scored by the same
+code (:func:`gsmorph_tf.evaluation.evaluate_predictor`), so Dice, HD95 and NJD are computed identically.
+
+Each method keeps its results in ``<output_dir>/<slug>/``: learned methods are ordinary training runs (an
+interrupted one resumes from its last epoch), and a method whose ``benchmark.json`` exists is not run again.
+Inference time is measured in the same run on the same machine for every method: one pair at a time
+(batch 1), after one warm-up pair, median over all test pairs.
+"""
+from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
+
+import dataclasses
+import json
+import os
+import platform
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from gsmorph_tf import evaluation, training
+from gsmorph_tf.fileio import atomic_write_text
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One row of the comparison. ``kind``: ``identity``, ``classical`` (``settings["method"]`` names a
+    :mod:`gsmorph_tf.baselines` method) or ``learned`` (``settings`` override the base TrainConfig)."""
+
+    name: str
+    slug: str
+    kind: str
+    settings: tuple = ()
+
+
+#: The rows of the paper's Table 1, in its order.
+PAPER_METHODS = (
+    Method("Initial", "initial", "identity"),
+    Method("Demons", "demons", "classical", (("method", "demons"),)),
+    Method("SyN", "syn", "classical", (("method", "syn"),)),
+    Method("VoxelMorph-s", "voxelmorph_s", "learned", (("surgery", "none"), ("lam", 0.001))),
+    Method("VoxelMorph-m", "voxelmorph_m", "learned", (("surgery", "none"), ("lam", 0.01))),
+    Method("VoxelMorph-l", "voxelmorph_l", "learned", (("surgery", "none"), ("lam", 0.1))),
+    Method("HyperMorph", "hypermorph", "learned", (("model", "hypermorph"), ("surgery", "none"))),
+    Method("GS-Agr", "gs_agr", "learned", (("surgery", "agr_rand"),)),
+    Method("GS-PCGrad", "gs_pcgrad", "learned", (("surgery", "pcgrad"),)),
+    Method("GSMorph", "gsmorph", "learned", (("surgery", "layerwise"),)),
+)
+
+
+def machine_description():
+    """CPU model and cores, GPUs if any, TensorFlow version: where the timings were measured."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpus = [tf.config.experimental.get_device_details(g).get("device_name", g.name)
+            for g in tf.config.list_physical_devices("GPU")]
+    return "%s, %d CPU cores, %s, TensorFlow %s" % (cpu, os.cpu_count(), "GPU: " + ", ".join(gpus) if gpus
+                                                     else "no GPU", tf.__version__)
+
+
+def compiled_predictor(network):
+    """A predictor (see :func:`gsmorph_tf.evaluation.evaluate_predictor`) calling ``network`` through one
+    ``tf.function``: no per-call Keras ``predict`` overhead, so per-pair times measure the network."""
+    call = tf.function(lambda moving, fixed: network([moving, fixed], training=False), reduce_retracing=True)
+
+    def predict(moving, fixed):
+        outputs = call(tf.constant(moving[..., None], tf.float32), tf.constant(fixed[..., None], tf.float32))
+        return outputs[0].numpy()[..., 0], outputs[1].numpy()
+    return predict
+
+
+def pair_by_pair(predict, times_ms):
+    """Wrap a predictor to run one pair at a time, appending each pair's wall-clock ms to ``times_ms``."""
+    def run(moving, fixed):
+        moved, flows = [], []
+        for m, f in zip(moving, fixed):
+            start = time.perf_counter()
+            out_moved, out_flow = predict(m[None], f[None])
+            times_ms.append(1000.0 * (time.perf_counter() - start))
+            moved.append(out_moved[0])
+            flows.append(out_flow[0])
+        return np.stack(moved), np.stack(flows)
+    return run
+
+
+def classical_predictor(method):
+    """A predictor registering each pair with a classical method of :mod:`gsmorph_tf.baselines`."""
+    from gsmorph_tf import baselines  # optional extra: imported only when a classical method runs
+
+    return lambda moving, fixed: baselines.register_stack(method, moving, fixed)
+
+
+def check_requirements(methods):
+    """Fail before any training if a classical method's library (the ``baselines`` extra) is missing.
+
+    Raises:
+        ImportError: naming the missing package and the extra to install.
+    """
+    from gsmorph_tf import baselines
+
+    for method in methods:
+        if method.kind == "classical":
+            baselines.require(dict(method.settings)["method"])
+
+
+def trainable_parameters(network):
+    return int(sum(int(np.prod(v.shape)) for v in network.trainable_variables))
+
+
+def _score(predict, subjects):
+    """Per-subject metrics and per-pair ms (one warm-up pair first, not counted)."""
+    predict(subjects[0].moving[:1], subjects[0].fixed[:1])
+    times = []
+    rows = evaluation.evaluate_predictor(pair_by_pair(predict, times), subjects)
+    return rows, times
+
+
+def run_method(method, base_config, splits, output_dir, log=print):
+    """Run one method (or read its finished results) and return its record:
+    ``{"name", "kind", "parameters", "ms_per_pair": [...], "subjects": rows, "summary", "chosen"}``."""
+    folder = os.path.join(output_dir, method.slug)
+    record_path = os.path.join(folder, "benchmark.json")
+    if os.path.exists(record_path):
+        log("%s: finished earlier, results read from %s" % (method.name, record_path))
+        with open(record_path, encoding="utf-8") as f:
+            return json.load(f)
+    os.makedirs(folder, exist_ok=True)
+    test = splits["test"]
+    record = {"name": method.name, "kind": method.kind, "parameters": None, "chosen": {}}
+    settings = dict(method.settings)
+    if method.kind == "identity":
+        rows, times = evaluation.evaluate_identity(test), []
+    elif method.kind == "classical":
+        log("%s: registering %d test pairs" % (method.name, sum(len(p.moving) for p in test)))
+        rows, times = _score(classical_predictor(settings["method"]), test)
+    else:
+        config = dataclasses.replace(base_config, output_dir=folder, **settings)
+        log("%s: training (%s)" % (method.name, ", ".join("%s=%s" % kv for kv in method.settings)))
+        outcome = training.train_and_evaluate(config, log=log)
+        _, network = training.load_trained_network(folder)
+        record["parameters"] = trainable_parameters(network)
+        with open(outcome["evaluation_json"], encoding="utf-8") as f:
+            record["chosen"] = json.load(f)["chosen"]
+        rows, times = _score(compiled_predictor(network), test)
+    record.update(ms_per_pair=times, subjects=rows, summary=evaluation.summarize(rows))
+    evaluation.write_json(record_path, record)
+    return record
+
+
+def run_benchmark(base_config, output_dir, methods=PAPER_METHODS, log=print):
+    """Run every method on ``base_config``'s data and write ``table1.md``, ``table2.md``, ``figure3.png`` and
+    ``results.json`` to ``output_dir``. Returns ``{method name: record}``."""
+    base_config.validate()
+    splits = training.load_data(base_config)  # every bad input fails here, before any method runs
+    os.makedirs(output_dir, exist_ok=True)
+    records = {}
+    for index, method in enumerate(methods, 1):
+        log("[%d/%d] %s" % (index, len(methods), method.name))
+        records[method.name] = run_method(method, base_config, splits, output_dir, log=log)
+    machine = machine_description()
+    atomic_write_text(os.path.join(output_dir, "table1.md"), table1(records) + "\n")
+    atomic_write_text(os.path.join(output_dir, "table2.md"), table2(records, machine) + "\n")
+    figure3(records, methods, base_config, splits, output_dir, os.path.join(output_dir, "figure3.png"))
+    evaluation.write_json(os.path.join(output_dir, "results.json"),
+                          {"machine": machine, "config": base_config.to_dict(),
+                           "methods": {name: {k: v for k, v in r.items() if k != "subjects"}
+                                       for name, r in records.items()}})
+    return records
+
+
+def table1(records):
+    """The paper's Table 1: Dice %, HD95 mm, MSE x1e-2, NJD %, mean +- std over test subjects."""
+    return evaluation.format_table({name: record["summary"] for name, record in records.items()})
+
+
+def table2(records, machine):
+    """The paper's Table 2: trainable parameters and inference ms per pair (median, batch 1)."""
+    lines = ["| Method | Parameters | Inference (ms per pair, median) |", "|---|---|---|"]
+    for name, record in records.items():
+        if record["kind"] == "identity":
+            continue
+        params = "-" if record["parameters"] is None else "{:,}".format(record["parameters"])
+        lines.append("| %s | %s | %.1f |" % (name, params, float(np.median(record["ms_per_pair"]))))
+    lines.append("")
+    lines.append("Measured in this run on: %s. One pair at a time, after one warm-up pair." % machine)
+    return "\n".join(lines)
+
+
+def _deformation_grid(axis, flow, spacing=4):
+    """Draw the deformed grid x + u(x) (every ``spacing`` pixels) of a 2D flow [H, W, 2] on ``axis``."""
+    h, w = flow.shape[:2]
+    rows, cols = np.mgrid[0:h, 0:w].astype(np.float32)
+    y, x = rows + flow[..., 0], cols + flow[..., 1]
+    for r in range(0, h, spacing):
+        axis.plot(x[r, :], y[r, :], color="tab:red", linewidth=0.5)
+    for c in range(0, w, spacing):
+        axis.plot(x[:, c], y[:, c], color="tab:red", linewidth=0.5)
+    axis.set_xlim(0, w - 1)
+    axis.set_ylim(h - 1, 0)
+    axis.set_aspect("equal")
+
+
+def figure3(records, methods, base_config, splits, output_dir, path, cases=2):
+    """Like the paper's Fig. 3: for ``cases`` test subjects (mid-ventricular slice), fixed, moving and each
+    method's moved image, with its deformation grid underneath. Written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    subjects = splits["test"][:cases]
+    shown = [m for m in methods if m.kind != "identity"]
+    predictors = {}
+    for method in shown:
+        if method.kind == "classical":
+            predictors[method.name] = classical_predictor(dict(method.settings)["method"])
+        else:
+            _, network = training.load_trained_network(os.path.join(output_dir, method.slug))
+            predictors[method.name] = compiled_predictor(network)
+    columns = 2 + len(shown)
+    fig, axes = plt.subplots(2 * len(subjects), columns, figsize=(1.6 * columns, 3.3 * len(subjects)),
+                             squeeze=False)
+    for case, pairs in enumerate(subjects):
+        s = len(pairs.moving) // 2
+        top, bottom = axes[2 * case], axes[2 * case + 1]
+        for axis, image, title in ((top[0], pairs.fixed[s], "Fixed (ED)"), (top[1], pairs.moving[s], "Moving (ES)")):
+            axis.imshow(image, cmap="gray", vmin=0, vmax=1)
+            axis.set_title("%s\n%s" % (title, pairs.subject), fontsize=7)
+        for column, method in enumerate(shown, 2):
+            moved, flow = predictors[method.name](pairs.moving[s:s + 1], pairs.fixed[s:s + 1])
+            top[column].imshow(moved[0], cmap="gray", vmin=0, vmax=1)
+            top[column].set_title(method.name, fontsize=7)
+            _deformation_grid(bottom[column], flow[0])
+        for axis in list(top) + list(bottom):
+            axis.set_xticks([])
+            axis.set_yticks([])
+        bottom[0].axis("off")
+        bottom[1].axis("off")
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
