@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # The virtualenv is (re)built when setup.py changes.
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test,baselines]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test,baselines,brain]"
 	touch $(STAMP)
 
 install: $(STAMP)

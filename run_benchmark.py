@@ -10,9 +10,10 @@ the same command resumes: finished methods are read back, an interrupted trainin
 """
 import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 
-import sys
 
-from absl import app, flags, logging
+from absl import app, flags
+
+from gsmorph_tf.cli import fail, quiet_logs
 
 from gsmorph_tf.config import DATASETS, ConfigError, TrainConfig
 from gsmorph_tf.data.nifti import DatasetError
@@ -48,13 +49,9 @@ def selected_methods(names, available):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    import tensorflow as tf
-
+    quiet_logs(FLAGS["verbosity"].present)
     from gsmorph_tf import benchmark
 
-    tf.get_logger().setLevel("WARNING")
     try:
         config = TrainConfig(dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, output_dir=FLAGS.output_dir,
                              epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
@@ -65,8 +62,7 @@ def main(argv):
         benchmark.check_requirements(methods)
         records = benchmark.run_benchmark(config, FLAGS.output_dir, methods)
     except (ConfigError, DatasetError, ImportError) as error:
-        print("error: %s" % error, file=sys.stderr)
-        return 2
+        return fail(error)
     print("\nTable 1 (test split, mean +- std over subjects):\n")
     print(benchmark.table1(records))
     print("\nTable 2:\n")

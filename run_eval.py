@@ -16,9 +16,10 @@ import dataclasses
 import io
 import json
 import os
-import sys
 
-from absl import app, flags, logging
+from absl import app, flags
+
+from gsmorph_tf.cli import fail, quiet_logs
 
 from gsmorph_tf.config import DATASETS, ConfigError, TrainConfig
 from gsmorph_tf.data.nifti import DatasetError
@@ -65,17 +66,16 @@ def main(argv):
         raise app.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
     if (FLAGS.run_dir is None) == (FLAGS.saved_model is None):
         raise app.UsageError("give exactly one of --run_dir or --saved_model")
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
+    quiet_logs(FLAGS["verbosity"].present)
     import tensorflow as tf
 
     from gsmorph_tf import evaluation, training
+    from gsmorph_tf.export import load_run_for_inference
     from gsmorph_tf.fileio import atomic_write_text
 
-    tf.get_logger().setLevel("WARNING")
     try:
         if FLAGS.run_dir:
-            run_config, network = training.load_trained_network(FLAGS.run_dir)
+            run_config, network = load_run_for_inference(FLAGS.run_dir)
             predict = evaluation.keras_predictor(network, FLAGS.batch_size)
             source = FLAGS.run_dir
         else:
@@ -85,8 +85,7 @@ def main(argv):
         config = data_config(run_config)
         subjects = subjects_of(training.load_data(config, generate=False), FLAGS.split)
     except (ConfigError, DatasetError, FileNotFoundError) as error:
-        print("error: %s" % error, file=sys.stderr)
-        return 2
+        return fail(error)
 
     output_dir = FLAGS.output_dir or (os.path.join(FLAGS.run_dir, "eval_%s" % FLAGS.split) if FLAGS.run_dir
                                       else "eval")

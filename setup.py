@@ -9,7 +9,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["gsmorph_tf", "gsmorph_tf.*", "ulae_tf", "ulae_tf.*"]),
-    py_modules=["run_train", "run_eval", "run_benchmark"],
+    py_modules=["run_train", "run_eval", "run_benchmark", "run_export", "run_register"],
     install_requires=[
         "tensorflow==2.21.*",
         "tf-keras==2.21.*",
@@ -27,7 +27,10 @@ setup(
         "test": ["pytest>=8,<10"],
         # Classical baselines (Demons, SyN). Tested: SimpleITK 2.5.7, antspyx 0.6.3 (needs numpy<2.4, scipy<1.16).
         "baselines": ["SimpleITK>=2.3,<3", "antspyx>=0.6,<0.7"],
+        # 3D brain task for ULAE-net: the MNI152 template and tissue maps nilearn ships (no download).
+        "brain": ["nilearn>=0.14,<0.15"],  # tested: nilearn 0.14.1
     },
     entry_points={"console_scripts": ["gsmorph-train=run_train:run", "gsmorph-eval=run_eval:run",
-                                      "gsmorph-benchmark=run_benchmark:run"]},
+                                      "gsmorph-benchmark=run_benchmark:run", "gsmorph-export=run_export:run",
+                                      "gsmorph-register=run_register:run"]},
 )

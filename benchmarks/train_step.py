@@ -12,14 +12,11 @@ Usage: ``python benchmarks/train_step.py [--size=128] [--batch_size=32] [--steps
 """
 import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 
-import os
-import platform
-import time
-
 import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
+from gsmorph_tf.benchmark import machine_description, median_ms
 from gsmorph_tf.model import GradientSurgeryModel
 from gsmorph_tf.networks import build_gsmorph_unet
 from gsmorph_tf.surgery import group_cosines, project_gradients
@@ -28,32 +25,6 @@ flags.DEFINE_integer("size", 128, "Image side (pixels).")
 flags.DEFINE_integer("batch_size", 32, "Pairs per training step.")
 flags.DEFINE_integer("steps", 10, "Timed steps per measurement (after 3 warm-up steps).")
 FLAGS = flags.FLAGS
-
-
-def machine():
-    """One line naming the machine: CPU model and cores, GPU if any, TensorFlow version."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpus = [tf.config.experimental.get_device_details(g).get("device_name", g.name)
-            for g in tf.config.list_physical_devices("GPU")]
-    return "%s, %d cores%s, TensorFlow %s" % (cpu, os.cpu_count(), (", GPU: " + ", ".join(gpus)) if gpus else
-                                               ", no GPU", tf.__version__)
-
-
-def timed(fn, steps, warmup=3):
-    """Median wall-clock ms of ``fn()`` over ``steps`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        fn()
-        times.append(1000.0 * (time.perf_counter() - start))
-    return float(np.median(times))
 
 
 def step_ms(mode, batch, steps):
@@ -67,7 +38,7 @@ def step_ms(mode, batch, steps):
     def run():
         logs = train_step(batch)
         float(logs["sim_loss"])  # wait for the step to finish
-    return timed(run, steps), model
+    return median_ms(run, steps, warmup=3), model
 
 
 def projection_ms(model, batch, steps):
@@ -85,7 +56,7 @@ def projection_ms(model, batch, steps):
     def run():
         out, cos = project(sim_grads, reg_grads)
         float(tf.reduce_sum(cos) + tf.reduce_sum(out[-1]))
-    return timed(run, steps)
+    return median_ms(run, steps, warmup=3)
 
 
 def inference_ms(network, batch, steps):
@@ -94,8 +65,8 @@ def inference_ms(network, batch, steps):
 
     def run_batch(m, f):
         return lambda: float(tf.reduce_sum(predict(m, f)[1]))
-    one = timed(run_batch(batch["moving"][:1], batch["fixed"][:1]), steps)
-    full = timed(run_batch(batch["moving"], batch["fixed"]), steps)
+    one = median_ms(run_batch(batch["moving"][:1], batch["fixed"][:1]), steps, warmup=3)
+    full = median_ms(run_batch(batch["moving"], batch["fixed"]), steps, warmup=3)
     return one, full / int(batch["moving"].shape[0])
 
 
@@ -104,7 +75,7 @@ def main(argv):
     rng = np.random.default_rng(0)
     shape = (FLAGS.batch_size, FLAGS.size, FLAGS.size, 1)
     batch = {"moving": tf.constant(rng.random(shape, np.float32)), "fixed": tf.constant(rng.random(shape, np.float32))}
-    print("machine: %s" % machine())
+    print("machine: %s" % machine_description())
     print("network: GSMorph U-Net, %dx%d, batch %d, median of %d steps" % (FLAGS.size, FLAGS.size,
                                                                           FLAGS.batch_size, FLAGS.steps))
     none_ms, _ = step_ms("none", batch, FLAGS.steps)

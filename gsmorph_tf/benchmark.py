@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from gsmorph_tf import evaluation, training
+from gsmorph_tf.export import load_run_for_inference
 from gsmorph_tf.fileio import atomic_write_text
 
 
@@ -62,6 +63,19 @@ def machine_description():
             for g in tf.config.list_physical_devices("GPU")]
     return "%s, %d CPU cores, %s, TensorFlow %s" % (cpu, os.cpu_count(), "GPU: " + ", ".join(gpus) if gpus
                                                      else "no GPU", tf.__version__)
+
+
+def median_ms(fn, steps, warmup=1):
+    """Median wall-clock ms of ``fn()`` over ``steps`` calls, after ``warmup`` untimed calls (tracing, first
+    allocations). ``fn`` must block until its work is done (e.g. convert a result to a Python float)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        times.append(1000.0 * (time.perf_counter() - start))
+    return float(np.median(times))
 
 
 def compiled_predictor(network):
@@ -143,7 +157,7 @@ def run_method(method, base_config, splits, output_dir, log=print):
         config = dataclasses.replace(base_config, output_dir=folder, **settings)
         log("%s: training (%s)" % (method.name, ", ".join("%s=%s" % kv for kv in method.settings)))
         outcome = training.train_and_evaluate(config, log=log)
-        _, network = training.load_trained_network(folder)
+        _, network = load_run_for_inference(folder)
         record["parameters"] = trainable_parameters(network)
         with open(outcome["evaluation_json"], encoding="utf-8") as f:
             record["chosen"] = json.load(f)["chosen"]
@@ -221,7 +235,7 @@ def figure3(records, methods, base_config, splits, output_dir, path, cases=2):
         if method.kind == "classical":
             predictors[method.name] = classical_predictor(dict(method.settings)["method"])
         else:
-            _, network = training.load_trained_network(os.path.join(output_dir, method.slug))
+            _, network = load_run_for_inference(os.path.join(output_dir, method.slug))
             predictors[method.name] = compiled_predictor(network)
     columns = 2 + len(shown)
     fig, axes = plt.subplots(2 * len(subjects), columns, figsize=(1.6 * columns, 3.3 * len(subjects)),

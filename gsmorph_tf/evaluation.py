@@ -24,7 +24,7 @@ import voxelmorph as vxm
 
 from gsmorph_tf import metrics
 from gsmorph_tf.fileio import atomic_write_text
-from gsmorph_tf.data.pairs import STRUCTURES
+from gsmorph_tf.data.pairs import reporting_order
 
 #: Column order of the summary tables: (key in the per-subject rows, header).
 TABLE_COLUMNS = (("dice_mean", "Dice (%)"), ("hd95_mean", "HD95 (mm)"), ("mse_x100", "MSE (x1e-2)"),
@@ -83,26 +83,37 @@ def subject_metrics(pairs, moved, moved_labels, flow):
     """Metrics of one subject's registration.
 
     Args:
-        pairs: the subject's :class:`~gsmorph_tf.data.pairs.SubjectPairs` (fixed image and labels, spacing).
-        moved: ``[S, H, W]`` warped moving image; moved_labels: ``[S, H, W]`` warped moving labels;
-        flow: ``[S, H, W, 2]`` displacement in pixels, or None for the identity.
+        pairs: the subject's :class:`~gsmorph_tf.data.pairs.SubjectPairs` (fixed image and labels, spacing,
+            structure names, and the true flow when the task has one).
+        moved: warped moving images, shaped like ``pairs.moving``; moved_labels: warped moving labels;
+        flow: displacement ``[..., ndim]`` in voxels, or None for the identity.
 
     Returns:
         dict: ``dice_<structure>`` (%), ``dice_mean``, ``hd95_<structure>`` (mm), ``hd95_mean``, ``mse``,
-        ``mse_x100``, ``njd`` (%). NaN where a structure is absent from both label maps.
+        ``mse_x100``, ``njd`` (%), and ``epe_mm`` (mean end-point error against ``pairs.true_flow`` over the
+        fixed image's labelled voxels) when the true flow is known. A 2D slice stack is scored as one volume
+        with its slice spacing; a 3D task item by item, then averaged. NaN where a structure is absent.
     """
-    label_values = {name: pairs.label_values[name] for name in STRUCTURES}
-    dice = metrics.dice_per_structure(moved_labels, pairs.fixed_labels, label_values)
-    hd = metrics.hd95_per_structure(moved_labels, pairs.fixed_labels, label_values, pairs.spacing_mm)
+    names = reporting_order(pairs.label_values)
+    label_values = {name: pairs.label_values[name] for name in names}
+    items = range(len(moved_labels)) if pairs.volumes_per_item else [slice(None)]
+    dice = [metrics.dice_per_structure(moved_labels[i], pairs.fixed_labels[i], label_values) for i in items]
+    hd = [metrics.hd95_per_structure(moved_labels[i], pairs.fixed_labels[i], label_values, pairs.spacing_mm)
+          for i in items]
     row = {"subject": pairs.subject}
-    for name in STRUCTURES:
-        row["dice_%s" % name] = 100.0 * dice[name]
-        row["hd95_%s" % name] = hd[name]
-    row["dice_mean"] = _nanmean([row["dice_%s" % n] for n in STRUCTURES])
-    row["hd95_mean"] = _nanmean([row["hd95_%s" % n] for n in STRUCTURES])
+    for name in names:
+        row["dice_%s" % name] = 100.0 * _nanmean([d[name] for d in dice])
+        row["hd95_%s" % name] = _nanmean([h[name] for h in hd])
+    row["dice_mean"] = _nanmean([row["dice_%s" % n] for n in names])
+    row["hd95_mean"] = _nanmean([row["hd95_%s" % n] for n in names])
     row["mse"] = metrics.mse(moved, pairs.fixed)
     row["mse_x100"] = 100.0 * row["mse"]
     row["njd"] = 0.0 if flow is None else metrics.negative_jacobian_percent(flow)
+    if pairs.true_flow is not None:
+        predicted = np.zeros_like(pairs.true_flow) if flow is None else flow
+        # Components are along the array axes of each item: scale each by that axis' spacing (mm).
+        error_mm = (predicted - pairs.true_flow) * np.asarray(pairs.spacing_mm[-predicted.shape[-1]:])
+        row["epe_mm"] = float(np.linalg.norm(error_mm, axis=-1)[pairs.fixed_labels > 0].mean())
     return row
 
 
@@ -159,8 +170,13 @@ def summarize(rows):
 
 
 def format_table(summaries):
-    """Markdown table of ``{method: summary}`` with the paper's Table 1 columns plus per-structure Dice."""
-    columns = list(TABLE_COLUMNS) + [("dice_%s" % n, "Dice %s (%%)" % n) for n in STRUCTURES]
+    """Markdown table of ``{method: summary}``: the paper's Table 1 columns, end-point error when known,
+    then Dice per structure (by name, in the summaries' order)."""
+    first = next(iter(summaries.values()))
+    columns = list(TABLE_COLUMNS)
+    if "epe_mm" in first:
+        columns.append(("epe_mm", "EPE (mm)"))
+    columns += [(key, "Dice %s (%%)" % key[5:]) for key in first if key.startswith("dice_") and key != "dice_mean"]
     lines = ["| Method | " + " | ".join(header for _, header in columns) + " |",
              "|---|" + "---|" * len(columns)]
     for method, summary in summaries.items():

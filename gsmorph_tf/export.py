@@ -1,32 +1,72 @@
 """Export a registration network as a TensorFlow SavedModel laid out for TF Serving.
 
-TF Serving loads ``<base>/<version>/saved_model.pb`` (+ ``variables/``), ``version`` an integer. The
-``serving_default`` signature takes named inputs ``moving`` and ``fixed`` (float32 ``[None, *vol, 1]``,
-intensities scaled to [0, 1] as in training) and returns ``moved`` (``[None, *vol, 1]``) and ``flow``
-(``[None, *vol, ndim]``, displacement in voxels along the array axes). The graph holds only TensorFlow ops,
-so it loads with ``tf.saved_model.load`` where neither this package nor voxelmorph is installed.
+TF Serving loads ``<base>/<version>/saved_model.pb`` (+ ``variables/``), ``version`` an integer; a run's
+model is exported to ``<export_base>/<model_name>/<version>/``. Every version is written to a hidden temp
+folder and renamed into place, so a server watching the base path never sees half a model, and an existing
+version is never overwritten.
+
+Signatures (``vol`` is the network's spatial input shape, e.g. ``128, 128`` or ``160, 192, 160``; ``ndim``
+its length; every tensor float32; the batch axis is free):
+
+``serving_default``
+    inputs ``moving``, ``fixed``: ``[None, *vol, 1]``, intensities scaled to [0, 1] as in training (one
+    shared range for the pair: :func:`gsmorph_tf.data.pairs.scale_to_unit`).
+    outputs ``moved``: ``[None, *vol, 1]``, the moving image warped onto the fixed one;
+    ``flow``: ``[None, *vol, ndim]``, the displacement field ``u`` in voxels, channel k along array axis k
+    ('ij' indexing), such that ``moved(x) = moving(x + u(x))``.
+
+``warp``
+    applies a given displacement field to one image, both ways at once:
+    inputs ``image``: ``[None, *vol, 1]`` (an intensity image, any range, or a label map stored as float:
+    put several channels or label maps on the batch axis); ``flow``: ``[None, *vol, ndim]`` in voxels, as
+    ``serving_default`` returns it.
+    outputs ``warped_linear``: ``[None, *vol, 1]``, (bi/tri)linear interpolation, for images;
+    ``warped_nearest``: ``[None, *vol, 1]``, nearest neighbour, for label maps (only input values occur).
+
+Both signatures warp with voxelmorph's ``SpatialTransformer`` ('ij' indexing, border values outside the
+image), the layer the network trains with and :func:`gsmorph_tf.evaluation.warp_labels` evaluates with, so
+training, evaluation and serving warp identically. The graph holds only TensorFlow ops, so it loads with
+``tf.saved_model.load`` (or TF Serving) where neither this package nor voxelmorph is installed.
 """
 from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
 
+import json
 import os
 import shutil
 
 import tensorflow as tf
+import voxelmorph as vxm
+
+from gsmorph_tf import hypermorph
+from gsmorph_tf.config import ConfigError, TrainConfig
+
+#: Signature names of an exported model.
+SERVING_SIGNATURE = "serving_default"
+WARP_SIGNATURE = "warp"
 
 
 class _RegistrationModule(tf.Module):
-    """Holds the network's variables and its inference function for ``tf.saved_model.save``."""
+    """Holds the network's variables and the two serving functions for ``tf.saved_model.save``."""
 
     def __init__(self, network):
         super().__init__(name="registration")
         self.network = network
-        spec = [None, *network.inputs[0].shape[1:]]
+        vol = list(network.inputs[0].shape[1:-1])
+        image = [None, *vol, 1]
+        flow = [None, *vol, len(vol)]
+        self.linear = vxm.layers.SpatialTransformer(interp_method="linear", indexing="ij", name="warp_linear")
+        self.nearest = vxm.layers.SpatialTransformer(interp_method="nearest", indexing="ij", name="warp_nearest")
         self.serve = tf.function(self._serve, input_signature=[
-            tf.TensorSpec(spec, tf.float32, name="moving"), tf.TensorSpec(spec, tf.float32, name="fixed")])
+            tf.TensorSpec(image, tf.float32, name="moving"), tf.TensorSpec(image, tf.float32, name="fixed")])
+        self.warp = tf.function(self._warp, input_signature=[
+            tf.TensorSpec(image, tf.float32, name="image"), tf.TensorSpec(flow, tf.float32, name="flow")])
 
     def _serve(self, moving, fixed):
         outputs = self.network([moving, fixed], training=False)
         return {"moved": outputs[0], "flow": outputs[1]}
+
+    def _warp(self, image, flow):
+        return {"warped_linear": self.linear([image, flow]), "warped_nearest": self.nearest([image, flow])}
 
 
 def existing_versions(base_dir):
@@ -40,7 +80,7 @@ def export_saved_model(network, base_dir, version=None):
     """Write ``network`` to ``<base_dir>/<version>/`` atomically and return that path.
 
     Args:
-        network: Keras model ``[moving, fixed] -> (moved, flow, ...)``.
+        network: Keras model ``[moving, fixed] -> (moved, flow, ...)`` with a fixed spatial input shape.
         base_dir: the model's base path (what TF Serving's ``base_path`` points at).
         version: integer version; None takes the next after the highest existing one (1 for a new base).
 
@@ -63,8 +103,132 @@ def export_saved_model(network, base_dir, version=None):
     shutil.rmtree(tmp, ignore_errors=True)
     module = _RegistrationModule(network)
     try:
-        tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
+        tf.saved_model.save(module, tmp, signatures={SERVING_SIGNATURE: module.serve, WARP_SIGNATURE: module.warp})
         os.rename(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def read_run_config(run_dir):
+    """The :class:`~gsmorph_tf.config.TrainConfig` saved as ``<run_dir>/config.json`` by a training run.
+
+    Raises:
+        FileNotFoundError: no ``config.json`` in ``run_dir``.
+        ConfigError: naming the file, if it is not JSON or holds settings ``TrainConfig`` does not know.
+    """
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError("%s not found: --run_dir must be the output_dir of a run_train.py run" % path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return TrainConfig.from_dict(json.load(f))
+    except (ValueError, TypeError) as error:
+        raise ConfigError("%s: not the config of a training run (%s)" % (path, error)) from error
+
+
+def latest_run_checkpoint(run_dir):
+    """Path prefix of the newest checkpoint under ``<run_dir>/checkpoints`` (Keras ``BackupAndRestore``
+    writes them to its ``chief/`` subfolder after every epoch).
+
+    Raises:
+        FileNotFoundError: the run has no checkpoint (it did not complete an epoch).
+    """
+    folder = os.path.join(run_dir, "checkpoints")
+    for candidate in (os.path.join(folder, "chief"), folder):
+        if os.path.isdir(candidate):
+            prefix = tf.train.latest_checkpoint(candidate)
+            if prefix:
+                return prefix
+    raise FileNotFoundError("no checkpoint in %s: the run must complete at least one epoch before export" % folder)
+
+
+def load_trained_network(run_dir):
+    """Rebuild a training run's network and restore its trained weights from the run's last checkpoint.
+
+    The network is built from ``<run_dir>/config.json`` with :func:`gsmorph_tf.training.build_network` for
+    the configured input shape (:meth:`~gsmorph_tf.config.TrainConfig.network_shape`). The checkpoint holds the whole training model (``GradientSurgeryModel``
+    or ``HyperMorphModel``: network, optimizer, loss trackers, epoch counters) under the key ``model``, the
+    network under ``model/network``;
+    a ``tf.train.Checkpoint`` of that same two-level structure restores the network's variables (trainable
+    and BatchNorm statistics) and ignores the rest.
+
+    Returns:
+        ``(network, config)``.
+
+    Raises:
+        FileNotFoundError: ``config.json`` or the checkpoint is missing.
+        ConfigError: naming the checkpoint, if it does not hold every variable of the configured network
+            (another model, crop size or ``int_steps``).
+    """
+    from gsmorph_tf.training import build_network  # training imports this module for its final export
+
+    config = read_run_config(run_dir)
+    prefix = latest_run_checkpoint(run_dir)
+    network = build_network(config, config.network_shape())
+    checkpoint = tf.train.Checkpoint(model=tf.train.Checkpoint(network=network))
+    try:
+        status = checkpoint.restore(prefix)
+        status.expect_partial()  # optimizer slots, loss trackers and epoch counters are not needed
+        status.assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as error:
+        raise ConfigError("%s does not hold the weights of the %s network configured in %s (%s)"
+                          % (prefix, config.model, os.path.join(run_dir, "config.json"), error)) from error
+    return network, config
+
+
+def serving_network(run_dir, network, config):
+    """The ``[moving, fixed] -> [moved, flow]`` network to serve from a run's restored ``network``.
+
+    GSMorph networks are served as they are. A HyperMorph network takes lambda as a third input: it is
+    frozen at the lambda the finished run chose on its validation split (``chosen.hypermorph_lambda`` in
+    ``<run_dir>/evaluation.json``), as the run's own export does.
+
+    Raises:
+        ConfigError: naming ``evaluation.json``, for a HyperMorph run without a chosen lambda (the run must
+            finish: lambda is chosen after training).
+    """
+    if config.model != "hypermorph":
+        return network
+    path = os.path.join(run_dir, "evaluation.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            lam = float(json.load(f)["chosen"]["hypermorph_lambda"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ConfigError("%s: no chosen HyperMorph lambda (%s: %s); export a HyperMorph run after it has "
+                          "finished, when lambda has been chosen on the validation split"
+                          % (path, type(error).__name__, error)) from error
+    return hypermorph.fixed_lambda_network(network, lam)
+
+
+def load_run_for_inference(run_dir):
+    """``(config, network)``: a run's trained ``[moving, fixed] -> [moved, flow]`` network, as it is served
+    (:func:`load_trained_network`, then :func:`serving_network`)."""
+    network, config = load_trained_network(run_dir)
+    return config, serving_network(run_dir, network, config)
+
+
+def export_run(run_dir, export_base, model_name=None, version=None):
+    """Export a training run's last checkpoint to ``<export_base>/<model_name>/<version>/``.
+
+    Args:
+        run_dir: ``output_dir`` of a ``run_train.py`` run (``config.json`` and ``checkpoints/``; for
+            HyperMorph also ``evaluation.json``, see :func:`serving_network`).
+        export_base: folder holding one base path per model (what ``serving/models.config`` points into).
+        model_name: TF Serving model name, a plain folder name; None takes the run's ``config.model``.
+        version: integer version; None takes the next free one.
+
+    Returns:
+        The path of the written version.
+
+    Raises:
+        FileNotFoundError, ConfigError: see :func:`load_trained_network` and :func:`serving_network`;
+            ConfigError also for a model name that is not a plain folder name.
+        FileExistsError: ``version`` already exists.
+    """
+    config, network = load_run_for_inference(run_dir)
+    model_name = config.model if model_name is None else model_name
+    if not model_name or model_name in (".", "..") or "/" in model_name or os.sep in model_name:
+        raise ConfigError("model name %r must be a plain folder name (it becomes <export_base>/<name>)"
+                          % model_name)
+    return export_saved_model(network, os.path.join(export_base, model_name), version)

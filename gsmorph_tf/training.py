@@ -4,7 +4,8 @@ Each step is a function of a :class:`~gsmorph_tf.config.TrainConfig` (or plain a
 called on its own from a test; :func:`train_and_evaluate` chains them. A run's output directory holds::
 
     config.json            the settings (a re-run must match them to resume)
-    tensorboard/           event files: per-step losses and conflict statistics, per-epoch validation metrics
+    tensorboard/           event files: per-step losses and conflict statistics, per-epoch validation metrics,
+                           images/ (registration panels, flow histogram), hparams/ (settings + test metrics)
     checkpoints/           model + optimizer + epoch after every epoch (Keras BackupAndRestore): re-running
                            the same command after an interruption resumes from the last completed epoch
     evaluation.json/.md    test-split metrics per subject and mean +- std, with the Initial (identity) row
@@ -12,17 +13,16 @@ called on its own from a test; :func:`train_and_evaluate` chains them. A run's o
 """
 from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
 
-import json
 import os
 import sys
 
 import tensorflow as tf
 
-from gsmorph_tf import evaluation, hypermorph
-from gsmorph_tf.config import ConfigError, TrainConfig
+from gsmorph_tf import evaluation, hypermorph, monitoring
+from gsmorph_tf.config import ConfigError
 from gsmorph_tf.data.acdc import load_acdc
 from gsmorph_tf.data.mnms import load_mnms
-from gsmorph_tf.data.pairs import STRUCTURES, make_dataset
+from gsmorph_tf.data.pairs import make_dataset, reporting_order
 from gsmorph_tf.data.phantom import generate_phantom_dataset
 from gsmorph_tf.export import export_saved_model
 from gsmorph_tf.fileio import atomic_write_text
@@ -51,6 +51,11 @@ def load_data(config, generate=True):
     crop = (config.crop_size, config.crop_size)
     if config.dataset == "mnms":
         return load_mnms(config.data_dir, crop_size=crop, seed=config.seed)
+    if config.dataset == "brain":
+        from gsmorph_tf.data.brain import load_brain  # optional extra (nilearn)
+
+        return load_brain(n_pairs=config.brain_pairs, shape=tuple(config.brain_shape),
+                          max_displacement=config.brain_max_displacement, seed=config.seed)
     return load_acdc(config.data_dir, crop_size=crop, seed=config.seed)  # ACDC and the phantom
 
 
@@ -60,7 +65,20 @@ def build_network(config, inshape):
         return build_gsmorph_unet(inshape, int_steps=config.int_steps)
     if config.model == "hypermorph":
         return hypermorph.build_hypermorph(inshape, int_steps=config.int_steps)
+    if config.model == "ulae":
+        from ulae_tf.networks import build_ulae_net
+
+        return build_ulae_net(inshape)
     raise ConfigError("unknown model %r" % config.model)
+
+
+def similarity_for(config):
+    """The similarity loss a config names: a voxelmorph loss name, or ULAE's multi-window NCC callable."""
+    if config.similarity == "multi_ncc":
+        from ulae_tf.losses import multi_window_ncc
+
+        return multi_window_ncc(windows=tuple(config.ncc_windows), gamma=config.ncc_gamma)
+    return config.similarity
 
 
 def build_model(config, network):
@@ -72,7 +90,7 @@ def build_model(config, network):
                                            ncc_window=config.ncc_window, seed=config.seed)
         dummy = [zeros, zeros, tf.zeros((1, 1))]
     else:
-        model = GradientSurgeryModel(network, similarity=config.similarity, reg_penalty=config.reg_penalty,
+        model = GradientSurgeryModel(network, similarity=similarity_for(config), reg_penalty=config.reg_penalty,
                                      surgery=config.surgery, lam=config.lam, grouping=config.grouping,
                                      seed=config.seed, ncc_window=config.ncc_window,
                                      conflict_diagnostics=config.conflict_diagnostics)
@@ -97,6 +115,8 @@ def method_name(config, chosen=None):
     """The name a run's method has in tables: the paper's names for its variants."""
     if config.model == "hypermorph":
         return "HyperMorph" + (" (lambda=%g)" % chosen["hypermorph_lambda"] if chosen else "")
+    if config.model == "ulae":
+        return "ULAE-net" + ("" if config.surgery == "none" else " + gradient surgery (%s)" % config.surgery)
     if config.surgery == "none":
         return "VoxelMorph (lam=%g)" % config.lam
     return {"layerwise": "GSMorph", "pcgrad": "GS-PCGrad", "agr_rand": "GS-Agr", "agr_sum": "GS-Agr (sum)"}[
@@ -121,7 +141,7 @@ class ValidationMetrics(tf.keras.callbacks.Callback):
         rows = evaluation.evaluate_network(self.network, self.subjects, self.batch_size)
         summary = evaluation.summarize(rows)
         logs["val_dice"] = summary["dice_mean"]["mean"]
-        for name in STRUCTURES:
+        for name in reporting_order(self.subjects[0].label_values):
             logs["val_dice_%s" % name] = summary["dice_%s" % name]["mean"]
         logs["val_hd95"] = summary["hd95_mean"]["mean"]
         logs["val_mse"] = summary["mse"]["mean"]
@@ -139,10 +159,11 @@ def fit(model, splits, config, output_dir, verbose=None):
     network = model.network
     if config.model == "hypermorph":  # monitored at VoxelMorph-m's weight; the final lambda is chosen later
         network = hypermorph.fixed_lambda_network(network, VALIDATION_HYPERMORPH_LAMBDA)
+    log_dir = os.path.join(output_dir, "tensorboard")
     callbacks = [
         ValidationMetrics(network, splits["val"], config.batch_size),  # before TensorBoard: it adds to logs
-        tf.keras.callbacks.TensorBoard(os.path.join(output_dir, "tensorboard"),
-                                       update_freq=config.log_every_n_steps),
+        monitoring.RegistrationImages(network, splits["val"], os.path.join(log_dir, "images")),
+        tf.keras.callbacks.TensorBoard(log_dir, update_freq=config.log_every_n_steps),
         tf.keras.callbacks.BackupAndRestore(os.path.join(output_dir, "checkpoints"), delete_checkpoint=False),
     ]
     if verbose is None:
@@ -164,37 +185,6 @@ def evaluate(network, subjects, batch_size=32, show_progress=True):
     for method, rows in (("Initial", evaluation.evaluate_identity(subjects)), ("Model", model_rows)):
         results[method] = {"subjects": rows, "summary": evaluation.summarize(rows)}
     return results
-
-
-def load_trained_network(run_dir):
-    """Rebuild the ``[moving, fixed] -> [moved, flow]`` network of a run from ``<run_dir>/config.json`` and
-    the last epoch saved in ``<run_dir>/checkpoints`` (for HyperMorph, at the lambda the run chose).
-
-    Returns:
-        ``(config, network)``.
-
-    Raises:
-        FileNotFoundError: no config.json or no checkpoint in ``run_dir``.
-    """
-    config_path = os.path.join(run_dir, "config.json")
-    if not os.path.exists(config_path):
-        raise FileNotFoundError("%s is not a training run: %s is missing" % (run_dir, config_path))
-    with open(config_path, encoding="utf-8") as f:
-        config = TrainConfig(**json.load(f))
-    checkpoint_dir = os.path.join(run_dir, "checkpoints", "chief")  # where BackupAndRestore writes
-    latest = tf.train.latest_checkpoint(checkpoint_dir)
-    if latest is None:
-        raise FileNotFoundError("no checkpoint in %s: the run has not finished an epoch" % checkpoint_dir)
-    network = build_network(config, (config.crop_size, config.crop_size))
-    model = build_model(config, network)
-    tf.train.Checkpoint(model=model).restore(latest).expect_partial()
-    if config.model == "hypermorph":
-        report = os.path.join(run_dir, "evaluation.json")
-        if not os.path.exists(report):
-            raise FileNotFoundError("%s is missing: HyperMorph's lambda is chosen at the end of training" % report)
-        with open(report, encoding="utf-8") as f:
-            network = hypermorph.fixed_lambda_network(network, json.load(f)["chosen"]["hypermorph_lambda"])
-    return config, network
 
 
 def prepare_output_dir(config):
@@ -232,9 +222,11 @@ def train_and_evaluate(config, verbose=None, log=print):
     table = evaluation.format_table({"Initial": results["Initial"]["summary"],
                                      method_name(config, chosen): results["Model"]["summary"]})
     evaluation.write_json(os.path.join(config.output_dir, "evaluation.json"),
-                          {"config": config.to_dict(), "structures": list(STRUCTURES), "method": method_name(config),
+                          {"config": config.to_dict(), "structures": reporting_order(splits["test"][0].label_values),
+                           "method": method_name(config),
                            "chosen": chosen, "methods": results})
     atomic_write_text(os.path.join(config.output_dir, "evaluation.md"), table + "\n")
+    monitoring.log_hparams(os.path.join(config.output_dir, "tensorboard"), config, results["Model"]["summary"])
     export_dir = export_saved_model(network, os.path.join(config.output_dir, "export", config.model))
     return {"history": history.history, "results": results, "table": table, "export_dir": export_dir,
             "tensorboard_dir": os.path.join(config.output_dir, "tensorboard"),

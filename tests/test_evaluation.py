@@ -56,3 +56,21 @@ def test_summary_and_table():
     table = evaluation.format_table({"Initial": summary})
     assert "| Initial | 70.00 +- 10.00 | 3.00 +- 1.00 |" in table
     assert "Dice LV (%)" in table.splitlines()[0]
+
+
+def test_3d_items_and_end_point_error_by_hand():
+    labels = np.zeros((1, 8, 8, 8), np.int32)
+    labels[0, 2:6, 2:6, 2:6] = 2
+    true_flow = np.zeros((1, 8, 8, 8, 3), np.float32)
+    pairs = SubjectPairs(subject="pair000", moving=labels.astype(np.float32), fixed=labels.astype(np.float32),
+                         moving_labels=labels, fixed_labels=labels, spacing_mm=(2.0, 1.0, 1.0),
+                         label_values={"CSF": 1, "GM": 2, "WM": 3}, true_flow=true_flow)
+    assert pairs.volumes_per_item
+    flow = np.zeros_like(true_flow)
+    flow[..., 0] = 1.0  # one voxel off along axis 0, where voxels are 2 mm
+    row = evaluation.subject_metrics(pairs, pairs.moving, labels, flow)
+    assert row["epe_mm"] == pytest.approx(2.0)
+    assert row["dice_GM"] == pytest.approx(100.0) and np.isnan(row["dice_CSF"])  # CSF absent from both
+    assert row["hd95_GM"] == 0.0
+    table = evaluation.format_table({"Model": evaluation.summarize([row])})
+    assert "EPE (mm)" in table and "Dice CSF (%)" in table and "Dice LV" not in table

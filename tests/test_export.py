@@ -1,4 +1,5 @@
-"""SavedModel export: TF Serving layout, versions, and loading where only TensorFlow is importable."""
+"""SavedModel export: TF Serving layout, versions, both signatures where only TensorFlow is importable,
+export from a training run's checkpoint, and run_export.py."""
 import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 
 import os
@@ -8,9 +9,16 @@ import textwrap
 
 import numpy as np
 import pytest
+import tensorflow as tf
+import voxelmorph as vxm
 
-from gsmorph_tf.export import existing_versions, export_saved_model
+from gsmorph_tf import evaluation, hypermorph, training
+from gsmorph_tf.config import ConfigError, TrainConfig
+from gsmorph_tf.data.pairs import SubjectPairs
+from gsmorph_tf.export import existing_versions, export_run, export_saved_model, load_trained_network
 from gsmorph_tf.networks import build_gsmorph_unet
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Runs in a fresh interpreter: our packages and voxelmorph's stack are made unimportable, as on a serving host.
 STANDALONE_LOADER = textwrap.dedent("""
@@ -26,11 +34,16 @@ STANDALONE_LOADER = textwrap.dedent("""
     import tensorflow as tf
     export_dir, inputs, outputs = sys.argv[1:4]
     data = np.load(inputs)
-    serve = tf.saved_model.load(export_dir).signatures["serving_default"]
-    result = serve(moving=tf.constant(data["moving"]), fixed=tf.constant(data["fixed"]))
-    np.savez(outputs, **{k: v.numpy() for k, v in result.items()})
+    loaded = tf.saved_model.load(export_dir)
+    served = loaded.signatures["serving_default"](moving=tf.constant(data["moving"]), fixed=tf.constant(data["fixed"]))
+    warped = loaded.signatures["warp"](image=tf.constant(data["image"]), flow=tf.constant(data["flow"]))
+    np.savez(outputs, **{k: v.numpy() for k, v in {**served, **warped}.items()})
     print("loaded-without:", sorted(m for m in BLOCKED if m in sys.modules))
 """)
+
+
+def clean_env():
+    return {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "TF_USE_LEGACY_KERAS")}
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +53,11 @@ def network():
     head = net.get_layer("flow").kernel
     head.assign(np.random.default_rng(0).normal(0, 0.05, head.shape).astype(np.float32))
     return net
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory, network):
+    return export_saved_model(network, str(tmp_path_factory.mktemp("export") / "gsmorph"))
 
 
 def test_versions_are_integers_never_overwritten(tmp_path, network):
@@ -53,22 +71,171 @@ def test_versions_are_integers_never_overwritten(tmp_path, network):
     assert os.path.exists(base / "1" / "saved_model.pb") and os.path.isdir(base / "1" / "variables")
 
 
-def test_savedmodel_runs_where_only_tensorflow_is_importable(tmp_path, network):
-    export_dir = export_saved_model(network, str(tmp_path / "gsmorph"))
+def test_savedmodel_runs_where_only_tensorflow_is_importable(tmp_path, network, export_dir):
     rng = np.random.default_rng(1)
     moving = rng.random((3, 32, 32, 1), np.float32)
     fixed = rng.random((3, 32, 32, 1), np.float32)
-    np.savez(tmp_path / "inputs.npz", moving=moving, fixed=fixed)
+    moved, flow = network.predict({"moving": moving, "fixed": fixed}, verbose=0)
+    # warp inputs: a label map (integers stored as float) and a larger field, so nearest and linear differ
+    labels = rng.integers(0, 4, (3, 32, 32, 1)).astype(np.float32)
+    big_flow = (flow * 20 + rng.normal(0, 1.5, flow.shape)).astype(np.float32)
+    np.savez(tmp_path / "inputs.npz", moving=moving, fixed=fixed, image=labels, flow=big_flow)
     script = tmp_path / "load.py"
     script.write_text(STANDALONE_LOADER)
-    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "TF_USE_LEGACY_KERAS")}
     done = subprocess.run([sys.executable, str(script), export_dir, str(tmp_path / "inputs.npz"),
-                           str(tmp_path / "outputs.npz")], env=env, cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300)
+                           str(tmp_path / "outputs.npz")], env=clean_env(), cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "loaded-without: []" in done.stdout
     served = np.load(tmp_path / "outputs.npz")
-    moved, flow = network.predict({"moving": moving, "fixed": fixed}, verbose=0)
     assert np.abs(flow).max() > 1e-3  # the comparison below is not between two zero fields
     np.testing.assert_allclose(served["moved"], moved, atol=1e-5)
     np.testing.assert_allclose(served["flow"], flow, atol=1e-5)
+    # warp: the training layer (linear) and the evaluation's label warp (nearest) give the same numbers
+    linear = vxm.layers.SpatialTransformer(interp_method="linear", indexing="ij")([labels, big_flow]).numpy()
+    nearest = evaluation.warp_labels(labels[..., 0].astype(np.int32), big_flow)
+    np.testing.assert_allclose(served["warped_linear"], linear, atol=1e-5)
+    np.testing.assert_array_equal(served["warped_nearest"][..., 0], nearest)
+    assert set(np.unique(served["warped_nearest"])) <= {0.0, 1.0, 2.0, 3.0}
+    assert not np.allclose(served["warped_nearest"], labels)  # the field really moved labels
+    assert not np.allclose(served["warped_linear"], served["warped_nearest"])  # two interpolations
+
+
+def test_warp_signature_reproduces_the_networks_moved_image(export_dir):
+    loaded = tf.saved_model.load(export_dir)
+    rng = np.random.default_rng(2)
+    moving = tf.constant(rng.random((2, 32, 32, 1), np.float32))
+    fixed = tf.constant(rng.random((2, 32, 32, 1), np.float32))
+    served = loaded.signatures["serving_default"](moving=moving, fixed=fixed)
+    warped = loaded.signatures["warp"](image=moving, flow=served["flow"])
+    np.testing.assert_allclose(warped["warped_linear"].numpy(), served["moved"].numpy(), atol=1e-6)
+
+
+def test_saved_model_cli_lists_both_signatures(export_dir):
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    done = subprocess.run([cli, "show", "--all", "--dir", export_dir], env=clean_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "signature_def['serving_default']" in out and "signature_def['warp']" in out
+    serving = out.split("signature_def['serving_default']")[1].split("signature_def[")[0]
+    warp = out.split("signature_def['warp']")[1].split("signature_def[")[0]
+    for name in ("inputs['moving']", "inputs['fixed']", "outputs['moved']", "outputs['flow']"):
+        assert name in serving
+    for name in ("inputs['image']", "inputs['flow']", "outputs['warped_linear']", "outputs['warped_nearest']"):
+        assert name in warp
+    assert "shape: (-1, 32, 32, 2)" in warp  # the flow input: [None, H, W, ndim]
+
+
+def tiny_subject(rng, name):
+    images = rng.random((4, 32, 32)).astype(np.float32)
+    labels = np.zeros((4, 32, 32), np.int32)
+    return SubjectPairs(subject=name, moving=images, fixed=np.roll(images, 2, axis=1), moving_labels=labels,
+                        fixed_labels=labels, spacing_mm=(8.0, 1.5, 1.5), label_values={"RV": 1, "Myo": 2, "LV": 3})
+
+
+def train_one_epoch(run_dir, **settings):
+    """One epoch of real training (BackupAndRestore writes the checkpoints). Returns the network and its
+    weights ``{name: value}`` before training."""
+    config = TrainConfig(dataset="phantom", data_dir=str(run_dir / "unused"), output_dir=str(run_dir),
+                         crop_size=32, batch_size=4, epochs=1, **settings)
+    config.save(str(run_dir / "config.json"))
+    network = training.build_network(config, (32, 32))
+    model = training.build_model(config, network)
+    initial = {w.name: w.numpy().copy() for w in network.weights}
+    splits = {"train": [tiny_subject(np.random.default_rng(3), "s1")], "val": []}
+    training.fit(model, splits, config, str(run_dir), verbose=0)
+    return network, initial
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A GSMorph run after one epoch, with the weights before and after it."""
+    run_dir = tmp_path_factory.mktemp("run")
+    network, initial = train_one_epoch(run_dir)
+    return run_dir, initial, {w.name: w.numpy() for w in network.weights}
+
+
+def test_checkpoint_restores_the_trained_weights(trained_run):
+    run_dir, initial, trained = trained_run
+    network, config = load_trained_network(str(run_dir))
+    restored = {w.name: w.numpy() for w in network.weights}
+    assert config.crop_size == 32 and sorted(restored) == sorted(trained)
+    for name, value in restored.items():
+        np.testing.assert_array_equal(value, trained[name], err_msg=name)
+    # Training really moved them (a fresh network would also differ, by its random init): every conv
+    # kernel, the flow head included, and the BatchNorm statistics differ from their initial values.
+    # 20 kernels (initial conv, 9 blocks x 2 convs, flow head) and 18 BatchNorm moving means.
+    moved = [name for name in restored if "kernel" in name or "moving_mean" in name]
+    assert "flow/kernel:0" in moved and len(moved) == 38
+    for name in moved:
+        assert not np.array_equal(restored[name], initial[name]), name
+
+
+def test_export_run_serves_the_trained_network(tmp_path, trained_run):
+    run_dir, _, trained = trained_run
+    path = export_run(str(run_dir), str(tmp_path / "models"))
+    assert path == str(tmp_path / "models" / "gsmorph" / "1")
+    reference = build_gsmorph_unet((32, 32))
+    for weight in reference.weights:
+        weight.assign(trained[weight.name])
+    rng = np.random.default_rng(4)
+    moving, fixed = rng.random((2, 2, 32, 32, 1), np.float32)
+    served = tf.saved_model.load(path).signatures["serving_default"](moving=tf.constant(moving),
+                                                                       fixed=tf.constant(fixed))
+    moved, flow = reference.predict({"moving": moving, "fixed": fixed}, verbose=0)
+    np.testing.assert_allclose(served["flow"].numpy(), flow, atol=1e-5)
+    np.testing.assert_allclose(served["moved"].numpy(), moved, atol=1e-5)
+
+
+def run_export(cwd, *args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "run_export.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_run_export_cli_writes_versions_and_refuses_overwrites(tmp_path, trained_run):
+    run_dir, _, _ = trained_run
+    base = tmp_path / "models"
+    done = run_export(tmp_path, "--run_dir=%s" % run_dir, "--export_base=%s" % base, "--model_name=heart",
+                      "--version=7")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert str(base / "heart" / "7") in done.stdout
+    assert sorted(os.listdir(base / "heart")) == ["7"]
+    assert os.path.isfile(base / "heart" / "7" / "saved_model.pb")
+    again = run_export(tmp_path, "--run_dir=%s" % run_dir, "--export_base=%s" % base, "--model_name=heart",
+                       "--version=7")
+    assert again.returncode == 2
+    assert "error:" in again.stderr and "never overwritten" in again.stderr and "Traceback" not in again.stderr
+    assert sorted(os.listdir(base / "heart")) == ["7"]
+
+
+def test_run_export_cli_names_a_missing_run(tmp_path):
+    done = run_export(tmp_path, "--run_dir=%s" % (tmp_path / "nowhere"), "--export_base=%s" % (tmp_path / "m"))
+    assert done.returncode == 2
+    assert "error:" in done.stderr and str(tmp_path / "nowhere" / "config.json") in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not os.path.exists(tmp_path / "m")
+
+
+def test_missing_checkpoint_is_named(tmp_path):
+    TrainConfig(crop_size=32).save(str(tmp_path / "config.json"))
+    with pytest.raises(FileNotFoundError, match="no checkpoint in %s" % (tmp_path / "checkpoints")):
+        load_trained_network(str(tmp_path))
+
+
+def test_hypermorph_run_is_served_at_its_chosen_lambda(tmp_path):
+    network, _ = train_one_epoch(tmp_path, model="hypermorph")
+    with pytest.raises(ConfigError, match="%s: no chosen HyperMorph lambda" % (tmp_path / "evaluation.json")):
+        export_run(str(tmp_path), str(tmp_path / "models"))
+    assert not os.path.exists(tmp_path / "models")
+    evaluation.write_json(str(tmp_path / "evaluation.json"), {"chosen": {"hypermorph_lambda": 0.3}})
+    path = export_run(str(tmp_path), str(tmp_path / "models"))
+    rng = np.random.default_rng(5)
+    moving, fixed = rng.random((2, 2, 32, 32, 1), np.float32)
+    served = tf.saved_model.load(path).signatures["serving_default"](moving=tf.constant(moving),
+                                                                       fixed=tf.constant(fixed))
+    outputs = {lam: hypermorph.fixed_lambda_network(network, lam).predict({"moving": moving, "fixed": fixed},
+                                                                          verbose=0)
+               for lam in (0.3, 0.9)}
+    np.testing.assert_allclose(served["flow"].numpy(), outputs[0.3][1], atol=1e-5)
+    assert np.abs(outputs[0.9][1] - outputs[0.3][1]).max() > 1e-4  # lambda matters: 0.3 was really used

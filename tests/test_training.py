@@ -115,3 +115,20 @@ def test_exported_model_reproduces_network(finished_run):
     outputs = serve(moving=tf.constant(moving), fixed=tf.constant(fixed))
     assert set(outputs) == {"moved", "flow"}
     assert outputs["moved"].shape == (2, 32, 32, 1) and outputs["flow"].shape == (2, 32, 32, 2)
+
+
+def test_tensorboard_shows_the_registration_and_hparams(finished_run):
+    tmp_path, _, _ = finished_run
+    images = EventAccumulator(str(tmp_path / "run" / "tensorboard" / "images"),
+                              size_guidance={"tensors": 0}).Reload()
+    kinds = ("fixed", "moving", "moved", "difference", "flow", "jacobian")
+    assert {"images/%s" % k for k in kinds} | {"flow_magnitude"} <= set(images.Tags()["tensors"])
+    for kind in kinds:
+        events = images.Tensors("images/%s" % kind)
+        assert [e.step for e in events] == [0, 1, 2]  # every epoch, resumed run included
+        width, height = (int(v) for v in tf.make_ndarray(events[-1].tensor_proto)[:2])
+        assert (width, height) == (32, 32)  # the crop size
+    hparams = EventAccumulator(str(tmp_path / "run" / "tensorboard" / "hparams"),
+                               size_guidance={"tensors": 0}).Reload()
+    assert "_hparams_/session_start_info" in hparams.Tags()["tensors"]
+    assert {"test/dice", "test/hd95", "test/mse", "test/njd", "test/dice_LV"} <= set(hparams.Tags()["tensors"])

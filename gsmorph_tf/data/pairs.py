@@ -16,6 +16,12 @@ import tensorflow as tf
 STRUCTURES = ("LV", "Myo", "RV")  # reporting order; tables and logs name structures, never integers
 
 
+def reporting_order(label_values):
+    """Structure names in the order tables show them: the cardiac :data:`STRUCTURES` first (LV, Myo, RV,
+    whatever their integers), then any other structure in ``label_values`` order (e.g. CSF, GM, WM)."""
+    return [n for n in STRUCTURES if n in label_values] + [n for n in label_values if n not in STRUCTURES]
+
+
 @dataclasses.dataclass
 class SubjectPairs:
     """All ES->ED short-axis slice pairs of one subject, cropped and scaled (moving = ES, fixed = ED).
@@ -28,6 +34,11 @@ class SubjectPairs:
         fixed_labels: ``[S, H, W]`` int32 label map of the ED frame.
         spacing_mm: ``(slice, row, col)`` spacing of the ``[S, H, W]`` arrays in mm.
         label_values: structure name -> integer in the label maps, e.g. ACDC ``{"RV": 1, "Myo": 2, "LV": 3}``.
+        true_flow: optional ground-truth displacement of moving -> fixed (voxels, same layout as a predicted
+            flow), for synthetic tasks with a known answer; None for real data.
+
+    3D tasks use the same class with one volume per item: arrays ``[N, D, H, W]`` and ``spacing_mm`` the
+    ``(d, h, w)`` spacing of each volume (len(spacing_mm) == array rank - 1).
     """
     subject: str
     moving: np.ndarray
@@ -36,6 +47,12 @@ class SubjectPairs:
     fixed_labels: np.ndarray
     spacing_mm: tuple[float, float, float]
     label_values: dict[str, int]
+    true_flow: np.ndarray | None = None
+
+    @property
+    def volumes_per_item(self):
+        """True for 3D tasks (``[N, D, H, W]``: each item a volume), False for 2D slice stacks."""
+        return self.moving_labels.ndim == len(self.spacing_mm) + 1
 
 
 def validate_label_map(labels, image_shape, label_values, source):

@@ -1,0 +1,127 @@
+"""ULAE-net vs the GSMorph U-Net in 3D: forward time, train-step time, peak memory; multi-window loss cost.
+
+For each network and volume size (batch 1) a fresh subprocess builds the network, times the forward pass and
+one ``GradientSurgeryModel`` train step (surgery ``none``, lam 1, ULAE's multi-window NCC), and reports the
+process's peak memory: resident set size on CPU, ``tf.config.experimental.get_memory_info`` peak on a GPU.
+Then the loss alone: multi-window NCC (11, 9, 7) vs single-window NCC (9), forward + gradient.
+
+Usage: ``python benchmarks/ulae.py [--sizes=80x96x80,160x192x160] [--steps=3]``
+"""
+import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
+
+import json
+import os
+import resource
+import subprocess
+import sys
+
+import numpy as np
+from absl import app, flags
+
+flags.DEFINE_list("sizes", ["80x96x80", "160x192x160"], "Volume sizes D x H x W (multiples of 16).")
+flags.DEFINE_integer("steps", 3, "Timed repetitions (median) after one warm-up.", lower_bound=1)
+flags.DEFINE_string("_child", None, "Internal: run one measurement 'network:size' and print JSON.")
+FLAGS = flags.FLAGS
+
+
+def _peak_memory_mb(tf):
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2 ** 20, "GPU peak"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, "process peak RSS"
+
+
+def measure(network_name, shape, steps):
+    """Forward and train-step median ms and peak memory for one network at one shape (this process)."""
+    import tensorflow as tf
+
+    from gsmorph_tf.benchmark import median_ms
+    from gsmorph_tf.model import GradientSurgeryModel
+    from gsmorph_tf.networks import build_gsmorph_unet
+    from ulae_tf.losses import multi_window_ncc
+    from ulae_tf.networks import build_ulae_net
+
+    build = build_ulae_net if network_name == "ulae" else build_gsmorph_unet
+    network = build(shape)
+    rng = np.random.default_rng(0)
+    batch = {"moving": tf.constant(rng.random((1, *shape, 1), np.float32)),
+             "fixed": tf.constant(rng.random((1, *shape, 1), np.float32))}
+    forward = tf.function(lambda m, f: network([m, f], training=False))
+    forward_ms = median_ms(lambda: float(tf.reduce_sum(forward(batch["moving"], batch["fixed"])[1])), steps)
+    model = GradientSurgeryModel(network, similarity=multi_window_ncc(), reg_penalty="l2", surgery="none",
+                                 lam=1.0, conflict_diagnostics=False)
+    model.compile(optimizer=tf.keras.optimizers.Adam(1e-4))
+    train_step = tf.function(model.train_step)
+    step_ms = median_ms(lambda: float(train_step(batch)["sim_loss"]), steps)
+    memory, memory_kind = _peak_memory_mb(tf)
+    params = int(sum(int(np.prod(v.shape)) for v in network.trainable_variables))
+    return {"network": network_name, "shape": list(shape), "parameters": params, "forward_ms": forward_ms,
+            "train_step_ms": step_ms, "peak_mb": memory, "memory_kind": memory_kind}
+
+
+def loss_cost(shape, steps):
+    """Median ms of forward + gradient of multi-window NCC (11, 9, 7) and of single-window NCC (9)."""
+    import tensorflow as tf
+
+    from gsmorph_tf.benchmark import median_ms
+    from gsmorph_tf.losses import similarity_loss
+    from ulae_tf.losses import multi_window_ncc
+
+    rng = np.random.default_rng(0)
+    fixed = tf.constant(rng.random((1, *shape, 1), np.float32))
+    moved = tf.Variable(rng.random((1, *shape, 1), np.float32))
+    result = {}
+    for name, loss in (("multi_window_ncc", multi_window_ncc()), ("ncc_9", similarity_loss("ncc", 9))):
+        @tf.function
+        def value_and_grad(loss=loss):
+            with tf.GradientTape() as tape:
+                value = loss(fixed, moved)
+            return value, tape.gradient(value, moved)
+        result[name] = median_ms(lambda f=value_and_grad: float(f()[0]), steps)
+    return result
+
+
+def parse_shape(text):
+    shape = tuple(int(v) for v in text.lower().split("x"))
+    if len(shape) != 3 or any(s <= 0 or s % 16 for s in shape):
+        raise app.UsageError("size %r must be D x H x W, multiples of 16" % text)
+    return shape
+
+
+def main(argv):
+    del argv
+    if FLAGS._child:
+        network_name, size = FLAGS._child.split(":")
+        shape = parse_shape(size)
+        result = loss_cost(shape, FLAGS.steps) if network_name == "loss" else measure(network_name, shape,
+                                                                                      FLAGS.steps)
+        print("RESULT " + json.dumps(result))
+        return
+    from gsmorph_tf.benchmark import machine_description
+
+    print("machine: %s" % machine_description())
+    print("batch 1, median of %d steps after one warm-up; each line measured in a fresh process\n" % FLAGS.steps)
+    print("%-8s %-12s %10s %12s %14s %12s" % ("network", "size", "params", "forward ms", "train step ms",
+                                              "peak MB"))
+    for size in FLAGS.sizes:
+        shape = parse_shape(size)
+        for network_name in ("gsmorph", "ulae", "loss"):
+            done = subprocess.run([sys.executable, os.path.abspath(__file__), "--_child=%s:%s" % (network_name, size),
+                                   "--steps=%d" % FLAGS.steps], capture_output=True, text=True)
+            lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+            if done.returncode != 0 or not lines:
+                print("%-8s %-12s failed (exit %d): %s" % (network_name, size, done.returncode,
+                                                          done.stderr.strip().splitlines()[-1:]))
+                continue
+            r = json.loads(lines[0][7:])
+            if network_name == "loss":
+                print("%-8s %-12s multi-window NCC (11,9,7): %.1f ms, single NCC (9): %.1f ms (forward + grad)"
+                      % ("loss", size, r["multi_window_ncc"], r["ncc_9"]))
+            else:
+                print("%-8s %-12s %10s %12.1f %14.1f %12.0f  (%s)" % (
+                    network_name, size, "{:,}".format(r["parameters"]), r["forward_ms"], r["train_step_ms"],
+                    r["peak_mb"], r["memory_kind"]))
+
+
+if __name__ == "__main__":
+    app.run(main)

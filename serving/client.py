@@ -1,0 +1,182 @@
+"""Send a moving/fixed pair to a TF Serving registration model over REST and write what it returns.
+
+    python serving/client.py --moving=moving.nii.gz --fixed=fixed.nii.gz --output_dir=out \\
+        [--server=http://localhost:8501] [--model_name=gsmorph] [--model_version=N] [--ndim=2]
+
+Needs only the Python standard library, numpy and nibabel (no TensorFlow): it can run anywhere that
+reaches the server. The request is TF Serving's columnar REST form::
+
+    POST <server>/v1/models/<model_name>[/versions/<N>]:predict
+    {"signature_name": "serving_default", "inputs": {"moving": [...], "fixed": [...]}}
+
+and the answer ``{"outputs": {"moved": [...], "flow": [...]}}`` (signatures: ``gsmorph_tf/export.py``).
+
+Inputs (NIfTI or ``.npy``) must already be preprocessed as in training, because the model sees exactly
+what is sent: cut to the model's input size and scaled to [0, 1] with one range for the pair (minimum of
+both images -> 0, their 99.5th percentile -> 1, clipped). ``run_register.py`` does this preprocessing (and
+pastes the result back into the full image) where TensorFlow is installed. Layouts:
+
+- 2D model (``--ndim=2``): ``[H, W]`` (one slice) or ``[H, W, Z]`` (a stack, sent as a batch of Z slices);
+- 3D model (``--ndim=3``): ``[H, W, D]``.
+
+Outputs in ``--output_dir``, in the input's layout: ``moved`` (same shape, [0, 1] units) and ``flow`` (the
+input shape plus a last axis of ``ndim`` components: displacement in voxels along the model's array axes,
+``moved(x) = moving(x + flow(x))``); ``.nii.gz`` with the fixed image's affine and header when the fixed
+image is NIfTI, else ``.npy``.
+"""
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+
+import nibabel as nib
+import numpy as np
+from nibabel.filebasedimages import ImageFileError
+
+
+class ClientError(ValueError):
+    """A bad input file or a failed request; the message names the file or the server's answer."""
+
+
+def read_array(path):
+    """``(array float32, NIfTI image or None)`` from a ``.npy`` or NIfTI file."""
+    try:
+        if path.endswith(".npy"):
+            return np.load(path).astype(np.float32), None
+        image = nib.load(path)
+        return np.asanyarray(image.dataobj).astype(np.float32), image
+    except (OSError, ValueError, EOFError, ImageFileError) as error:
+        raise ClientError("%s: cannot read (%s: %s); expected a .npy or NIfTI file"
+                          % (path, type(error).__name__, error)) from error
+
+
+def check_model_input(array, ndim, path):
+    """Raise ClientError naming ``path`` unless ``array`` fits an ``ndim``-D model and lies in [0, 1]."""
+    allowed = (2, 3) if ndim == 2 else (3,)
+    if array.ndim not in allowed:
+        raise ClientError("%s: shape %s; a %dD model takes %s" % (
+            path, array.shape, ndim, "[H, W] or [H, W, Z]" if ndim == 2 else "[H, W, D]"))
+    if not np.all(np.isfinite(array)) or array.min() < 0 or array.max() > 1:
+        raise ClientError("%s: intensities span [%g, %g]; the model expects finite values in [0, 1] (scale the "
+                          "pair jointly: minimum -> 0, 99.5th percentile -> 1, clipped)"
+                          % (path, np.nanmin(array), np.nanmax(array)))
+
+
+def to_batch(volume, ndim):
+    """Image -> model batch ``[B, *vol, 1]``: ``[H, W]`` -> ``[1, H, W, 1]``, ``[H, W, Z]`` -> ``[Z, H, W, 1]``
+    (2D model), ``[H, W, D]`` -> ``[1, H, W, D, 1]`` (3D model)."""
+    volume = np.asarray(volume, np.float32)
+    if ndim == 2 and volume.ndim == 3:
+        volume = np.moveaxis(volume, -1, 0)
+    else:
+        volume = volume[np.newaxis]
+    return volume[..., np.newaxis]
+
+
+def from_batch(batch, ndim, image_shape):
+    """Inverse of :func:`to_batch` for an output ``[B, *vol, C]``: the image layout plus a last axis of C
+    channels, dropped when C is 1 (``moved``) and kept otherwise (``flow``)."""
+    batch = np.asarray(batch, np.float32)
+    if ndim == 2 and len(image_shape) == 3:
+        out = np.moveaxis(batch, 0, -2)  # [Z, H, W, C] -> [H, W, Z, C]
+    else:
+        out = batch[0]
+    return out[..., 0] if out.shape[-1] == 1 else out
+
+
+def build_request(moving, fixed, signature_name="serving_default"):
+    """The predict request body (UTF-8 JSON bytes) for batches ``moving`` and ``fixed`` ``[B, *vol, 1]``."""
+    body = {"signature_name": signature_name,
+            "inputs": {"moving": np.asarray(moving, np.float32).tolist(),
+                       "fixed": np.asarray(fixed, np.float32).tolist()}}
+    return json.dumps(body).encode("utf-8")
+
+
+def parse_response(body):
+    """``{output name: float32 array}`` from a TF Serving columnar predict answer ``{"outputs": {...}}``.
+
+    Raises:
+        ClientError: the answer is an error (``{"error": ...}``) or not a named-outputs answer.
+    """
+    try:
+        answer = json.loads(body)
+    except ValueError as error:
+        raise ClientError("server answer is not JSON (%s): %r" % (error, body[:200])) from error
+    if not isinstance(answer, dict) or "error" in answer or not isinstance(answer.get("outputs"), dict):
+        raise ClientError("server error: %s" % (answer.get("error", answer) if isinstance(answer, dict) else answer))
+    return {name: np.asarray(value, np.float32) for name, value in answer["outputs"].items()}
+
+
+def predict_url(server, model_name, model_version=None):
+    """``<server>/v1/models/<model_name>[/versions/<N>]:predict``."""
+    version = "" if model_version is None else "/versions/%d" % model_version
+    return "%s/v1/models/%s%s:predict" % (server.rstrip("/"), model_name, version)
+
+
+def post(url, body, timeout=600):
+    """POST ``body`` (JSON bytes) to ``url``; returns the answer's bytes, also for an HTTP error status
+    (TF Serving explains errors in a JSON body). Raises ClientError if the server cannot be reached."""
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            return answer.read()
+    except urllib.error.HTTPError as error:
+        return error.read()
+    except urllib.error.URLError as error:
+        raise ClientError("cannot reach %s (%s); is tensorflow_model_server running?" % (url, error.reason)) from error
+
+
+def write_array(array, path_stem, like):
+    """Write ``array`` as ``<path_stem>.nii.gz`` with the affine and header of NIfTI image ``like``, or as
+    ``<path_stem>.npy`` when ``like`` is None (temp file, then rename). Returns the path."""
+    if like is None:
+        path, temp = path_stem + ".npy", path_stem + ".tmp-%d.npy" % os.getpid()
+        np.save(temp, array)
+    else:
+        path, temp = path_stem + ".nii.gz", path_stem + ".tmp-%d.nii.gz" % os.getpid()
+        image = nib.Nifti1Image(array, like.affine, header=like.header.copy())
+        image.set_data_dtype(np.float32)
+        nib.save(image, temp)
+    os.replace(temp, path)
+    return path
+
+
+def register(moving_path, fixed_path, output_dir, server, model_name, model_version=None, ndim=2):
+    """Read, check and send one pair; write ``moved`` and ``flow`` to ``output_dir``. Returns their paths."""
+    moving, _ = read_array(moving_path)
+    fixed, fixed_image = read_array(fixed_path)
+    check_model_input(moving, ndim, moving_path)
+    check_model_input(fixed, ndim, fixed_path)
+    if moving.shape != fixed.shape:
+        raise ClientError("%s: shape %s differs from %s %s" % (moving_path, moving.shape, fixed_path, fixed.shape))
+    body = build_request(to_batch(moving, ndim), to_batch(fixed, ndim))
+    outputs = parse_response(post(predict_url(server, model_name, model_version), body))
+    os.makedirs(output_dir, exist_ok=True)
+    return [write_array(from_batch(outputs[name], ndim, fixed.shape), os.path.join(output_dir, name), fixed_image)
+            for name in ("moved", "flow")]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--moving", required=True, help="moving image (.nii/.nii.gz/.npy), preprocessed")
+    parser.add_argument("--fixed", required=True, help="fixed image, same shape")
+    parser.add_argument("--output_dir", required=True, help="where moved and flow are written")
+    parser.add_argument("--server", default="http://localhost:8501", help="TF Serving REST address")
+    parser.add_argument("--model_name", default="gsmorph", help="model name in models.config")
+    parser.add_argument("--model_version", type=int, default=None, help="version to ask for (default: served)")
+    parser.add_argument("--ndim", type=int, choices=(2, 3), default=2, help="2D (slices) or 3D model")
+    args = parser.parse_args(argv)
+    try:
+        paths = register(args.moving, args.fixed, args.output_dir, args.server, args.model_name,
+                         args.model_version, args.ndim)
+    except ClientError as error:
+        print("error: %s" % error, file=sys.stderr)
+        return 2
+    print("\n".join(paths))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""ULAE building blocks: stride-2 branches aligned, linear upsampling, encoder and decoder shapes."""
+import ulae_tf  # noqa: F401  (legacy Keras before TensorFlow)
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ulae_tf.blocks import (build_step_decoder, build_uncoupled_encoder, stride2_conv,
+                            upsample_linear_x2)
+
+
+@pytest.mark.parametrize("kernel_size, dilation", [(1, 1), (3, 1), (3, 2), (3, 3)])
+def test_stride2_branches_sample_even_voxels(kernel_size, dilation):
+    # An impulse at voxel (8, 6) through a conv whose only weight is the kernel centre lands on (4, 3) for
+    # every branch, so the concatenated branches see the same place. (TensorFlow's 'same' 3x3 stride-2 conv
+    # would centre output i on input 2i + 1 and miss the impulse entirely.)
+    image = np.zeros((1, 16, 16, 1), np.float32)
+    image[0, 8, 6, 0] = 1.0
+    inputs = tf.keras.Input((16, 16, 1))
+    model = tf.keras.Model(inputs, stride2_conv(inputs, 1, kernel_size, name="b", dilation=dilation,
+                                                use_bias=False))
+    kernel = np.zeros((kernel_size, kernel_size, 1, 1), np.float32)
+    kernel[kernel_size // 2, kernel_size // 2] = 1.0
+    model.get_layer("b_conv").set_weights([kernel])
+    out = model(image).numpy()[0, ..., 0]
+    assert out.shape == (8, 8)
+    expected = np.zeros((8, 8), np.float32)
+    expected[4, 3] = 1.0
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_encoder_and_decoder_shapes():
+    encoder = build_uncoupled_encoder((32, 32), base_channels=16)
+    assert [tuple(t.shape) for t in encoder.outputs] == [(None, 16, 16, 16), (None, 8, 8, 32), (None, 4, 4, 32),
+                                                         (None, 2, 2, 32)]
+    for step, size in [(1, 8), (2, 16), (3, 32)]:
+        decoder = build_step_decoder((32, 32), 16, step, name="d%d" % step)
+        assert len(decoder.inputs) == step + 1 + 2  # e4 ... e_{4-step}, moving, fixed
+        assert tuple(decoder.output.shape) == (None, size, size, 2)
+
+
+def test_linear_upsampling_is_pytorchs_half_pixel_interpolation():
+    # Along an axis [0, 4] becomes [0, 1, 3, 4]: outputs sit at input coordinates -0.25, 0.25, 0.75, 1.25,
+    # clamped at the edges (PyTorch's Upsample(mode='trilinear'), the reference code's).
+    line = np.array([0.0, 4.0], np.float32)
+    for axis in (1, 2, 3):
+        shape = [1, 1, 1, 1, 1]
+        shape[axis] = 2
+        out = upsample_linear_x2(tf.constant(line.reshape(shape))).numpy()
+        expected_shape = [1, 2, 2, 2, 1]
+        expected_shape[axis] = 4
+        assert out.shape == tuple(expected_shape)
+        np.testing.assert_allclose(np.moveaxis(out, axis, -1).reshape(-1, 4), [[0.0, 1.0, 3.0, 4.0]] * 4)
+    image = tf.random.stateless_normal((2, 5, 7, 3), seed=(0, 1))
+    np.testing.assert_allclose(upsample_linear_x2(image).numpy(), tf.image.resize(image, (10, 14), "bilinear"),
+                               atol=1e-6)

@@ -1,0 +1,209 @@
+"""Building blocks of ULAE-net: the uncoupled spatial encoder and the per-step decoders.
+
+Both are small functional Keras models so that the network can call the *same* encoder in all three
+steps (one set of weights) and give each step its own decoder. One code path for 2D and 3D; tensors are
+``[B, *vol, C]``.
+
+Stride-2 sampling: every stride-2 branch samples its output voxel ``i`` at input voxel ``2i`` (PyTorch's
+convention for a conv with padding ``dilation * (kernel - 1) / 2``, the reference code's). TensorFlow's
+``padding='same'`` would centre a 3x3 stride-2 conv on ``2i + 1`` but a 1x1 one on ``2i``, misaligning the
+branches that are concatenated; and Keras refuses stride > 1 together with dilation > 1. So 3x3 convs are
+zero-padded by 1 and run 'valid', dilated convs run at stride 1 and are then subsampled, and 1x1 convs
+run on the subsampled input (see :func:`stride2_conv`).
+"""
+from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
+
+import tensorflow as tf
+
+KL = tf.keras.layers
+
+#: Leaky ReLU slope of the reference code.
+LEAKY_SLOPE = 0.2
+
+
+def _conv(ndim, filters, kernel_size, name, **kwargs):
+    return getattr(KL, "Conv%dD" % ndim)(filters, kernel_size, name=name, **kwargs)
+
+
+def upsample_linear_x2(x):
+    """x2 linear upsampling along every spatial axis with half-pixel centres and clamped edges.
+
+    PyTorch's ``Upsample(scale_factor=2, mode='trilinear')`` (the reference code's) and, in 2D,
+    ``tf.image.resize(..., 'bilinear')``: along each axis, output ``2i`` is ``0.75 x[i] + 0.25 x[i-1]`` and
+    output ``2i+1`` is ``0.75 x[i] + 0.25 x[i+1]``. Plain tensor ops, so it traces and differentiates fast
+    (neurite's ``Resize`` loops over the batch with ``map_fn``). ``[B, *vol, C]`` -> ``[B, *2 vol, C]``.
+    """
+    ndim = len(x.shape) - 2
+    for axis in range(1, ndim + 1):
+        size = x.shape[axis]
+        first, last = tf.gather(x, [0], axis=axis), tf.gather(x, [size - 1], axis=axis)
+        previous = tf.concat([first, tf.gather(x, tf.range(size - 1), axis=axis)], axis=axis)
+        following = tf.concat([tf.gather(x, tf.range(1, size), axis=axis), last], axis=axis)
+        interleaved = tf.stack([0.75 * x + 0.25 * previous, 0.75 * x + 0.25 * following], axis=axis + 1)
+        shape = tf.concat([tf.shape(x)[:axis], [2 * size], tf.shape(x)[axis + 1:]], axis=0)
+        x = tf.reshape(interleaved, shape)
+    return x
+
+
+class UpsampleLinear(KL.Layer):
+    """Keras wrapper of :func:`upsample_linear_x2`."""
+
+    def call(self, x):
+        return upsample_linear_x2(x)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], *(2 * s for s in input_shape[1:-1]), input_shape[-1])
+
+
+def stride2_conv(x, filters, kernel_size, name, dilation=1, use_bias=True):
+    """Conv with stride 2 whose output voxel ``i`` is centred on input voxel ``2i``.
+
+    ``x``: ``[B, *vol, C]`` with even sizes -> ``[B, *vol / 2, filters]``.
+    """
+    ndim = len(x.shape) - 2
+    subsample = getattr(KL, "MaxPooling%dD" % ndim)(pool_size=1, strides=2, name=name + "_subsample")  # x[::2]
+    if kernel_size == 1:
+        # Subsample, then a stride-1 1x1 conv: the same numbers, and it avoids oneDNN's strided 1x1 weight
+        # gradient, which corrupts memory for few input channels on CPU (uxlfoundation/oneDNN#6035; it
+        # crashed TensorFlow 2.21 here on the 1-channel image).
+        return _conv(ndim, filters, 1, name=name + "_conv", use_bias=use_bias)(subsample(x))
+    if dilation > 1:
+        # Keras has no strided dilated conv: a 'same' conv at stride 1 centres voxel j on j; keep even j.
+        x = _conv(ndim, filters, kernel_size, name=name + "_conv", padding="same", dilation_rate=dilation,
+                  use_bias=use_bias)(x)
+        return subsample(x)
+    x = getattr(KL, "ZeroPadding%dD" % ndim)(kernel_size // 2, name=name + "_pad")(x)
+    return _conv(ndim, filters, kernel_size, name=name + "_conv", strides=2, padding="valid",
+                 use_bias=use_bias)(x)
+
+
+def conv_norm_act(x, filters, name, stride=1):
+    """3x3 conv (no bias: the norm removes it) -> InstanceNorm -> LeakyReLU(0.2), the reference's block.
+
+    InstanceNorm has no learned scale or shift (PyTorch's ``InstanceNorm3d`` default in the reference).
+    ``x``: ``[B, *vol, C]`` -> ``[B, *vol / stride, filters]``.
+    """
+    ndim = len(x.shape) - 2
+    if stride == 2:
+        x = stride2_conv(x, filters, 3, name=name, use_bias=False)
+    else:
+        x = _conv(ndim, filters, 3, name=name + "_conv", padding="same", use_bias=False)(x)
+    x = KL.GroupNormalization(groups=filters, center=False, scale=False, epsilon=1e-5, name=name + "_norm")(x)
+    return KL.LeakyReLU(LEAKY_SLOPE, name=name + "_act")(x)
+
+
+def uncoupled_encoding_block(moving_features, fixed_features, dilation, name):
+    """One level of the moving-image path: ASPP-style stride-2 branches fused with the fixed path.
+
+    Branches, all at stride 2: global average pool -> 1x1 conv -> broadcast to the output size; a 3x3 conv;
+    a 1x1 conv; 3x3 convs dilated by ``dilation``, ``2 * dilation`` and ``3 * dilation``. They are
+    concatenated with the fixed path's features of the same level and fused by one 1x1 conv, then
+    LeakyReLU(0.2) (no norm, as the reference's ``Uncoupled_Encoding_Block``).
+
+    Args:
+        moving_features: ``[B, *vol, C]``.
+        fixed_features: ``[B, *vol / 2, F]``; the block outputs ``F`` channels too.
+        dilation: base dilation rate ``d`` in voxels.
+        name: prefix of the layer names.
+
+    Returns:
+        ``[B, *vol / 2, F]``.
+    """
+    ndim = len(moving_features.shape) - 2
+    filters = fixed_features.shape[-1]
+    out_size = tuple(fixed_features.shape[1:-1])
+    context = getattr(KL, "GlobalAveragePooling%dD" % ndim)(keepdims=True, name=name + "_pool")(moving_features)
+    context = _conv(ndim, filters, 1, name=name + "_pool_conv")(context)
+    # Nearest upsampling of a single voxel is a broadcast to the output size.
+    context = getattr(KL, "UpSampling%dD" % ndim)(out_size, name=name + "_broadcast")(context)
+    branches = [context,
+                stride2_conv(moving_features, filters, 3, name=name + "_3x3"),
+                stride2_conv(moving_features, filters, 1, name=name + "_1x1")]
+    branches += [stride2_conv(moving_features, filters, 3, name="%s_rate%d" % (name, rate), dilation=rate)
+                 for rate in (dilation, 2 * dilation, 3 * dilation)]
+    x = KL.Concatenate(name=name + "_concat")(branches + [fixed_features])
+    x = _conv(ndim, filters, 1, name=name + "_fuse")(x)
+    return KL.LeakyReLU(LEAKY_SLOPE, name=name + "_act")(x)
+
+
+#: Base dilation of the uncoupled encoding blocks, top level first (the paper's d = 4, 3, 2, 1).
+DILATIONS = (4, 3, 2, 1)
+
+
+def level_channels(base_channels):
+    """Feature counts of the four encoder levels, top first: ``b, 2b, 2b, 2b`` as the reference code."""
+    return (base_channels, 2 * base_channels, 2 * base_channels, 2 * base_channels)
+
+
+def build_uncoupled_encoder(inshape, base_channels, name="encoder"):
+    """The uncoupled spatial encoder shared by the three steps.
+
+    Level ``l`` (1..4, at 1/2^l resolution): the fixed path is a stride-2 :func:`conv_norm_act`; the moving
+    path an :func:`uncoupled_encoding_block` with dilation ``DILATIONS[l-1]`` that also reads the fixed
+    features; the level's skip feature is a :func:`conv_norm_act` of both paths concatenated.
+
+    Args:
+        inshape: spatial image shape, every size divisible by 16.
+        base_channels: feature count of the first level.
+        name: model name.
+
+    Returns:
+        A model ``[moving, fixed]`` (``[B, *inshape, 1]`` each) -> ``[e1, e2, e3, e4]``, ``e_l`` of shape
+        ``[B, *inshape / 2^l, level_channels(base_channels)[l-1]]``.
+    """
+    moving = KL.Input((*inshape, 1), name="moving")
+    fixed = KL.Input((*inshape, 1), name="fixed")
+    moving_path, fixed_path, skips = moving, fixed, []
+    for level, (filters, dilation) in enumerate(zip(level_channels(base_channels), DILATIONS), start=1):
+        fixed_path = conv_norm_act(fixed_path, filters, name="fixed_down%d" % level, stride=2)
+        moving_path = uncoupled_encoding_block(moving_path, fixed_path, dilation, name="moving_down%d" % level)
+        both = KL.Concatenate(name="skip%d_concat" % level)([moving_path, fixed_path])
+        skips.append(conv_norm_act(both, filters, name="skip%d" % level))
+    return tf.keras.Model([moving, fixed], skips, name=name)
+
+
+def build_step_decoder(inshape, base_channels, step, name):
+    """Decoder of accumulative-enhancement step ``step`` (1, 2 or 3): a flow at 1/4, 1/2 or 1 of full size.
+
+    From the deepest feature ``e4`` (1/16) it upsamples x2 and concatenates the skips ``e3``, ..., down to
+    ``e_{4-step}``; two refining blocks; a last x2 upsampling concatenated with the (moving, fixed) pair
+    average-pooled to that resolution; a block; and the flow head, a 3x3 conv with weights ~ N(0, 1e-5)
+    and zero bias so each step starts at (almost) zero displacement. Feature upsampling is
+    :func:`upsample_linear_x2`.
+
+    Args:
+        inshape: spatial image shape, every size divisible by 16.
+        base_channels: feature count of the first encoder level.
+        step: 1, 2 or 3.
+        name: model name.
+
+    Returns:
+        A model ``[e4, ..., e_{4-step}, moving, fixed] -> flow`` with features as from
+        :func:`build_uncoupled_encoder`, images ``[B, *inshape, 1]``, and the flow
+        ``[B, *inshape / 2^(3-step), ndim]`` in voxels of that coarse grid.
+    """
+    ndim = len(inshape)
+    channels = level_channels(base_channels)
+    levels = list(range(4, 3 - step, -1))  # e.g. step 1: [4, 3]
+    features = [KL.Input((*(s // 2 ** level for s in inshape), channels[level - 1]), name="e%d" % level)
+                for level in levels]
+    moving = KL.Input((*inshape, 1), name="moving")
+    fixed = KL.Input((*inshape, 1), name="fixed")
+
+    x = conv_norm_act(features[0], 2 * base_channels, name="dec4")
+    for level, skip in zip(levels[1:], features[1:]):
+        x = UpsampleLinear(name="dec%d_up" % level)(x)
+        x = KL.Concatenate(name="dec%d_skip" % level)([x, skip])
+        x = conv_norm_act(x, 2 * base_channels, name="dec%d" % level)
+    x = conv_norm_act(x, 2 * base_channels, name="refine1")
+    x = conv_norm_act(x, base_channels, name="refine2")
+    x = UpsampleLinear(name="pair_up")(x)
+    pair = KL.Concatenate(name="pair")([moving, fixed])
+    for i in range(3 - step):
+        pair = getattr(KL, "AveragePooling%dD" % ndim)(2, name="pair_pool%d" % (i + 1))(pair)
+    x = KL.Concatenate(name="pair_skip")([x, pair])
+    x = conv_norm_act(x, base_channels, name="dec_pair")
+    flow = _conv(ndim, ndim, 3, name="flow_head", padding="same",
+                 kernel_initializer=tf.keras.initializers.RandomNormal(mean=0.0, stddev=1e-5),
+                 bias_initializer="zeros")(x)
+    return tf.keras.Model(features + [moving, fixed], flow, name=name)
