@@ -209,6 +209,9 @@ def train_and_evaluate(config, verbose=None, log=print):
     splits = load_data(config)
     prepare_output_dir(config)
     inshape = splits["train"][0].moving.shape[1:]
+    # Seed before the weights are drawn: the same seed gives the same initial network (and, with fit's
+    # seeding of shuffling and noise, the same run), so compared methods really start alike.
+    tf.keras.utils.set_random_seed(config.seed)
     network = build_network(config, inshape)
     model = build_model(config, network)
     log("Training %s (surgery=%s) on %d/%d/%d train/val/test subjects (%d training pairs), output in %s"

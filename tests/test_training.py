@@ -132,3 +132,13 @@ def test_tensorboard_shows_the_registration_and_hparams(finished_run):
                                size_guidance={"tensors": 0}).Reload()
     assert "_hparams_/session_start_info" in hparams.Tags()["tensors"]
     assert {"test/dice", "test/hd95", "test/mse", "test/njd", "test/dice_LV"} <= set(hparams.Tags()["tensors"])
+
+
+def test_same_seed_same_run(tmp_path):
+    """The seed fixes the initial weights too, so two runs of one config agree (methods start alike)."""
+    results = []
+    for name in ("a", "b"):
+        outcome = quiet(tiny_config(tmp_path, output_dir=str(tmp_path / name)))
+        results.append(outcome["results"]["Model"]["summary"])
+    for key in ("dice_mean", "mse", "hd95_mean"):
+        assert results[0][key]["mean"] == pytest.approx(results[1][key]["mean"], rel=1e-4, abs=1e-6), key
