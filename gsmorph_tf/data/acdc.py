@@ -9,7 +9,7 @@ import pathlib
 import re
 
 from gsmorph_tf.data.nifti import DatasetError, load_nifti
-from gsmorph_tf.data.pairs import make_pairs, split_subjects, validate_label_map
+from gsmorph_tf.data.pairs import find_subject_folders, make_pairs, split_subjects, validate_label_map
 
 ACDC_LABELS = {"RV": 1, "Myo": 2, "LV": 3}
 
@@ -33,25 +33,8 @@ def find_acdc_subjects(root):
         DatasetError: ``root`` is missing or not a folder, holds no patient folder (the message says which
             layout was expected), or one patient name appears in two places.
     """
-    root = pathlib.Path(root)
-    if not root.exists():
-        raise DatasetError(f"{root}: ACDC data directory does not exist; {_EXPECTED_LAYOUT}")
-    if not root.is_dir():
-        raise DatasetError(f"{root}: ACDC data directory is not a directory; {_EXPECTED_LAYOUT}")
-    found = {}
-    for parent in (root, *(root / name for name in _SPLIT_DIRS)):
-        if not parent.is_dir():
-            continue
-        for folder in parent.iterdir():
-            if not (folder.is_dir() and _PATIENT_DIR.fullmatch(folder.name)):
-                continue
-            if folder.name in found:
-                raise DatasetError(f"{folder}: patient {folder.name} also found at {found[folder.name]}; "
-                                   "expected each patient once (subjects are split by name)")
-            found[folder.name] = folder
-    if not found:
-        raise DatasetError(f"{root}: no ACDC patient folders found; {_EXPECTED_LAYOUT}")
-    return [found[name] for name in sorted(found)]
+    return find_subject_folders(root, ("", *_SPLIT_DIRS), _PATIENT_DIR.fullmatch, "ACDC", "patient",
+                                _EXPECTED_LAYOUT)
 
 
 def read_info_cfg(path):

@@ -37,7 +37,7 @@ import pathlib
 import numpy as np
 
 from gsmorph_tf.data.nifti import DatasetError, load_nifti
-from gsmorph_tf.data.pairs import make_pairs, split_subjects, validate_label_map
+from gsmorph_tf.data.pairs import find_subject_folders, make_pairs, split_subjects, validate_label_map
 
 MNMS_LABELS = {"LV": 1, "Myo": 2, "RV": 3}
 MNMS_CSV_NAME = "211230_M&Ms_Dataset_information_diagnosis_opendataset.csv"
@@ -64,25 +64,9 @@ def find_mnms_subjects(root):
         DatasetError: ``root`` is missing or not a folder, holds no subject folder (the message says which
             layout was expected), or one code appears in two places.
     """
-    root = pathlib.Path(root)
-    if not root.is_dir():
-        what = "is not a directory" if root.exists() else "does not exist"
-        raise DatasetError(f"{root}: M&Ms data directory {what}; {_EXPECTED_LAYOUT}")
-    found = {}
-    for split in MNMS_SPLIT_DIRS:
-        parent = root / split
-        if not parent.is_dir():
-            continue
-        for folder in parent.iterdir():
-            if not folder.is_dir() or folder.name.startswith("."):   # .ipynb_checkpoints and the like
-                continue
-            if folder.name in found:
-                raise DatasetError(f"{folder}: subject {folder.name} also found at {found[folder.name]}; "
-                                   "expected each code once (subjects are split by code)")
-            found[folder.name] = folder
-    if not found:
-        raise DatasetError(f"{root}: no M&Ms subject folders found; {_EXPECTED_LAYOUT}")
-    return [found[code] for code in sorted(found)]
+    # Hidden folders (.ipynb_checkpoints and the like) are not subjects.
+    return find_subject_folders(root, MNMS_SPLIT_DIRS, lambda name: not name.startswith("."), "M&Ms", "subject",
+                                _EXPECTED_LAYOUT)
 
 
 def read_mnms_csv(path):

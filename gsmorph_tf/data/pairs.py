@@ -5,6 +5,7 @@ NIfTI-ordered arrays to :func:`make_pairs`. Following GSMorph, the end-systolic 
 image and the end-diastolic (ED) frame the fixed one; each 2-D slice of a stack is one training pair.
 """
 import dataclasses
+import pathlib
 
 import numpy as np
 
@@ -84,6 +85,41 @@ def validate_label_map(labels, image_shape, label_values, source):
         raise DatasetError(f"{source}: unexpected label values {unexpected}; expected only "
                            f"{sorted(allowed)} (0 = background, {label_values})")
     return labels
+
+
+def find_subject_folders(root, parents, accept, dataset, subject, expected_layout):
+    """Subject folders of a dataset tree, sorted by name (the subject identifier).
+
+    Args:
+        root: dataset root.
+        parents: folders under ``root`` that hold subject folders (``""`` for ``root`` itself); missing ones
+            are skipped.
+        accept: ``f(folder_name) -> bool`` choosing the subject folders among the entries of a parent.
+        dataset, subject: names for messages, e.g. ``"ACDC"`` and ``"patient"``.
+        expected_layout: sentence describing the layout, appended to the messages.
+
+    Raises:
+        DatasetError: ``root`` is missing or not a folder, no subject folder is found, or one name appears
+            in two places (subjects are split by name, so a duplicate would leak between splits).
+    """
+    root = pathlib.Path(root)
+    if not root.is_dir():
+        state = "is not a directory" if root.exists() else "does not exist"
+        raise DatasetError(f"{root}: {dataset} data directory {state}; {expected_layout}")
+    found = {}
+    for parent in (root / name for name in parents):
+        if not parent.is_dir():
+            continue
+        for folder in parent.iterdir():
+            if not (folder.is_dir() and accept(folder.name)):
+                continue
+            if folder.name in found:
+                raise DatasetError(f"{folder}: {subject} {folder.name} also found at {found[folder.name]}; "
+                                   f"expected each {subject} once (subjects are split by name)")
+            found[folder.name] = folder
+    if not found:
+        raise DatasetError(f"{root}: no {dataset} {subject} folders found; {expected_layout}")
+    return [found[name] for name in sorted(found)]
 
 
 def label_centroid(labels):
