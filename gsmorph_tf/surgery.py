@@ -75,10 +75,6 @@ def _dense_groups(groups, present, n):
     return dense
 
 
-def _group_sum(tensors, members, fn):
-    return tf.add_n([tf.reduce_sum(fn(tensors[k])) for k in members])
-
-
 def _group_dot(a, b, members):
     return tf.add_n([tf.reduce_sum(a[k] * b[k]) for k in members])
 
