@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test benchmark paper-benchmark clean-demo
+.PHONY: install demo test speed-benchmarks paper-benchmark clean-demo
 
 # The virtualenv is (re)built when setup.py changes.
 $(STAMP): setup.py
@@ -21,10 +21,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
-benchmark: $(STAMP)
+# Speed and memory figures (benchmarks/), printed with the machine they ran on.
+speed-benchmarks: $(STAMP)
 	$(PY) benchmarks/train_step.py
+	$(PY) benchmarks/ulae.py
 
-# Table 1 / Table 2 / Fig. 3 on the phantom (under 45 min on 2 CPU cores).
+# The GSMorph paper's comparison (Table 1 / Table 2 / Fig. 3) on the phantom (under 45 min on 2 CPU cores).
 paper-benchmark: $(STAMP)
 	$(PY) run_benchmark.py
 

@@ -13,12 +13,12 @@ import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 
 from absl import app, flags
 
-from gsmorph_tf.cli import fail, quiet_logs
+from gsmorph_tf.cli import dataset_options_from_flags, define_dataset_options, fail, quiet_logs, run_app
+from gsmorph_tf.config import TrainConfig
+from gsmorph_tf.errors import ConfigError, DatasetError
+from gsmorph_tf.registry import DATASETS
 
-from gsmorph_tf.config import DATASETS, ConfigError, TrainConfig
-from gsmorph_tf.data.nifti import DatasetError
-
-flags.DEFINE_enum("dataset", "phantom", DATASETS, "Dataset (phantom: generated into --data_dir on first use).")
+flags.DEFINE_enum("dataset", "phantom", DATASETS.names(), "Dataset (phantom: generated into --data_dir on first use).")
 flags.DEFINE_string("data_dir", "data_cache/phantom", "Dataset root.")
 flags.DEFINE_string("output_dir", "runs/benchmark", "Where every method's run and the tables go.")
 flags.DEFINE_list("methods", None, "Subset of methods by name (default: all rows of Table 1), e.g. "
@@ -29,9 +29,10 @@ flags.DEFINE_float("learning_rate", 5e-3, "Adam learning rate of every learned m
 flags.DEFINE_enum("similarity", "mse", ["mse", "ncc"], "Similarity loss of every learned method.")
 flags.DEFINE_integer("crop_size", 128, "Square crop around the heart (pixels, multiple of 16).", lower_bound=16)
 flags.DEFINE_integer("seed", 0, "Seed shared by every method (split, init, shuffling).")
-flags.DEFINE_integer("phantom_subjects", 16, "Phantom: number of subjects.", lower_bound=3)
-flags.DEFINE_integer("phantom_slices", 6, "Phantom: slices per subject.", lower_bound=1)
-flags.DEFINE_integer("phantom_size", 192, "Phantom: in-plane size (pixels).", lower_bound=32)
+for _name in define_dataset_options():
+    flags.declare_key_flag(_name)
+#: The default comparison runs on a smaller phantom than a training run's default (16 x 6 slices).
+PHANTOM_DEFAULTS = {"phantom_subjects": 16, "phantom_slices": 6}
 FLAGS = flags.FLAGS
 
 
@@ -50,30 +51,32 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
     quiet_logs(FLAGS["verbosity"].present)
-    from gsmorph_tf import benchmark
+    from gsmorph_tf import paper_comparison
+    from gsmorph_tf.timing import machine_description
 
     try:
+        options = dict(PHANTOM_DEFAULTS) if FLAGS.dataset == "phantom" else {}
+        options.update(dataset_options_from_flags(FLAGS, FLAGS.dataset))
         config = TrainConfig(dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, output_dir=FLAGS.output_dir,
                              epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
                              similarity=FLAGS.similarity, crop_size=FLAGS.crop_size, seed=FLAGS.seed,
-                             phantom_subjects=FLAGS.phantom_subjects, phantom_slices=FLAGS.phantom_slices,
-                             phantom_size=FLAGS.phantom_size).validate()
-        methods = selected_methods(FLAGS.methods, benchmark.PAPER_METHODS)
-        benchmark.check_requirements(methods)
-        records = benchmark.run_benchmark(config, FLAGS.output_dir, methods)
+                             dataset_options=options).validate()
+        methods = selected_methods(FLAGS.methods, paper_comparison.PAPER_METHODS)
+        paper_comparison.check_requirements(methods)
+        records = paper_comparison.run_paper_comparison(config, FLAGS.output_dir, methods)
     except (ConfigError, DatasetError, ImportError) as error:
         return fail(error)
     print("\nTable 1 (test split, mean +- std over subjects):\n")
-    print(benchmark.table1(records))
+    print(paper_comparison.table1(records))
     print("\nTable 2:\n")
-    print(benchmark.table2(records, benchmark.machine_description()))
+    print(paper_comparison.table2(records, machine_description()))
     print("\nWrote table1.md, table2.md, figure3.png and results.json to %s" % FLAGS.output_dir)
     return 0
 
 
 def run():
     """Console-script entry point."""
-    app.run(main)
+    run_app(main, __name__)
 
 
 if __name__ == "__main__":

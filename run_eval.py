@@ -19,14 +19,15 @@ import os
 
 from absl import app, flags
 
-from gsmorph_tf.cli import fail, quiet_logs
-
-from gsmorph_tf.config import DATASETS, ConfigError, TrainConfig
-from gsmorph_tf.data.nifti import DatasetError
+from gsmorph_tf.cli import fail, quiet_logs, run_app
+from gsmorph_tf.config import TrainConfig
+from gsmorph_tf.errors import ConfigError, DatasetError
+from gsmorph_tf.registry import DATASETS
 
 flags.DEFINE_string("run_dir", None, "Output dir of run_train.py: evaluates its last checkpoint.")
 flags.DEFINE_string("saved_model", None, "A SavedModel version folder (…/export/<model>/<N>).")
-flags.DEFINE_enum("dataset", None, DATASETS, "Dataset (default: the run's).")
+flags.mark_flags_as_mutual_exclusive(["run_dir", "saved_model"], required=True)
+flags.DEFINE_enum("dataset", None, DATASETS.names(), "Dataset (default: the run's).")
 flags.DEFINE_string("data_dir", None, "Dataset root (default: the run's).")
 flags.DEFINE_enum("split", "test", ["train", "val", "test", "all"], "Which subjects to evaluate.")
 flags.DEFINE_integer("crop_size", None, "Crop size (default: the run's, else 128).", lower_bound=16)
@@ -41,6 +42,8 @@ def data_config(run_config):
     config = run_config or TrainConfig(data_dir="")
     overrides = {name: getattr(FLAGS, name) for name in ("dataset", "data_dir", "crop_size", "seed")
                  if getattr(FLAGS, name) is not None}
+    if overrides.get("dataset", config.dataset) != config.dataset:
+        overrides["dataset_options"] = {}  # another dataset: its own default settings
     config = dataclasses.replace(config, **overrides)
     if not config.data_dir:
         raise ConfigError("--data_dir is required with --saved_model")
@@ -64,14 +67,13 @@ def per_subject_csv(results):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
-    if (FLAGS.run_dir is None) == (FLAGS.saved_model is None):
-        raise app.UsageError("give exactly one of --run_dir or --saved_model")
     quiet_logs(FLAGS["verbosity"].present)
     import tensorflow as tf
 
     from gsmorph_tf import evaluation, training
-    from gsmorph_tf.export import load_run_for_inference
     from gsmorph_tf.fileio import atomic_write_text
+    from gsmorph_tf.registry import MODELS
+    from gsmorph_tf.runs import load_run_for_inference
 
     try:
         if FLAGS.run_dir:
@@ -92,11 +94,10 @@ def main(argv):
     os.makedirs(output_dir, exist_ok=True)
     print("Evaluating %s on %d %s subjects of %s" % (source, len(subjects), FLAGS.split, config.data_dir))
     bar = tf.keras.utils.Progbar(len(subjects), unit_name="subject")
-    model_rows = evaluation.evaluate_predictor(predict, subjects, progress=lambda done, _: bar.update(done))
     # A SavedModel is named by its last two path parts, <model>/<version>, as TF Serving lays them out.
-    name = training.method_name(run_config) if run_config else "/".join(os.path.abspath(source).split(os.sep)[-2:])
-    results = {"Initial": evaluation.evaluate_identity(subjects), name: model_rows}
-    results = {method: {"subjects": rows, "summary": evaluation.summarize(rows)} for method, rows in results.items()}
+    name = (MODELS.load(run_config.model).method_name(run_config) if run_config
+            else "/".join(os.path.abspath(source).split(os.sep)[-2:]))
+    results = evaluation.evaluate_against_initial(predict, subjects, name, progress=lambda done, _: bar.update(done))
     table = evaluation.format_table({method: result["summary"] for method, result in results.items()})
 
     atomic_write_text(os.path.join(output_dir, "per_subject.csv"), per_subject_csv(results))
@@ -110,8 +111,8 @@ def main(argv):
 
 
 def run():
-    """Console-script entry point."""
-    app.run(main)
+    """Console-script entry point (``gsmorph-eval``)."""
+    run_app(main, __name__)
 
 
 if __name__ == "__main__":

@@ -9,11 +9,9 @@ existing version is never overwritten. The only place that reads these flags; th
 """
 import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 
-import sys
-
 from absl import app, flags
 
-from gsmorph_tf.cli import fail, quiet_logs
+from gsmorph_tf.cli import fail, quiet_logs, run_app
 
 flags.DEFINE_string("run_dir", None, "output_dir of a run_train.py run (holds config.json and checkpoints/).")
 flags.DEFINE_string("export_base", None, "Folder of TF Serving base paths: the model goes to "
@@ -22,17 +20,15 @@ flags.DEFINE_string("model_name", None, "TF Serving model name (a folder name); 
 flags.DEFINE_integer("version", None, "Integer version to write; default: the next after the highest existing "
                      "one (1 for a new model). An existing version is never overwritten.", lower_bound=0)
 
+flags.mark_flags_as_required(["run_dir", "export_base"])
+
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
-    for name in ("run_dir", "export_base"):
-        if not FLAGS[name].value:
-            print("error: --%s is required" % name, file=sys.stderr)
-            return 2
-    from gsmorph_tf.config import ConfigError
+    from gsmorph_tf.errors import ConfigError
     from gsmorph_tf.export import export_run  # after flag parsing: --help stays fast
 
     quiet_logs(FLAGS["verbosity"].present)
@@ -47,7 +43,7 @@ def main(argv):
 
 def run():
     """Console-script entry point (``gsmorph-export``)."""
-    app.run(main)
+    run_app(main, __name__)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 
 from absl import app, flags
 
-from gsmorph_tf.cli import fail, quiet_logs
+from gsmorph_tf.cli import fail, quiet_logs, run_app
 
 flags.DEFINE_string("saved_model", None, "SavedModel version folder (<base>/<model>/<N>) or a model base path "
                     "(its highest version is used).")
@@ -34,46 +34,46 @@ flags.DEFINE_string("output_dir", None, "Where the outputs are written (created 
 flags.DEFINE_string("center", None, "Crop centre in voxels: r,c (2D models: array axes 0 and 1, every slice) "
                     "or r,c,s (3D models); default: the image centre.")
 
+flags.mark_flags_as_required(["saved_model", "output_dir"])
+flags.mark_flags_as_mutual_exclusive(["moving", "moving_dir"], required=True)
+flags.mark_flags_as_mutual_exclusive(["fixed", "fixed_dir"], required=True)
+flags.mark_flags_as_mutual_exclusive(["moving_labels", "moving_dir"])
+flags.mark_flags_as_mutual_exclusive(["moving_labels_dir", "moving"])
+flags.register_multi_flags_validator(
+    ["moving", "fixed"], lambda values: (values["moving"] is None) == (values["fixed"] is None),
+    "one pair needs both --moving and --fixed")
+flags.register_multi_flags_validator(
+    ["moving_dir", "fixed_dir"], lambda values: (values["moving_dir"] is None) == (values["fixed_dir"] is None),
+    "folder mode needs both --moving_dir and --fixed_dir")
+
 FLAGS = flags.FLAGS
 
 
 def parse_center(text):
-    """``"92,100"`` -> ``(92.0, 100.0)``; None stays None. Raises ValueError naming the flag value."""
+    """``"92,100"`` -> ``(92.0, 100.0)``; None stays None. Raises ValueError for anything else."""
     if text is None:
         return None
+    return tuple(float(part) for part in text.split(","))
+
+
+def _parses_as_center(text):
     try:
-        return tuple(float(part) for part in text.split(","))
+        parse_center(text)
     except ValueError:
-        raise ValueError("--center=%s: expected comma-separated voxel coordinates r,c or r,c,s" % text) from None
+        return False
+    return True
 
 
-def check_mode():
-    """``"pair"`` or ``"folder"`` from the flags given; raises ValueError for a missing or mixed set."""
-    pair = [name for name in ("moving", "fixed", "moving_labels") if FLAGS[name].value is not None]
-    folder = [name for name in ("moving_dir", "fixed_dir", "moving_labels_dir") if FLAGS[name].value is not None]
-    for name in ("saved_model", "output_dir"):
-        if not FLAGS[name].value:
-            raise ValueError("--%s is required" % name)
-    if pair and folder:
-        raise ValueError("give either --moving/--fixed or --moving_dir/--fixed_dir, not both")
-    if folder:
-        if FLAGS.moving_dir is None or FLAGS.fixed_dir is None:
-            raise ValueError("folder mode needs both --moving_dir and --fixed_dir")
-        return "folder"
-    if FLAGS.moving is None or FLAGS.fixed is None:
-        raise ValueError("give --moving and --fixed (one pair) or --moving_dir and --fixed_dir (a folder)")
-    return "pair"
+flags.register_validator("center", _parses_as_center,
+                         "--center takes comma-separated voxel coordinates r,c or r,c,s")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
-    try:
-        mode = check_mode()
-        center = parse_center(FLAGS.center)
-    except ValueError as error:
-        return fail(error)
-    from gsmorph_tf.data.nifti import DatasetError
+    mode = "folder" if FLAGS.moving_dir is not None else "pair"  # the validators above allow one of the two
+    center = parse_center(FLAGS.center)
+    from gsmorph_tf.errors import DatasetError
     from gsmorph_tf.register import RegistrationModel, SavedModelError, register_files, register_folder
 
     quiet_logs(FLAGS["verbosity"].present)
@@ -97,7 +97,7 @@ def main(argv):
 
 def run():
     """Console-script entry point (``gsmorph-register``)."""
-    app.run(main)
+    run_app(main, __name__)
 
 
 if __name__ == "__main__":

@@ -6,28 +6,25 @@ from the last completed epoch.
 """
 import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 
-
 from absl import app, flags
 
-from gsmorph_tf.cli import fail, quiet_logs
-
-from gsmorph_tf.config import DATASETS, MODELS, SIMILARITY_CHOICES, ConfigError, TrainConfig
-from gsmorph_tf.data.nifti import DatasetError
-from gsmorph_tf.losses import REG_PENALTIES
-from gsmorph_tf.surgery import GROUPINGS, SURGERY_MODES
+from gsmorph_tf.cli import dataset_options_from_flags, define_dataset_options, fail, quiet_logs, run_app
+from gsmorph_tf.config import GROUPINGS, REG_PENALTIES, SURGERY_MODES, TrainConfig
+from gsmorph_tf.errors import ConfigError, DatasetError
+from gsmorph_tf.registry import DATASETS, MODELS, SIMILARITIES
 
 _DEFAULTS = TrainConfig()
 
-flags.DEFINE_enum("dataset", _DEFAULTS.dataset, DATASETS,
-                  "Data: 'acdc' reads the ACDC layout under --data_dir, 'mnms' the M&Ms layout (with its CSV); "
-                  "'phantom' generates a synthetic cine-MRI phantom in the ACDC layout into --data_dir on first "
-                  "use, then reads it; 'brain' makes 3D pairs from the MNI152 template nilearn ships, with known "
-                  "deformations (pip install \"gsmorph-tf[brain]\").")
+
+def _choices(registry):
+    return "; ".join("%s = %s" % (entry.name, entry.help) for entry in registry)
+
+
+flags.DEFINE_enum("dataset", _DEFAULTS.dataset, DATASETS.names(), "Data: " + _choices(DATASETS) + ".")
 flags.DEFINE_string("data_dir", None, "Dataset root (for phantom: where it is generated and cached).")
 flags.DEFINE_string("output_dir", _DEFAULTS.output_dir, "Run directory: TensorBoard, checkpoints, evaluation, "
                     "SavedModel. Re-run with the same settings to resume.")
-flags.DEFINE_enum("model", _DEFAULTS.model, MODELS, "Registration network: gsmorph (the paper's U-Net), "
-                  "hypermorph (baseline) or ulae (ULAE-net: uncoupled encoder, 3 accumulative warping steps).")
+flags.DEFINE_enum("model", _DEFAULTS.model, MODELS.names(), "Registration network: " + _choices(MODELS) + ".")
 flags.DEFINE_enum("surgery", _DEFAULTS.surgery, SURGERY_MODES,
                   "How the similarity and smoothness gradients are combined: layerwise = GSMorph; none = "
                   "weighted sum with --lam (VoxelMorph); pcgrad = GS-PCGrad; agr_rand/agr_sum = GS-Agr.")
@@ -35,9 +32,8 @@ flags.DEFINE_enum("grouping", _DEFAULTS.grouping, GROUPINGS,
                   "Surgery groups: each trainable tensor (variable, the paper's code) or each Keras layer.")
 flags.DEFINE_float("lam", _DEFAULTS.lam, "Smoothness weight for --surgery=none (paper: 0.1/0.01/0.001).",
                    lower_bound=0.0)
-flags.DEFINE_enum("similarity", _DEFAULTS.similarity, SIMILARITY_CHOICES,
-                  "Image similarity loss: mse, ncc (window --ncc_window) or multi_ncc (ULAE's "
-                  "-sum_i gamma^(i-1) NCC_{w_i} over --ncc_windows with --ncc_gamma).")
+flags.DEFINE_enum("similarity", _DEFAULTS.similarity, SIMILARITIES.names(),
+                  "Image similarity loss: " + _choices(SIMILARITIES) + ".")
 flags.DEFINE_integer("ncc_window", _DEFAULTS.ncc_window, "NCC window side (pixels).", lower_bound=1)
 flags.DEFINE_list("ncc_windows", [str(w) for w in _DEFAULTS.ncc_windows], "multi_ncc window sides, largest first.")
 flags.DEFINE_float("ncc_gamma", _DEFAULTS.ncc_gamma, "multi_ncc weight decay between windows.", lower_bound=0.0)
@@ -55,14 +51,12 @@ flags.DEFINE_boolean("conflict_diagnostics", _DEFAULTS.conflict_diagnostics,
                      "(one extra backward pass); other modes always log it.")
 flags.DEFINE_integer("log_every_n_steps", _DEFAULTS.log_every_n_steps,
                      "Write per-step TensorBoard summaries every N steps.", lower_bound=1)
-flags.DEFINE_integer("phantom_subjects", _DEFAULTS.phantom_subjects, "Phantom: number of subjects.", lower_bound=3)
-flags.DEFINE_integer("phantom_slices", _DEFAULTS.phantom_slices, "Phantom: short-axis slices per subject.",
-                     lower_bound=1)
-flags.DEFINE_integer("phantom_size", _DEFAULTS.phantom_size, "Phantom: in-plane size (pixels).", lower_bound=32)
-flags.DEFINE_integer("brain_pairs", _DEFAULTS.brain_pairs, "Brain: number of synthetic pairs.", lower_bound=3)
-flags.DEFINE_list("brain_shape", [str(s) for s in _DEFAULTS.brain_shape], "Brain: volume shape D,H,W (voxels).")
-flags.DEFINE_float("brain_max_displacement", _DEFAULTS.brain_max_displacement,
-                   "Brain: largest displacement of the random deformations (voxels).", lower_bound=0.0)
+for _name in define_dataset_options():
+    flags.declare_key_flag(_name)  # listed by --help with the flags above
+flags.register_validator("crop_size", lambda size: size % 16 == 0,
+                         "--crop_size must be a multiple of 16 (the U-Net pools 4 times)")
+flags.register_validator("ncc_windows", lambda windows: all(w.strip().isdigit() and int(w) > 0 for w in windows),
+                         "--ncc_windows takes comma-separated positive integers")
 
 FLAGS = flags.FLAGS
 
@@ -70,13 +64,9 @@ FLAGS = flags.FLAGS
 def config_from_flags():
     """The run's settings, read from the parsed flags once."""
     values = {name: getattr(FLAGS, name) for name in TrainConfig.__dataclass_fields__
-              if FLAGS[name].value is not None}
-    try:
-        for name in ("ncc_windows", "brain_shape"):
-            values[name] = tuple(int(v) for v in values[name])
-    except ValueError:
-        raise ConfigError("--ncc_windows and --brain_shape take comma-separated integers") from None
-    return TrainConfig(**values)
+              if name != "dataset_options" and FLAGS[name].value is not None}
+    values["ncc_windows"] = tuple(int(v) for v in values["ncc_windows"])
+    return TrainConfig(**values, dataset_options=dataset_options_from_flags(FLAGS, FLAGS.dataset))
 
 
 def main(argv):
@@ -102,7 +92,7 @@ def main(argv):
 
 def run():
     """Console-script entry point (``gsmorph-train``)."""
-    app.run(main)
+    run_app(main, __name__)
 
 
 if __name__ == "__main__":

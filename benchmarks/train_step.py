@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from gsmorph_tf.benchmark import machine_description, median_ms
+from gsmorph_tf.timing import machine_description, median_ms
 from gsmorph_tf.model import GradientSurgeryModel
 from gsmorph_tf.networks import build_gsmorph_unet
 from gsmorph_tf.surgery import group_cosines, project_gradients

@@ -35,9 +35,9 @@ def measure(network_name, shape, steps):
     """Forward and train-step median ms and peak memory for one network at one shape (this process)."""
     import tensorflow as tf
 
-    from gsmorph_tf.benchmark import median_ms
     from gsmorph_tf.model import GradientSurgeryModel
-    from gsmorph_tf.networks import build_gsmorph_unet
+    from gsmorph_tf.networks import build_gsmorph_unet, count_trainable_parameters
+    from gsmorph_tf.timing import median_ms
     from ulae_tf.losses import multi_window_ncc
     from ulae_tf.networks import build_ulae_net
 
@@ -54,7 +54,7 @@ def measure(network_name, shape, steps):
     train_step = tf.function(model.train_step)
     step_ms = median_ms(lambda: float(train_step(batch)["sim_loss"]), steps)
     memory, memory_kind = _peak_memory_mb(tf)
-    params = int(sum(int(np.prod(v.shape)) for v in network.trainable_variables))
+    params = count_trainable_parameters(network)
     return {"network": network_name, "shape": list(shape), "parameters": params, "forward_ms": forward_ms,
             "train_step_ms": step_ms, "peak_mb": memory, "memory_kind": memory_kind}
 
@@ -63,7 +63,7 @@ def loss_cost(shape, steps):
     """Median ms of forward + gradient of multi-window NCC (11, 9, 7) and of single-window NCC (9)."""
     import tensorflow as tf
 
-    from gsmorph_tf.benchmark import median_ms
+    from gsmorph_tf.timing import median_ms
     from gsmorph_tf.losses import similarity_loss
     from ulae_tf.losses import multi_window_ncc
 
@@ -97,7 +97,7 @@ def main(argv):
                                                                                       FLAGS.steps)
         print("RESULT " + json.dumps(result))
         return
-    from gsmorph_tf.benchmark import machine_description
+    from gsmorph_tf.timing import machine_description
 
     print("machine: %s" % machine_description())
     print("batch 1, median of %d steps after one warm-up; each line measured in a fresh process\n" % FLAGS.steps)

@@ -5,7 +5,7 @@ Demons (Vercauteren et al. 2009) and ANTsPy's SyN (Avants et al. 2008) -- and re
 project's convention, so the learned and classical methods are scored by the same code
 (:func:`gsmorph_tf.evaluation.subject_metrics`, labels warped by :func:`gsmorph_tf.evaluation.warp_labels`):
 
-- images: ``[H, W]`` float32 in [0, 1] (the scaled slices of :class:`~gsmorph_tf.data.pairs.SubjectPairs`);
+- images: ``[H, W]`` float32 in [0, 1] (the scaled slices of :class:`~gsmorph_tf.data.subjects.SubjectPairs`);
 - ``flow``: ``[H, W, 2]`` float32 displacement in PIXELS along the array axes (row, col), such that
   ``moved(x) = moving(x + flow(x))`` -- voxelmorph's ``SpatialTransformer`` with ``indexing='ij'``.
 

@@ -1,5 +1,124 @@
-"""What the ``run_*.py`` entry points share. They pass flag values in; nothing here reads flags."""
+"""What the ``run_*.py`` entry points share. They pass flag values in; nothing here reads a flag's value.
+
+Light to import (no TensorFlow), so ``--help`` answers at once:
+
+- :func:`run_app`: ``absl.app.run`` with two things users expect: a flagfile named without a folder is also
+  looked up in the project's ``flags/`` folder (``--flagfile=acdc.flags`` from anywhere), and a console
+  script (``gsmorph-train --help``) lists the entry point's flags as ``python run_train.py --help`` does;
+- :func:`define_dataset_options`: the datasets' own settings (:mod:`gsmorph_tf.registry`) as flags;
+- :func:`fail`, :func:`quiet_logs`: one ``error: ...`` line for user errors, TensorFlow's INFO lines hidden.
+"""
+import os
+import pathlib
 import sys
+
+from absl import app, flags
+from absl.flags import _exceptions as flag_exceptions
+
+from gsmorph_tf.errors import ConfigError
+from gsmorph_tf.registry import DATASETS
+
+#: The project's flagfiles (``flags/`` next to the package).
+FLAGS_DIR = pathlib.Path(__file__).resolve().parent.parent / "flags"
+
+
+def resolve_flagfile(name, flags_dir=None):
+    """The path absl should open for ``--flagfile=<name>``.
+
+    ``name`` itself when it exists (relative to the current folder, or absolute); otherwise, for a bare file
+    name (no folder), ``flags_dir/<name>`` when that exists (``flags_dir`` None: :data:`FLAGS_DIR`).
+
+    Raises:
+        absl.flags.CantOpenFlagFileError: neither exists; the message lists the flagfiles in ``flags_dir``.
+    """
+    if not name or os.path.exists(name):
+        return name
+    flags_dir = FLAGS_DIR if flags_dir is None else flags_dir
+    candidate = pathlib.Path(flags_dir) / name
+    if os.path.dirname(name) == "" and candidate.is_file():
+        return str(candidate)
+    available = sorted(p.name for p in pathlib.Path(flags_dir).glob("*.flags"))
+    raise flag_exceptions.CantOpenFlagFileError(
+        "Unable to open flagfile %s: not found %s; the project's flagfiles (%s) are: %s"
+        % (name, "here" if os.path.dirname(name) else "here nor in %s" % flags_dir, flags_dir,
+           ", ".join(available) or "none"))
+
+
+def _install_flagfile_lookup():
+    """Make absl resolve every flagfile it opens with :func:`resolve_flagfile`, nested ones included.
+
+    absl opens flagfiles (those on the command line and those a flagfile includes) in
+    ``FlagValues._get_flag_file_lines``; it is wrapped once, for this process.
+    """
+    read = flags.FlagValues._get_flag_file_lines
+    if getattr(read, "resolves_project_flagfiles", False):
+        return
+
+    def read_resolved(self, filename, parsed_file_stack=None):
+        return read(self, resolve_flagfile(filename), parsed_file_stack)
+
+    read_resolved.resolves_project_flagfiles = True
+    flags.FlagValues._get_flag_file_lines = read_resolved
+
+
+def run_app(main, module_name):
+    """``absl.app.run(main)`` for the entry point ``module_name`` (its ``__name__``).
+
+    Run as a console script, ``sys.argv[0]`` is the wrapper in ``bin/``, whose module defines no flag, so
+    absl's ``--help`` would list none: the entry point's flags are declared key flags of ``sys.argv[0]``.
+    """
+    _install_flagfile_lookup()
+    for flag in flags.FLAGS.get_flags_for_module(module_name):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+    app.run(main)
+
+
+def define_dataset_options():
+    """Define one flag per dataset setting declared in :data:`gsmorph_tf.registry.DATASETS` (default None:
+    the dataset entry's default applies). Returns the flag names."""
+    names = []
+    for entry in DATASETS:
+        for option in entry.options:
+            helptext = "%s (dataset=%s; default %s)" % (option.help, entry.name, _format_default(option.default))
+            if option.kind == "int_list":
+                flags.DEFINE_list(option.name, None, helptext)
+            elif option.kind == "int":
+                flags.DEFINE_integer(option.name, None, helptext, lower_bound=option.lower_bound)
+            elif option.kind == "float":
+                flags.DEFINE_float(option.name, None, helptext, lower_bound=option.lower_bound)
+            else:
+                flags.DEFINE_string(option.name, None, helptext)
+            names.append(option.name)
+    return names
+
+
+def _format_default(value):
+    return ",".join(str(v) for v in value) if isinstance(value, (tuple, list)) else str(value)
+
+
+def dataset_options_from_flags(flag_values, dataset):
+    """The options of ``dataset`` given on the command line (or a flagfile), converted to their types.
+
+    A flag of another dataset's setting is refused, so a typo'd combination does not pass silently.
+
+    Raises:
+        ConfigError: naming the flag, for another dataset's setting or a value of the wrong type.
+    """
+    options = {}
+    own = {option.name: option for option in DATASETS[dataset].options} if dataset in DATASETS else {}
+    for entry in DATASETS:
+        for option in entry.options:
+            value = flag_values[option.name].value
+            if value is None:
+                continue
+            if option.name not in own:
+                raise ConfigError("--%s is a setting of dataset=%s, not of dataset=%s"
+                                  % (option.name, entry.name, dataset))
+            try:
+                options[option.name] = own[option.name].check(value)
+            except ValueError as error:
+                raise ConfigError("--%s" % error) from None
+    return options
 
 
 def quiet_logs(verbosity_given):

@@ -3,33 +3,42 @@
 ``run_train.py`` turns its absl flags into a ``TrainConfig`` once; library code takes the config (or plain
 arguments) and never reads flags. The config is saved as ``config.json`` in the run's output directory so an
 interrupted run can be resumed only with the same settings.
+
+Light to import (no TensorFlow): it holds the vocabulary of settings (surgery modes, groupings, penalties) and
+checks names against :mod:`gsmorph_tf.registry`, so ``--help`` and validation are instant.
 """
 import dataclasses
 import json
 import math
 import os
 
+from gsmorph_tf.errors import ConfigError
 from gsmorph_tf.fileio import atomic_write_text
-from gsmorph_tf.losses import REG_PENALTIES, SIMILARITIES
-from gsmorph_tf.surgery import GROUPINGS, SURGERY_MODES
+from gsmorph_tf.registry import DATASETS, MODELS, SIMILARITIES
 
-DATASETS = ("phantom", "acdc", "mnms", "brain")
-MODELS = ("gsmorph", "hypermorph", "ulae")
+#: Surgery modes. ``none``: weighted sum (VoxelMorph); ``layerwise``: GSMorph; ``pcgrad``: the same rule on
+#: the whole network at once (GS-PCGrad); ``agr_rand`` / ``agr_sum``: element-wise sign agreement (GS-Agr).
+SURGERY_MODES = ("none", "layerwise", "pcgrad", "agr_rand", "agr_sum")
 
-#: Similarity losses: voxelmorph's MSE and NCC, and ULAE-net's multi-window NCC.
-SIMILARITY_CHOICES = SIMILARITIES + ("multi_ncc",)
+#: How trainable tensors are grouped for the layer-wise rule: each tensor alone, or all tensors of one layer.
+GROUPINGS = ("variable", "layer")
+
+#: Spatial-gradient penalties of the smoothness loss (voxelmorph ``Grad``).
+REG_PENALTIES = ("l1", "l2")
 
 #: Settings that may change between an interrupted run and its resumption (more epochs, another place).
 RESUMABLE_CHANGES = ("epochs", "output_dir")
 
-
-class ConfigError(ValueError):
-    """An invalid setting or combination of settings; the message names the setting and what is expected."""
+__all__ = ["ConfigError", "GROUPINGS", "REG_PENALTIES", "RESUMABLE_CHANGES", "SURGERY_MODES", "TrainConfig"]
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """One training run. Units: learning rate per Adam step, sizes in pixels/voxels, epochs as full passes."""
+    """One training run. Units: learning rate per Adam step, sizes in pixels/voxels, epochs as full passes.
+
+    ``dataset_options`` holds the chosen dataset's own settings (declared by its registry entry, e.g.
+    ``phantom_subjects`` or ``brain_shape``); missing ones take the entry's defaults.
+    """
 
     dataset: str = "phantom"
     data_dir: str = ""
@@ -51,36 +60,45 @@ class TrainConfig:
     crop_size: int = 128
     conflict_diagnostics: bool = True
     log_every_n_steps: int = 1
-    phantom_subjects: int = 20
-    phantom_slices: int = 8
-    phantom_size: int = 192
-    brain_pairs: int = 20
-    brain_shape: tuple = (80, 96, 80)
-    brain_max_displacement: float = 8.0
+    dataset_options: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        # Fill in the dataset's defaults so every run records all of its dataset's settings.
+        if self.dataset in DATASETS:
+            options = {option.name: option.default for option in DATASETS[self.dataset].options}
+            options.update(self.dataset_options)
+            object.__setattr__(self, "dataset_options", options)
+
+    def option(self, name):
+        """The value of the dataset setting ``name`` (see :mod:`gsmorph_tf.registry`)."""
+        return self.dataset_options[name]
 
     @classmethod
     def from_dict(cls, values):
-        """Inverse of :meth:`to_dict` (JSON turns tuples into lists)."""
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-
-    def network_shape(self):
-        """Spatial shape of the network's inputs: the brain volume, or the square cardiac crop."""
-        return tuple(self.brain_shape) if self.dataset == "brain" else (self.crop_size, self.crop_size)
+        """Inverse of :meth:`to_dict` (JSON turns tuples into lists). Dataset settings that earlier versions
+        stored at the top level (``phantom_subjects``, ``brain_shape``, ...) are moved into ``dataset_options``."""
+        values = dict(values)
+        options = dict(values.pop("dataset_options", {}) or {})
+        fields = {field.name for field in dataclasses.fields(cls)}
+        for key in [k for k in values if k not in fields]:
+            options[key] = values.pop(key)
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        return cls(**values, dataset_options={k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
 
     def validate(self):
         """Raise :class:`ConfigError` for the first invalid setting; return ``self``."""
-        choices = {"dataset": DATASETS, "model": MODELS, "surgery": SURGERY_MODES, "grouping": GROUPINGS,
-                   "similarity": SIMILARITY_CHOICES, "reg_penalty": REG_PENALTIES}
+        choices = {"dataset": DATASETS.names(), "model": MODELS.names(), "surgery": SURGERY_MODES,
+                   "grouping": GROUPINGS, "similarity": SIMILARITIES.names(), "reg_penalty": REG_PENALTIES}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ConfigError("%s=%r is not one of: %s" % (name, getattr(self, name), ", ".join(valid)))
-        if not self.data_dir and self.dataset != "brain":  # brain pairs are made in memory
+        dataset, model = DATASETS[self.dataset], MODELS[self.model]
+        if not self.data_dir and dataset.needs_data_dir:
             raise ConfigError("data_dir is empty: give the dataset root (for dataset=phantom, the folder the "
                               "phantom is generated into)")
         if not self.output_dir:
             raise ConfigError("output_dir is empty")
-        positive = ("learning_rate", "batch_size", "epochs", "ncc_window", "log_every_n_steps",
-                    "phantom_subjects", "phantom_slices", "phantom_size")
+        positive = ("learning_rate", "batch_size", "epochs", "ncc_window", "log_every_n_steps")
         for name in positive:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -96,22 +114,26 @@ class TrainConfig:
             raise ConfigError("ncc_windows must be positive integers, got %r" % (self.ncc_windows,))
         if not (math.isfinite(self.ncc_gamma) and self.ncc_gamma > 0):
             raise ConfigError("ncc_gamma must be > 0, got %r" % self.ncc_gamma)
-        if self.dataset == "brain":
-            if len(self.brain_shape) != 3 or any(int(s) != s or s <= 0 or s % 16 for s in self.brain_shape):
-                raise ConfigError("brain_shape must be 3 positive multiples of 16, got %r" % (self.brain_shape,))
-            if self.brain_pairs < 3 or not self.brain_max_displacement > 0:
-                raise ConfigError("brain_pairs must be >= 3 and brain_max_displacement > 0, got %r and %r"
-                                  % (self.brain_pairs, self.brain_max_displacement))
-            if self.model == "hypermorph":
-                raise ConfigError("model=hypermorph is built for the 2D cardiac task; use gsmorph or ulae on brain")
-        if self.model == "hypermorph" and self.similarity not in SIMILARITIES:
-            raise ConfigError("model=hypermorph takes similarity %s, not %r" % (" or ".join(SIMILARITIES),
-                                                                               self.similarity))
-        if self.model == "hypermorph" and self.surgery != "none":
-            raise ConfigError("model=hypermorph trains one network for every smoothness weight (lambda drawn per "
-                              "batch) and takes no gradient surgery: use surgery=none, not %r" % self.surgery)
-        if self.phantom_subjects < 3 and self.dataset == "phantom":
-            raise ConfigError("phantom_subjects must be >= 3 (train/val/test split), got %r" % self.phantom_subjects)
+        known = {option.name: option for option in dataset.options}
+        unknown = sorted(set(self.dataset_options) - set(known))
+        if unknown:
+            raise ConfigError("dataset=%s has no setting %s; its settings are: %s"
+                              % (self.dataset, ", ".join(unknown), ", ".join(known) or "none"))
+        for name, option in known.items():
+            try:
+                option.check(self.dataset_options[name])
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
+        if dataset.ndim not in model.ndims:
+            raise ConfigError("model=%s is built for %s data; dataset=%s is %dD: use %s"
+                              % (self.model, " or ".join("%dD" % n for n in model.ndims), self.dataset,
+                                 dataset.ndim, " or ".join(m.name for m in MODELS if dataset.ndim in m.ndims)))
+        if model.similarities is not None and self.similarity not in model.similarities:
+            raise ConfigError("model=%s takes similarity %s, not %r" % (self.model, " or ".join(model.similarities),
+                                                                       self.similarity))
+        if model.surgeries is not None and self.surgery not in model.surgeries:
+            raise ConfigError("model=%s takes surgery=%s, not %r" % (self.model, " or ".join(model.surgeries),
+                                                                    self.surgery))
         return self
 
     def to_dict(self):
@@ -129,11 +151,13 @@ class TrainConfig:
                 mix two experiments in one checkpoint.
         """
         with open(path, encoding="utf-8") as f:
-            previous = json.load(f)
-        now = json.loads(json.dumps(self.to_dict()))  # compare in JSON form: tuples as lists
-        differences = ["%s: %r before, %r now" % (key, previous[key], value)
-                       for key, value in now.items()
-                       if key in previous and key not in RESUMABLE_CHANGES and previous[key] != value]
+            stored = json.load(f)
+        # Compare in JSON form (tuples as lists), the stored settings read as this version reads them: a
+        # setting the earlier run's version did not have counts with its default.
+        previous = json.loads(json.dumps(TrainConfig.from_dict(stored).to_dict()))
+        now = json.loads(json.dumps(self.to_dict()))
+        differences = ["%s: %r before, %r now" % (key, previous[key], value) for key, value in now.items()
+                       if key not in RESUMABLE_CHANGES and previous[key] != value]
         if differences:
             raise ConfigError("%s holds a run with other settings (%s); use another --output_dir or the same "
                               "settings to resume it" % (os.path.dirname(path) or ".", "; ".join(differences)))

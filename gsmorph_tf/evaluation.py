@@ -24,7 +24,7 @@ import voxelmorph as vxm
 
 from gsmorph_tf import metrics
 from gsmorph_tf.fileio import atomic_write_text
-from gsmorph_tf.data.pairs import reporting_order
+from gsmorph_tf.data.subjects import reporting_order
 
 #: Column order of the summary tables: (key in the per-subject rows, header).
 TABLE_COLUMNS = (("dice_mean", "Dice (%)"), ("hd95_mean", "HD95 (mm)"), ("mse_x100", "MSE (x1e-2)"),
@@ -83,7 +83,7 @@ def subject_metrics(pairs, moved, moved_labels, flow):
     """Metrics of one subject's registration.
 
     Args:
-        pairs: the subject's :class:`~gsmorph_tf.data.pairs.SubjectPairs` (fixed image and labels, spacing,
+        pairs: the subject's :class:`~gsmorph_tf.data.subjects.SubjectPairs` (fixed image and labels, spacing,
             structure names, and the true flow when the task has one).
         moved: warped moving images, shaped like ``pairs.moving``; moved_labels: warped moving labels;
         flow: displacement ``[..., ndim]`` in voxels, or None for the identity.
@@ -134,7 +134,7 @@ def evaluate_predictor(predict, subjects, progress=None):
     Args:
         predict: ``f(moving [S, H, W], fixed [S, H, W]) -> (moved [S, H, W], flow [S, H, W, 2])``
             (:func:`keras_predictor`, :func:`savedmodel_predictor`, or a classical baseline).
-        subjects: list of :class:`~gsmorph_tf.data.pairs.SubjectPairs`.
+        subjects: list of :class:`~gsmorph_tf.data.subjects.SubjectPairs`.
         progress: optional callable ``(done, total)`` called after each subject (e.g. a Progbar's update).
 
     Returns:
@@ -157,6 +157,24 @@ def evaluate_predictor(predict, subjects, progress=None):
 def evaluate_network(network, subjects, batch_size=32, progress=None):
     """:func:`evaluate_predictor` for a Keras network ``[moving, fixed] -> [moved, flow]``."""
     return evaluate_predictor(keras_predictor(network, batch_size), subjects, progress)
+
+
+def results_by_method(rows_by_method):
+    """``{method: {"subjects": rows, "summary": summarize(rows)}}`` from ``{method: per-subject rows}``, in
+    the given order: the form of every results JSON (training, ``run_eval.py``)."""
+    return {method: {"subjects": rows, "summary": summarize(rows)} for method, rows in rows_by_method.items()}
+
+
+def evaluate_against_initial(predict, subjects, name, progress=None):
+    """The ``Initial`` (identity) row and ``predict``'s row on ``subjects``, as :func:`results_by_method`.
+
+    Args:
+        predict: a predictor (see :func:`evaluate_predictor`); name: its row's name in tables.
+        subjects: list of :class:`~gsmorph_tf.data.subjects.SubjectPairs`; progress: as
+            :func:`evaluate_predictor`.
+    """
+    rows = evaluate_predictor(predict, subjects, progress)
+    return results_by_method({"Initial": evaluate_identity(subjects), name: rows})
 
 
 def summarize(rows):

@@ -10,7 +10,7 @@ its length; every tensor float32; the batch axis is free):
 
 ``serving_default``
     inputs ``moving``, ``fixed``: ``[None, *vol, 1]``, intensities scaled to [0, 1] as in training (one
-    shared range for the pair: :func:`gsmorph_tf.data.pairs.scale_to_unit`).
+    shared range for the pair: :func:`gsmorph_tf.data.preprocessing.scale_to_unit`).
     outputs ``moved``: ``[None, *vol, 1]``, the moving image warped onto the fixed one;
     ``flow``: ``[None, *vol, ndim]``, the displacement field ``u`` in voxels, channel k along array axis k
     ('ij' indexing), such that ``moved(x) = moving(x + u(x))``.
@@ -30,15 +30,14 @@ training, evaluation and serving warp identically. The graph holds only TensorFl
 """
 from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
 
-import json
 import os
 import shutil
 
 import tensorflow as tf
 import voxelmorph as vxm
 
-from gsmorph_tf import hypermorph
-from gsmorph_tf.config import ConfigError, TrainConfig
+from gsmorph_tf.config import ConfigError
+from gsmorph_tf.runs import load_run_for_inference
 
 #: Signature names of an exported model.
 SERVING_SIGNATURE = "serving_default"
@@ -108,104 +107,6 @@ def export_saved_model(network, base_dir, version=None):
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-def read_run_config(run_dir):
-    """The :class:`~gsmorph_tf.config.TrainConfig` saved as ``<run_dir>/config.json`` by a training run.
-
-    Raises:
-        FileNotFoundError: no ``config.json`` in ``run_dir``.
-        ConfigError: naming the file, if it is not JSON or holds settings ``TrainConfig`` does not know.
-    """
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError("%s not found: --run_dir must be the output_dir of a run_train.py run" % path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            return TrainConfig.from_dict(json.load(f))
-    except (ValueError, TypeError) as error:
-        raise ConfigError("%s: not the config of a training run (%s)" % (path, error)) from error
-
-
-def latest_run_checkpoint(run_dir):
-    """Path prefix of the newest checkpoint under ``<run_dir>/checkpoints`` (Keras ``BackupAndRestore``
-    writes them to its ``chief/`` subfolder after every epoch).
-
-    Raises:
-        FileNotFoundError: the run has no checkpoint (it did not complete an epoch).
-    """
-    folder = os.path.join(run_dir, "checkpoints")
-    for candidate in (os.path.join(folder, "chief"), folder):
-        if os.path.isdir(candidate):
-            prefix = tf.train.latest_checkpoint(candidate)
-            if prefix:
-                return prefix
-    raise FileNotFoundError("no checkpoint in %s: the run must complete at least one epoch before export" % folder)
-
-
-def load_trained_network(run_dir):
-    """Rebuild a training run's network and restore its trained weights from the run's last checkpoint.
-
-    The network is built from ``<run_dir>/config.json`` with :func:`gsmorph_tf.training.build_network` for
-    the configured input shape (:meth:`~gsmorph_tf.config.TrainConfig.network_shape`). The checkpoint holds the whole training model (``GradientSurgeryModel``
-    or ``HyperMorphModel``: network, optimizer, loss trackers, epoch counters) under the key ``model``, the
-    network under ``model/network``;
-    a ``tf.train.Checkpoint`` of that same two-level structure restores the network's variables (trainable
-    and BatchNorm statistics) and ignores the rest.
-
-    Returns:
-        ``(network, config)``.
-
-    Raises:
-        FileNotFoundError: ``config.json`` or the checkpoint is missing.
-        ConfigError: naming the checkpoint, if it does not hold every variable of the configured network
-            (another model, crop size or ``int_steps``).
-    """
-    from gsmorph_tf.training import build_network  # training imports this module for its final export
-
-    config = read_run_config(run_dir)
-    prefix = latest_run_checkpoint(run_dir)
-    network = build_network(config, config.network_shape())
-    checkpoint = tf.train.Checkpoint(model=tf.train.Checkpoint(network=network))
-    try:
-        status = checkpoint.restore(prefix)
-        status.expect_partial()  # optimizer slots, loss trackers and epoch counters are not needed
-        status.assert_existing_objects_matched()
-    except (AssertionError, ValueError, tf.errors.OpError) as error:
-        raise ConfigError("%s does not hold the weights of the %s network configured in %s (%s)"
-                          % (prefix, config.model, os.path.join(run_dir, "config.json"), error)) from error
-    return network, config
-
-
-def serving_network(run_dir, network, config):
-    """The ``[moving, fixed] -> [moved, flow]`` network to serve from a run's restored ``network``.
-
-    GSMorph networks are served as they are. A HyperMorph network takes lambda as a third input: it is
-    frozen at the lambda the finished run chose on its validation split (``chosen.hypermorph_lambda`` in
-    ``<run_dir>/evaluation.json``), as the run's own export does.
-
-    Raises:
-        ConfigError: naming ``evaluation.json``, for a HyperMorph run without a chosen lambda (the run must
-            finish: lambda is chosen after training).
-    """
-    if config.model != "hypermorph":
-        return network
-    path = os.path.join(run_dir, "evaluation.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            lam = float(json.load(f)["chosen"]["hypermorph_lambda"])
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ConfigError("%s: no chosen HyperMorph lambda (%s: %s); export a HyperMorph run after it has "
-                          "finished, when lambda has been chosen on the validation split"
-                          % (path, type(error).__name__, error)) from error
-    return hypermorph.fixed_lambda_network(network, lam)
-
-
-def load_run_for_inference(run_dir):
-    """``(config, network)``: a run's trained ``[moving, fixed] -> [moved, flow]`` network, as it is served
-    (:func:`load_trained_network`, then :func:`serving_network`)."""
-    network, config = load_trained_network(run_dir)
-    return config, serving_network(run_dir, network, config)
 
 
 def export_run(run_dir, export_base, model_name=None, version=None):

@@ -7,8 +7,10 @@ from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
 import tensorflow as tf
 import voxelmorph as vxm
 
+from gsmorph_tf.config import REG_PENALTIES  # noqa: F401  (re-exported)
+
+#: The similarities built here (the registry also names ULAE's multi-window NCC, built in ulae_tf.losses).
 SIMILARITIES = ("mse", "ncc")
-REG_PENALTIES = ("l1", "l2")
 
 
 def similarity_loss(name, ncc_window=9):
@@ -35,3 +37,14 @@ def smoothness_loss(penalty):
         raise ValueError("unknown regularisation penalty %r; valid: %s" % (penalty, ", ".join(REG_PENALTIES)))
     grad = vxm.losses.Grad(penalty)
     return lambda flow: tf.reduce_mean(grad.loss(None, flow))
+
+
+def mse_from_config(config):
+    """The ``mse`` registry entry: :func:`similarity_loss` ``("mse")`` (the config has no MSE setting)."""
+    del config
+    return similarity_loss("mse")
+
+
+def ncc_from_config(config):
+    """The ``ncc`` registry entry: :func:`similarity_loss` ``("ncc", config.ncc_window)``."""
+    return similarity_loss("ncc", config.ncc_window)

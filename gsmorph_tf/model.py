@@ -16,7 +16,7 @@ from gsmorph_tf.surgery import check_mode, group_cosines, project_gradients, var
 
 def unpack_pair(data):
     """``(moving, fixed)`` from a batch: a dict with keys ``moving``/``fixed`` (as
-    :func:`gsmorph_tf.data.pairs.make_dataset` yields), or a ``(moving, fixed)`` tuple, optionally wrapped
+    :func:`gsmorph_tf.data.pipeline.make_dataset` yields), or a ``(moving, fixed)`` tuple, optionally wrapped
     in Keras' ``(x,)`` / ``(x, y)`` form."""
     if isinstance(data, (tuple, list)) and len(data) in (1, 2) and isinstance(data[0], (dict, tuple, list)):
         data = data[0]

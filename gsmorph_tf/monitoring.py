@@ -67,7 +67,7 @@ class RegistrationImages(tf.keras.callbacks.Callback):
 
     Args:
         network: ``[moving, fixed] -> [moved, flow]`` model (sharing the weights being trained).
-        subjects: validation :class:`~gsmorph_tf.data.pairs.SubjectPairs`; the middle item of each of the
+        subjects: validation :class:`~gsmorph_tf.data.subjects.SubjectPairs`; the middle item of each of the
             first ``max_pairs`` subjects is shown, always the same pairs.
         log_dir: folder for the event files (e.g. ``<run>/tensorboard/images``).
     """

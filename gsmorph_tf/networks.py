@@ -26,6 +26,11 @@ KL = tf.keras.layers
 PAPER_FEATURES = (16, 32, 64, 128, 256)
 
 
+def count_trainable_parameters(model):
+    """Number of trainable scalars of a Keras model (the papers' parameter counts)."""
+    return int(sum(int(tf.size(v)) for v in model.trainable_variables))
+
+
 def _conv(ndim, filters, name, use_bias=True, **kwargs):
     return getattr(KL, "Conv%dD" % ndim)(filters, 3, padding="same", use_bias=use_bias, name=name, **kwargs)
 

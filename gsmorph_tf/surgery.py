@@ -17,12 +17,8 @@ from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
 
 import tensorflow as tf
 
-#: Surgery modes. ``none``: weighted sum (VoxelMorph); ``layerwise``: GSMorph; ``pcgrad``: the same rule on
-#: the whole network at once (GS-PCGrad); ``agr_rand`` / ``agr_sum``: element-wise sign agreement (GS-Agr).
-SURGERY_MODES = ("none", "layerwise", "pcgrad", "agr_rand", "agr_sum")
-
-#: How trainable tensors are grouped for the layer-wise rule: each tensor alone, or all tensors of one layer.
-GROUPINGS = ("variable", "layer")
+# The names of the modes and groupings belong to the settings vocabulary (light, for --help).
+from gsmorph_tf.config import GROUPINGS, SURGERY_MODES  # noqa: F401  (re-exported)
 
 
 def check_mode(mode):

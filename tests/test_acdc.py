@@ -1,17 +1,15 @@
 """Tests of gsmorph_tf.data.acdc (and the NIfTI reading under it) on tiny trees in the real ACDC layout."""
 import gsmorph_tf  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
 
-import re
 
-import nibabel as nib
 import numpy as np
 import pytest
 
+from conftest import ZOOMS, raises_naming, save_nifti
 from gsmorph_tf.data.acdc import ACDC_LABELS, find_acdc_subjects, load_acdc, load_acdc_subject, read_info_cfg
 from gsmorph_tf.data.nifti import DatasetError, load_nifti
 
 SHAPE = (40, 36, 3)          # [X, Y, Z]
-ZOOMS = (1.5, 1.25, 8.0)     # mm
 ED_FRAME, ES_FRAME = 1, 12
 BACKGROUND, ED_HEART, ES_HEART = 10.0, 100.0, 60.0
 
@@ -34,9 +32,6 @@ def _es_labels():
     return labels
 
 
-def _save(array, path):
-    nib.save(nib.Nifti1Image(array, np.diag([*ZOOMS, 1.0])), str(path))
-
 
 def write_patient(parent, name):
     """Write one patient folder as ACDC publishes it: Info.cfg and the ED/ES frames with labels."""
@@ -46,8 +41,8 @@ def write_patient(parent, name):
                                      "NbFrame: 30\nWeight: 95.0\n")
     for frame, labels, heart in ((ED_FRAME, _ed_labels(), ED_HEART), (ES_FRAME, _es_labels(), ES_HEART)):
         image = np.where(labels > 0, heart, BACKGROUND).astype(np.float32)
-        _save(image, folder / f"{name}_frame{frame:02d}.nii.gz")
-        _save(labels, folder / f"{name}_frame{frame:02d}_gt.nii.gz")
+        save_nifti(image, folder / f"{name}_frame{frame:02d}.nii.gz")
+        save_nifti(labels, folder / f"{name}_frame{frame:02d}_gt.nii.gz")
     return folder
 
 
@@ -63,11 +58,6 @@ def flat_tree(tmp_path):
         write_patient(root, name)
     return root
 
-
-def _raises_naming(path, match=None):
-    """pytest.raises for a DatasetError whose message names ``path`` (and matches ``match`` if given)."""
-    pattern = re.escape(str(path)) + (".*" + match if match else "")
-    return pytest.raises(DatasetError, match=pattern)
 
 
 # --- layout and Info.cfg ----------------------------------------------------------------------------------
@@ -90,7 +80,7 @@ def test_find_subjects_training_testing_layout(tmp_path):
 def test_find_subjects_rejects_duplicate_patient(tmp_path):
     (tmp_path / "patient001").mkdir()
     (tmp_path / "training" / "patient001").mkdir(parents=True)
-    with _raises_naming(tmp_path / "training" / "patient001", "also found"):
+    with raises_naming(tmp_path / "training" / "patient001", "also found"):
         find_acdc_subjects(tmp_path)
 
 
@@ -159,27 +149,27 @@ def test_load_acdc_training_testing_layout(tmp_path):
 # --- bad input: each raises DatasetError naming the offending file ----------------------------------------
 
 def test_missing_data_dir(tmp_path):
-    with _raises_naming(tmp_path / "nowhere", "does not exist"):
+    with raises_naming(tmp_path / "nowhere", "does not exist"):
         load_acdc(tmp_path / "nowhere")
 
 
 def test_empty_data_dir_says_expected_layout(tmp_path):
     (tmp_path / "training").mkdir()
     (tmp_path / "readme.txt").write_text("not a patient")
-    with _raises_naming(tmp_path, "no ACDC patient folders.*patientNNN.*training/ and testing/"):
+    with raises_naming(tmp_path, "no ACDC patient folders.*patientNNN.*training/ and testing/"):
         load_acdc(tmp_path)
 
 
 def test_too_few_patients(tmp_path):
     write_patient(tmp_path, "patient001")
-    with _raises_naming(tmp_path, "at least 3"):
+    with raises_naming(tmp_path, "at least 3"):
         load_acdc(tmp_path)
 
 
 def test_missing_info_cfg(flat_tree):
     path = flat_tree / "patient002" / "Info.cfg"
     path.unlink()
-    with _raises_naming(path, "Info.cfg not found"):
+    with raises_naming(path, "Info.cfg not found"):
         load_acdc(flat_tree)
 
 
@@ -193,7 +183,7 @@ def test_missing_info_cfg(flat_tree):
 def test_bad_info_cfg(flat_tree, text, match):
     path = flat_tree / "patient003" / "Info.cfg"
     path.write_text(text)
-    with _raises_naming(path, match):
+    with raises_naming(path, match):
         load_acdc(flat_tree)
 
 
@@ -201,7 +191,7 @@ def test_bad_info_cfg(flat_tree, text, match):
 def test_missing_frame_file(flat_tree, frame, gt):
     path = frame_path(flat_tree / "patient001", frame, gt)
     path.unlink()
-    with _raises_naming(path, "not found"):
+    with raises_naming(path, "not found"):
         load_acdc(flat_tree)
 
 
@@ -209,21 +199,21 @@ def test_truncated_gzip(flat_tree):
     path = frame_path(flat_tree / "patient002", ES_FRAME)
     data = path.read_bytes()
     path.write_bytes(data[:len(data) // 2])
-    with _raises_naming(path, "cannot read as NIfTI"):
+    with raises_naming(path, "cannot read as NIfTI"):
         load_acdc(flat_tree)
 
 
 def test_garbage_file(flat_tree):
     path = frame_path(flat_tree / "patient002", ED_FRAME, gt=True)
     path.write_bytes(b"this is not a NIfTI file at all" * 20)
-    with _raises_naming(path, "cannot read as NIfTI"):
+    with raises_naming(path, "cannot read as NIfTI"):
         load_acdc(flat_tree)
 
 
 def test_label_shape_differs_from_image(flat_tree):
     path = frame_path(flat_tree / "patient001", ES_FRAME, gt=True)
-    _save(_es_labels()[:, :, :2], path)
-    with _raises_naming(path, r"shape \(40, 36, 2\), expected the shape of its image \(40, 36, 3\)"):
+    save_nifti(_es_labels()[:, :, :2], path)
+    with raises_naming(path, r"shape \(40, 36, 2\), expected the shape of its image \(40, 36, 3\)"):
         load_acdc(flat_tree)
 
 
@@ -231,8 +221,8 @@ def test_unexpected_label_value(flat_tree):
     path = frame_path(flat_tree / "patient001", ED_FRAME, gt=True)
     labels = _ed_labels()
     labels[0, 0, 0] = 4
-    _save(labels, path)
-    with _raises_naming(path, r"unexpected label values \[4\]"):
+    save_nifti(labels, path)
+    with raises_naming(path, r"unexpected label values \[4\]"):
         load_acdc(flat_tree)
 
 
@@ -241,22 +231,22 @@ def test_non_finite_voxels(flat_tree):
     image = np.full(SHAPE, BACKGROUND, np.float32)
     image[1, 2, 0] = np.nan
     image[3, 4, 1] = np.inf
-    _save(image, path)
-    with _raises_naming(path, "2 voxel.* NaN or infinite"):
+    save_nifti(image, path)
+    with raises_naming(path, "2 voxel.* NaN or infinite"):
         load_acdc(flat_tree)
 
 
 def test_wrong_number_of_dimensions(flat_tree):
     path = frame_path(flat_tree / "patient003", ES_FRAME)
-    _save(np.zeros((*SHAPE, 2), np.float32), path)
-    with _raises_naming(path, r"expected a 3-D volume, got shape \(40, 36, 3, 2\)"):
+    save_nifti(np.zeros((*SHAPE, 2), np.float32), path)
+    with raises_naming(path, r"expected a 3-D volume, got shape \(40, 36, 3, 2\)"):
         load_acdc(flat_tree)
 
 
 def test_ed_labels_without_foreground(flat_tree):
     path = frame_path(flat_tree / "patient002", ED_FRAME, gt=True)
-    _save(np.zeros(SHAPE, np.uint8), path)
-    with _raises_naming(path, "no foreground"):
+    save_nifti(np.zeros(SHAPE, np.uint8), path)
+    with raises_naming(path, "no foreground"):
         load_acdc(flat_tree)
 
 
@@ -264,7 +254,7 @@ def test_all_bad_patients_reported_together(flat_tree):
     missing = flat_tree / "patient001" / "Info.cfg"
     missing.unlink()
     empty = frame_path(flat_tree / "patient003", ED_FRAME, gt=True)
-    _save(np.zeros(SHAPE, np.uint8), empty)
+    save_nifti(np.zeros(SHAPE, np.uint8), empty)
     with pytest.raises(DatasetError, match="2 bad ACDC patient") as caught:
         load_acdc(flat_tree)
     assert str(missing) in str(caught.value) and str(empty) in str(caught.value)

@@ -9,7 +9,7 @@ import tensorflow as tf
 import voxelmorph as vxm
 
 from gsmorph_tf import baselines, evaluation, metrics
-from gsmorph_tf.data.pairs import SubjectPairs
+from gsmorph_tf.data.subjects import SubjectPairs
 
 SIZE = 48
 ROWS, COLS = np.mgrid[:SIZE, :SIZE].astype(np.float32)

@@ -12,7 +12,8 @@ from gsmorph_tf import metrics
 from gsmorph_tf.data import brain
 from gsmorph_tf.data.brain import (BRAIN_LABELS, load_brain, load_mni152, make_brain_pairs, random_smooth_field,
                                    warp_template)
-from gsmorph_tf.data.pairs import make_dataset, split_subjects
+from gsmorph_tf.data.pipeline import make_dataset
+from gsmorph_tf.data.subjects import split_subjects
 from gsmorph_tf.evaluation import warp_labels
 
 SMALL = (32, 40, 32)

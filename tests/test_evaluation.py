@@ -6,7 +6,7 @@ import pytest
 
 from gsmorph_tf import evaluation
 from gsmorph_tf.data.acdc import ACDC_LABELS
-from gsmorph_tf.data.pairs import SubjectPairs
+from gsmorph_tf.data.subjects import SubjectPairs
 
 
 def square_labels(shape=(2, 16, 16)):

@@ -1,5 +1,5 @@
 """SavedModel export: TF Serving layout, versions, both signatures where only TensorFlow is importable,
-export from a training run's checkpoint, and run_export.py."""
+export from a training run's checkpoint (the ``trained_run`` fixture of conftest), and run_export.py."""
 import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 
 import os
@@ -12,10 +12,8 @@ import pytest
 import tensorflow as tf
 import voxelmorph as vxm
 
-from gsmorph_tf import evaluation, hypermorph, training
-from gsmorph_tf.config import ConfigError, TrainConfig
-from gsmorph_tf.data.pairs import SubjectPairs
-from gsmorph_tf.export import existing_versions, export_run, export_saved_model, load_trained_network
+from gsmorph_tf import evaluation
+from gsmorph_tf.export import existing_versions, export_run, export_saved_model
 from gsmorph_tf.networks import build_gsmorph_unet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -127,51 +125,6 @@ def test_saved_model_cli_lists_both_signatures(export_dir):
     assert "shape: (-1, 32, 32, 2)" in warp  # the flow input: [None, H, W, ndim]
 
 
-def tiny_subject(rng, name):
-    images = rng.random((4, 32, 32)).astype(np.float32)
-    labels = np.zeros((4, 32, 32), np.int32)
-    return SubjectPairs(subject=name, moving=images, fixed=np.roll(images, 2, axis=1), moving_labels=labels,
-                        fixed_labels=labels, spacing_mm=(8.0, 1.5, 1.5), label_values={"RV": 1, "Myo": 2, "LV": 3})
-
-
-def train_one_epoch(run_dir, **settings):
-    """One epoch of real training (BackupAndRestore writes the checkpoints). Returns the network and its
-    weights ``{name: value}`` before training."""
-    config = TrainConfig(dataset="phantom", data_dir=str(run_dir / "unused"), output_dir=str(run_dir),
-                         crop_size=32, batch_size=4, epochs=1, **settings)
-    config.save(str(run_dir / "config.json"))
-    network = training.build_network(config, (32, 32))
-    model = training.build_model(config, network)
-    initial = {w.name: w.numpy().copy() for w in network.weights}
-    splits = {"train": [tiny_subject(np.random.default_rng(3), "s1")], "val": []}
-    training.fit(model, splits, config, str(run_dir), verbose=0)
-    return network, initial
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    """A GSMorph run after one epoch, with the weights before and after it."""
-    run_dir = tmp_path_factory.mktemp("run")
-    network, initial = train_one_epoch(run_dir)
-    return run_dir, initial, {w.name: w.numpy() for w in network.weights}
-
-
-def test_checkpoint_restores_the_trained_weights(trained_run):
-    run_dir, initial, trained = trained_run
-    network, config = load_trained_network(str(run_dir))
-    restored = {w.name: w.numpy() for w in network.weights}
-    assert config.crop_size == 32 and sorted(restored) == sorted(trained)
-    for name, value in restored.items():
-        np.testing.assert_array_equal(value, trained[name], err_msg=name)
-    # Training really moved them (a fresh network would also differ, by its random init): every conv
-    # kernel, the flow head included, and the BatchNorm statistics differ from their initial values.
-    # 20 kernels (initial conv, 9 blocks x 2 convs, flow head) and 18 BatchNorm moving means.
-    moved = [name for name in restored if "kernel" in name or "moving_mean" in name]
-    assert "flow/kernel:0" in moved and len(moved) == 38
-    for name in moved:
-        assert not np.array_equal(restored[name], initial[name]), name
-
-
 def test_export_run_serves_the_trained_network(tmp_path, trained_run):
     run_dir, _, trained = trained_run
     path = export_run(str(run_dir), str(tmp_path / "models"))
@@ -215,27 +168,3 @@ def test_run_export_cli_names_a_missing_run(tmp_path):
     assert "error:" in done.stderr and str(tmp_path / "nowhere" / "config.json") in done.stderr
     assert "Traceback" not in done.stderr
     assert not os.path.exists(tmp_path / "m")
-
-
-def test_missing_checkpoint_is_named(tmp_path):
-    TrainConfig(crop_size=32).save(str(tmp_path / "config.json"))
-    with pytest.raises(FileNotFoundError, match="no checkpoint in %s" % (tmp_path / "checkpoints")):
-        load_trained_network(str(tmp_path))
-
-
-def test_hypermorph_run_is_served_at_its_chosen_lambda(tmp_path):
-    network, _ = train_one_epoch(tmp_path, model="hypermorph")
-    with pytest.raises(ConfigError, match="%s: no chosen HyperMorph lambda" % (tmp_path / "evaluation.json")):
-        export_run(str(tmp_path), str(tmp_path / "models"))
-    assert not os.path.exists(tmp_path / "models")
-    evaluation.write_json(str(tmp_path / "evaluation.json"), {"chosen": {"hypermorph_lambda": 0.3}})
-    path = export_run(str(tmp_path), str(tmp_path / "models"))
-    rng = np.random.default_rng(5)
-    moving, fixed = rng.random((2, 2, 32, 32, 1), np.float32)
-    served = tf.saved_model.load(path).signatures["serving_default"](moving=tf.constant(moving),
-                                                                       fixed=tf.constant(fixed))
-    outputs = {lam: hypermorph.fixed_lambda_network(network, lam).predict({"moving": moving, "fixed": fixed},
-                                                                          verbose=0)
-               for lam in (0.3, 0.9)}
-    np.testing.assert_allclose(served["flow"].numpy(), outputs[0.3][1], atol=1e-5)
-    assert np.abs(outputs[0.9][1] - outputs[0.3][1]).max() > 1e-4  # lambda matters: 0.3 was really used

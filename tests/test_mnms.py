@@ -3,14 +3,13 @@ import gsmorph_tf  # noqa: F401  (selects legacy Keras before TensorFlow is impo
 
 import logging
 import pathlib
-import re
 
-import nibabel as nib
 import numpy as np
 import pytest
 from absl import flags
 
 from gsmorph_tf import evaluation
+from conftest import raises_naming, save_nifti
 from gsmorph_tf.data.acdc import ACDC_LABELS, load_acdc_subject
 from gsmorph_tf.data.mnms import (MNMS_CSV_NAME, MNMS_LABELS, find_mnms_subjects, load_mnms, load_mnms_subject,
                                   read_mnms_csv)
@@ -18,7 +17,6 @@ from gsmorph_tf.data.nifti import DatasetError
 
 SHAPE = (40, 36, 3)           # [X, Y, Z]; cines are [X, Y, Z, T]
 N_FRAMES = 5
-ZOOMS = (1.5, 1.25, 8.0)      # mm
 ED_FRAME, ES_FRAME = 1, 3     # 0-based, as in the M&Ms CSV
 BACKGROUND = 10.0
 HEART_BY_FRAME = (40.0, 100.0, 70.0, 60.0, 50.0)   # ED (frame 1) 100, ES (frame 3) 60
@@ -52,9 +50,6 @@ def _label_map(phase, label_values):
     return labels
 
 
-def _save(array, path):
-    nib.save(nib.Nifti1Image(array, np.diag([*ZOOMS, 1.0])), str(path))
-
 
 def write_subject(folder):
     """Write ``<CODE>_sa.nii.gz`` and ``<CODE>_sa_gt.nii.gz`` with labels in frames ED_FRAME and ES_FRAME only."""
@@ -66,8 +61,8 @@ def write_subject(folder):
         image[..., frame][_label_map(phase, MNMS_LABELS) > 0] = heart
     labels[..., ED_FRAME] = _label_map("ED", MNMS_LABELS)
     labels[..., ES_FRAME] = _label_map("ES", MNMS_LABELS)
-    _save(image, folder / f"{folder.name}_sa.nii.gz")
-    _save(labels, folder / f"{folder.name}_sa_gt.nii.gz")
+    save_nifti(image, folder / f"{folder.name}_sa.nii.gz")
+    save_nifti(labels, folder / f"{folder.name}_sa_gt.nii.gz")
     return folder
 
 
@@ -94,10 +89,6 @@ def subject_dir(root, code="B1C2D3"):
     return next(folder for folder in find_mnms_subjects(root) if folder.name == code)
 
 
-def _raises_naming(path, match=None):
-    pattern = re.escape(str(path)) + (".*" + match if match else "")
-    return pytest.raises(DatasetError, match=pattern)
-
 
 # --- layout and CSV ---------------------------------------------------------------------------------------
 
@@ -113,15 +104,15 @@ def test_find_subjects_in_the_three_split_folders(tree):
 def test_find_subjects_rejects_duplicate_code(tree):
     duplicate = tree / "Testing" / "A0S9V9"
     duplicate.mkdir()
-    with _raises_naming(duplicate, "also found"):
+    with raises_naming(duplicate, "also found"):
         find_mnms_subjects(tree)
 
 
 def test_missing_and_empty_data_dir(tmp_path):
-    with _raises_naming(tmp_path / "nowhere", "does not exist"):
+    with raises_naming(tmp_path / "nowhere", "does not exist"):
         load_mnms(tmp_path / "nowhere")
     (tmp_path / "Validation").mkdir()
-    with _raises_naming(tmp_path, "no M&Ms subject folders.*Training/Labeled/, Validation/ and Testing/"):
+    with raises_naming(tmp_path, "no M&Ms subject folders.*Training/Labeled/, Validation/ and Testing/"):
         load_mnms(tmp_path)
 
 
@@ -148,14 +139,14 @@ def test_read_csv_with_byte_order_mark_and_spaces(tmp_path):
 ])
 def test_bad_csv(tmp_path, header, rows, match):
     path = write_csv(tmp_path, rows, header=header)
-    with _raises_naming(path, match):
+    with raises_naming(path, match):
         read_mnms_csv(path)
 
 
 def test_missing_csv_names_expected_path(tree):
     path = tree / MNMS_CSV_NAME
     path.unlink()
-    with _raises_naming(path, "CSV not found"):
+    with raises_naming(path, "CSV not found"):
         load_mnms(tree)
 
 
@@ -202,14 +193,14 @@ def test_csv_code_without_folder_is_skipped_with_a_warning(tree, caplog):
 
 def test_folder_without_csv_row_is_an_error(tree):
     write_csv(tree, [("A0S9V9", ED_FRAME, ES_FRAME), ("C4E5F6", ED_FRAME, ES_FRAME)])
-    with _raises_naming(tree / "Validation" / "B1C2D3", "no row for code B1C2D3"):
+    with raises_naming(tree / "Validation" / "B1C2D3", "no row for code B1C2D3"):
         load_mnms(tree)
 
 
 @pytest.mark.parametrize("ed, es, key, frame", [(2, ES_FRAME, "ED", 2), (ED_FRAME, 4, "ES", 4), (0, 2, "ED", 0)])
 def test_frame_without_labels_names_file_and_frame(tree, ed, es, key, frame):
     path = subject_dir(tree) / "B1C2D3_sa_gt.nii.gz"
-    with _raises_naming(path, rf"{key} frame {frame} \(0-based, from the CSV\) has no labels; labels are in "
+    with raises_naming(path, rf"{key} frame {frame} \(0-based, from the CSV\) has no labels; labels are in "
                               r"frame\(s\) \[1, 3\]"):
         load_mnms_subject(subject_dir(tree), ed, es)
 
@@ -224,7 +215,7 @@ def test_1_based_csv_is_caught(tree):
 
 def test_frame_outside_the_cine(tree):
     path = subject_dir(tree) / "B1C2D3_sa.nii.gz"
-    with _raises_naming(path, r"ES frame 5 \(0-based, from the CSV\) is outside the 5 frames 0..4"):
+    with raises_naming(path, r"ES frame 5 \(0-based, from the CSV\) is outside the 5 frames 0..4"):
         load_mnms_subject(subject_dir(tree), ED_FRAME, 5)
 
 
@@ -232,7 +223,7 @@ def test_frame_outside_the_cine(tree):
 def test_missing_file(tree, name):
     path = subject_dir(tree) / name
     path.unlink()
-    with _raises_naming(path, "not found"):
+    with raises_naming(path, "not found"):
         load_mnms(tree)
 
 
@@ -240,7 +231,7 @@ def test_truncated_gzip(tree):
     path = subject_dir(tree) / "B1C2D3_sa.nii.gz"
     data = path.read_bytes()
     path.write_bytes(data[:len(data) // 2])
-    with _raises_naming(path, "cannot read as NIfTI"):
+    with raises_naming(path, "cannot read as NIfTI"):
         load_mnms(tree)
 
 
@@ -248,22 +239,22 @@ def test_non_finite_voxels(tree):
     path = subject_dir(tree) / "B1C2D3_sa.nii.gz"
     image = np.full((*SHAPE, N_FRAMES), BACKGROUND, np.float32)
     image[1, 2, 0, 4] = np.nan
-    _save(image, path)
-    with _raises_naming(path, "1 voxel.* NaN or infinite"):
+    save_nifti(image, path)
+    with raises_naming(path, "1 voxel.* NaN or infinite"):
         load_mnms(tree)
 
 
 def test_not_a_cine(tree):
     path = subject_dir(tree) / "B1C2D3_sa.nii.gz"
-    _save(np.zeros(SHAPE, np.float32), path)
-    with _raises_naming(path, r"expected a 4-D volume, got shape \(40, 36, 3\)"):
+    save_nifti(np.zeros(SHAPE, np.float32), path)
+    with raises_naming(path, r"expected a 4-D volume, got shape \(40, 36, 3\)"):
         load_mnms(tree)
 
 
 def test_label_shape_differs_from_image(tree):
     path = subject_dir(tree) / "B1C2D3_sa_gt.nii.gz"
-    _save(np.zeros((*SHAPE, N_FRAMES - 1), np.uint8), path)
-    with _raises_naming(path, r"shape \(40, 36, 3, 4\), expected the shape of its image \(40, 36, 3, 5\)"):
+    save_nifti(np.zeros((*SHAPE, N_FRAMES - 1), np.uint8), path)
+    with raises_naming(path, r"shape \(40, 36, 3, 4\), expected the shape of its image \(40, 36, 3, 5\)"):
         load_mnms(tree)
 
 
@@ -273,8 +264,8 @@ def test_unexpected_label_value(tree):
     labels[..., ED_FRAME] = _label_map("ED", MNMS_LABELS)
     labels[..., ES_FRAME] = _label_map("ES", MNMS_LABELS)
     labels[0, 0, 0, ED_FRAME] = 4
-    _save(labels, path)
-    with _raises_naming(path, r"unexpected label values \[4\]"):
+    save_nifti(labels, path)
+    with raises_naming(path, r"unexpected label values \[4\]"):
         load_mnms(tree)
 
 
@@ -287,8 +278,8 @@ def write_acdc_patient(folder):
     for frame, phase, heart in ((1, "ED", HEART_BY_FRAME[ED_FRAME]), (4, "ES", HEART_BY_FRAME[ES_FRAME])):
         labels = _label_map(phase, ACDC_LABELS)
         stem = folder / f"{folder.name}_frame{frame:02d}"
-        _save(np.where(labels > 0, heart, BACKGROUND).astype(np.float32), f"{stem}.nii.gz")
-        _save(labels, f"{stem}_gt.nii.gz")
+        save_nifti(np.where(labels > 0, heart, BACKGROUND).astype(np.float32), f"{stem}.nii.gz")
+        save_nifti(labels, f"{stem}_gt.nii.gz")
     return folder
 
 

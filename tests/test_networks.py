@@ -4,17 +4,13 @@ import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 import numpy as np
 import pytest
 
-from gsmorph_tf.networks import build_gsmorph_unet
+from gsmorph_tf.networks import build_gsmorph_unet, count_trainable_parameters
 from gsmorph_tf.surgery import variable_groups
-
-
-def trainable_count(model):
-    return sum(int(np.prod(v.shape)) for v in model.trainable_variables)
 
 
 def test_paper_parameter_count_in_2d_at_128():
     model = build_gsmorph_unet((128, 128))
-    assert trainable_count(model) == 1_968_002
+    assert count_trainable_parameters(model) == 1_968_002
     assert len(model.trainable_variables) == 75  # the reference implementation's 75 surgery groups
     # initial conv (kernel) + 18 convs (kernel, bias) + 18 BN (gamma, beta) + flow head (kernel, bias)
     assert len(variable_groups(model, "layer")) == 1 + 18 + 18 + 1
@@ -39,7 +35,7 @@ def test_diffeomorphic_variant_integrates_velocity():
     model = build_gsmorph_unet((32, 32), int_steps=5)
     names = [layer.name for layer in model.layers]
     assert "velocity" in names and "flow" in names
-    assert trainable_count(model) == trainable_count(build_gsmorph_unet((32, 32)))
+    assert count_trainable_parameters(model) == count_trainable_parameters(build_gsmorph_unet((32, 32)))
 
 
 def test_bad_shapes_are_rejected():

@@ -7,7 +7,7 @@ import pytest
 
 from gsmorph_tf import metrics
 from gsmorph_tf.data import phantom
-from gsmorph_tf.data.pairs import crop_or_pad, label_centroid
+from gsmorph_tf.data.preprocessing import crop_or_pad, label_centroid
 from gsmorph_tf.data.phantom import generate_phantom_dataset
 
 # Tiny but not degenerate: 4 slices so that slices 1-2 are "mid" slices, 6 frames so ES is frame 3.

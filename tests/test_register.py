@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from gsmorph_tf import evaluation
 from gsmorph_tf.data.nifti import DatasetError
-from gsmorph_tf.data.pairs import crop_or_pad, scale_to_unit
+from gsmorph_tf.data.preprocessing import crop_or_pad, scale_to_unit
 from gsmorph_tf.export import export_saved_model
 from gsmorph_tf.networks import build_gsmorph_unet
 from gsmorph_tf.register import (OUTPUTS, RegistrationModel, SavedModelError, register_files, register_folder)

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from conftest import PHANTOM
 from gsmorph_tf.config import TrainConfig
 from gsmorph_tf.training import train_and_evaluate
 
@@ -19,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("eval")
     config = TrainConfig(dataset="phantom", data_dir=str(tmp / "phantom"), output_dir=str(tmp / "run"),
-                         phantom_subjects=4, phantom_slices=2, phantom_size=48, crop_size=32, batch_size=4, epochs=1)
+                         dataset_options=PHANTOM, crop_size=32, batch_size=4, epochs=1)
     outcome = train_and_evaluate(config, verbose=0, log=lambda *a: None)
     return tmp, config, outcome
 
@@ -57,4 +58,4 @@ def test_bad_sources_are_clear_errors(run):
     done = run_eval(tmp, "--saved_model=%s" % (tmp / "nothing"), "--data_dir=x")
     assert done.returncode == 2 and "no SavedModel" in done.stderr
     done = run_eval(tmp)
-    assert done.returncode != 0 and "exactly one of --run_dir or --saved_model" in done.stderr
+    assert done.returncode != 0 and "Exactly one of (run_dir, saved_model)" in done.stderr

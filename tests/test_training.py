@@ -11,17 +11,19 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from conftest import PHANTOM
 from gsmorph_tf.config import ConfigError, TrainConfig
 from gsmorph_tf.data.nifti import DatasetError
-from gsmorph_tf.data.pairs import STRUCTURES
+from gsmorph_tf.data.subjects import STRUCTURES
 from gsmorph_tf.training import train_and_evaluate
 
 
 def tiny_config(tmp_path, **overrides):
     settings = dict(dataset="phantom", data_dir=str(tmp_path / "phantom"), output_dir=str(tmp_path / "run"),
-                    phantom_subjects=4, phantom_slices=2, phantom_size=48, crop_size=32, batch_size=4, epochs=1,
-                    learning_rate=1e-3)
+                    crop_size=32, batch_size=4, epochs=1, learning_rate=1e-3)
     settings.update(overrides)
+    if settings["dataset"] == "phantom":
+        settings.setdefault("dataset_options", PHANTOM)
     return TrainConfig(**settings)
 
 

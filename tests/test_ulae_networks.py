@@ -11,7 +11,8 @@ from scipy import ndimage
 
 from gsmorph_tf.losses import smoothness_loss
 from gsmorph_tf.model import GradientSurgeryModel
-from ulae_tf.flows import compose_flows
+from gsmorph_tf.flows import compose_flows
+from gsmorph_tf.networks import count_trainable_parameters
 from ulae_tf.losses import multi_window_ncc
 from ulae_tf.networks import build_ulae_net
 
@@ -32,10 +33,6 @@ def network_2d():
     weights = network.get_weights()
     yield network
     network.set_weights(weights)
-
-
-def trainable_count(model):
-    return sum(int(np.prod(v.shape)) for v in model.trainable_variables)
 
 
 def shifted_pair(shape=SHAPE_2D, batch=1, seed=0):
@@ -77,8 +74,8 @@ def is_zero(gradient):
 def test_trainable_parameters_match_the_reference_code():
     # The public reference code (shared encoder, one decoder per step) has 1,109,241 in 3D at 16 channels;
     # the count does not depend on the image size.
-    assert trainable_count(shared_network((16, 16, 16))) == 1_109_241
-    assert trainable_count(shared_network(SHAPE_2D)) == 388_806
+    assert count_trainable_parameters(shared_network((16, 16, 16))) == 1_109_241
+    assert count_trainable_parameters(shared_network(SHAPE_2D)) == 388_806
 
 
 @pytest.mark.parametrize("inshape", [SHAPE_2D, (16, 16, 16)])

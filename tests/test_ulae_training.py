@@ -7,8 +7,9 @@ import os
 import numpy as np
 import pytest
 
+from conftest import PHANTOM
 from gsmorph_tf.config import ConfigError, TrainConfig
-from gsmorph_tf.export import load_run_for_inference
+from gsmorph_tf.runs import load_run_for_inference
 from gsmorph_tf.training import train_and_evaluate
 
 
@@ -19,7 +20,7 @@ def quiet(config):
 def test_ulae_on_brain_pairs_reports_tissue_dice_and_end_point_error(tmp_path):
     config = TrainConfig(dataset="brain", data_dir="", output_dir=str(tmp_path / "run"), model="ulae",
                          surgery="none", lam=1.0, similarity="multi_ncc", ncc_windows=(5, 3), learning_rate=1e-4,
-                         batch_size=1, epochs=1, brain_pairs=4, brain_shape=(32, 32, 32), brain_max_displacement=3.0)
+                         batch_size=1, epochs=1, dataset_options=dict(brain_pairs=4, brain_shape=(32, 32, 32), brain_max_displacement=3.0))
     outcome = quiet(config)
     summary = outcome["results"]["Model"]["summary"]
     assert {"dice_CSF", "dice_GM", "dice_WM", "epe_mm", "njd"} <= set(summary)
@@ -38,7 +39,7 @@ def test_ulae_on_brain_pairs_reports_tissue_dice_and_end_point_error(tmp_path):
 def test_ulae_with_gradient_surgery_on_the_cardiac_phantom(tmp_path):
     config = TrainConfig(dataset="phantom", data_dir=str(tmp_path / "phantom"), output_dir=str(tmp_path / "run"),
                          model="ulae", surgery="layerwise", similarity="multi_ncc", learning_rate=1e-4,
-                         phantom_subjects=4, phantom_slices=2, phantom_size=48, crop_size=32, batch_size=4,
+                         dataset_options=PHANTOM, crop_size=32, batch_size=4,
                          epochs=1)
     outcome = quiet(config)
     assert outcome["export_dir"].endswith(os.path.join("export", "ulae", "1"))
@@ -48,6 +49,6 @@ def test_ulae_with_gradient_surgery_on_the_cardiac_phantom(tmp_path):
 
 def test_bad_brain_settings_fail_early():
     with pytest.raises(ConfigError, match="multiples of 16"):
-        TrainConfig(dataset="brain", brain_shape=(30, 32, 32)).validate()
+        TrainConfig(dataset="brain", dataset_options={"brain_shape": (30, 32, 32)}).validate()
     with pytest.raises(ConfigError, match="hypermorph"):
         TrainConfig(dataset="brain", model="hypermorph", surgery="none").validate()

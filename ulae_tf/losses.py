@@ -40,3 +40,9 @@ def multi_window_ncc(windows=PAPER_WINDOWS, gamma=PAPER_GAMMA):
         return tf.reduce_mean(tf.add_n(per_item))
 
     return loss
+
+
+def multi_ncc_from_config(config):
+    """The ``multi_ncc`` entry of :data:`gsmorph_tf.registry.SIMILARITIES`: :func:`multi_window_ncc` with the
+    config's ``ncc_windows`` and ``ncc_gamma``."""
+    return multi_window_ncc(windows=tuple(config.ncc_windows), gamma=config.ncc_gamma)

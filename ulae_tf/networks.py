@@ -12,7 +12,7 @@ Topology: that of the public reference code (PyTorch, ``ULAE.py``: one encoder o
   own decoder (:func:`ulae_tf.blocks.build_step_decoder`) predicts a flow at 1/4, 1/2, 1 of full size,
   voxelmorph's ``RescaleTransform`` upsamples it (magnitudes scaled) to full size, and voxelmorph's
   ``SpatialTransformer`` warps the step's moving image, which becomes the next step's moving image;
-- the three fields are composed recursively (:func:`ulae_tf.flows.compose_flows`), not summed.
+- the three fields are composed recursively (:func:`gsmorph_tf.flows.compose_flows`), not summed.
 
 Trainable parameters, 16 base channels (measured; independent of the image size): **1,109,241 in 3D**,
 exactly the reference code's count, and **388,806 in 2D**. The paper's table says 789.56K; we did not
@@ -31,7 +31,7 @@ import tensorflow as tf
 import voxelmorph as vxm
 
 from ulae_tf.blocks import build_step_decoder, build_uncoupled_encoder
-from ulae_tf.flows import ComposeFlows
+from gsmorph_tf.flows import ComposeFlows
 
 KL = tf.keras.layers
 

@@ -9,7 +9,9 @@ import pathlib
 import re
 
 from gsmorph_tf.data.nifti import DatasetError, load_nifti
-from gsmorph_tf.data.pairs import find_subject_folders, make_pairs, split_subjects, validate_label_map
+from gsmorph_tf.plugins import DatasetPlugin
+from gsmorph_tf.data.preprocessing import make_pairs
+from gsmorph_tf.data.subjects import find_subject_folders, split_subjects, validate_label_map
 
 ACDC_LABELS = {"RV": 1, "Myo": 2, "LV": 3}
 
@@ -96,7 +98,7 @@ def load_acdc_subject(patient_dir, crop_size=(128, 128)):
         crop_size: ``(h, w)`` in-plane size of the slices in pixels.
 
     Returns:
-        :class:`~gsmorph_tf.data.pairs.SubjectPairs` with ``[Z, h, w]`` arrays, ``spacing_mm = (z, x, y)`` from
+        :class:`~gsmorph_tf.data.subjects.SubjectPairs` with ``[Z, h, w]`` arrays, ``spacing_mm = (z, x, y)`` from
         the ED image header and ``label_values = ACDC_LABELS``.
 
     Raises:
@@ -123,7 +125,7 @@ def load_acdc(root, crop_size=(128, 128), fractions=(0.75, 0.05, 0.20), seed=0):
     """Load and validate every ACDC patient under ``root``, split by subject.
 
     All patients are loaded before anything is returned, so bad data stops the run before training. The
-    split is that of :func:`~gsmorph_tf.data.pairs.split_subjects` over patients sorted by name.
+    split is that of :func:`~gsmorph_tf.data.subjects.split_subjects` over patients sorted by name.
 
     Returns:
         ``{"train": [...], "val": [...], "test": [...]}`` lists of ``SubjectPairs``.
@@ -147,3 +149,21 @@ def load_acdc(root, crop_size=(128, 128), fractions=(0.75, 0.05, 0.20), seed=0):
         raise DatasetError(f"{len(problems)} bad ACDC patient(s) under {root}:\n  " + "\n  ".join(problems))
     train, val, test = split_subjects(subjects, fractions, seed)
     return {"train": train, "val": val, "test": test}
+
+
+class CardiacDataset(DatasetPlugin):
+    """A 2D cardiac dataset of ES->ED slice pairs cropped to ``config.crop_size`` around the heart, read by
+    ``loader(root, crop_size, seed=...)`` (``load_acdc``, ``load_mnms``)."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def load(self, config, generate=True):
+        return self.loader(config.data_dir, crop_size=self.network_shape(config), seed=config.seed)
+
+    def network_shape(self, config):
+        return (config.crop_size, config.crop_size)
+
+
+#: The ``acdc`` entry of :data:`gsmorph_tf.registry.DATASETS`.
+DATASET = CardiacDataset(load_acdc)

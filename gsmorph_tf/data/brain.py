@@ -25,8 +25,9 @@ import numpy as np
 from scipy import ndimage
 
 from gsmorph_tf import compat  # noqa: F401  (legacy Keras must be selected before TensorFlow loads)
-from gsmorph_tf.data.pairs import SubjectPairs, split_subjects
-from ulae_tf.flows import compose_flows
+from gsmorph_tf.data.subjects import SubjectPairs, split_subjects
+from gsmorph_tf.flows import compose_flows
+from gsmorph_tf.plugins import DatasetPlugin
 
 import tensorflow as tf
 import voxelmorph as vxm
@@ -269,7 +270,7 @@ def load_brain(n_pairs=20, shape=(80, 96, 80), max_displacement=8.0, fractions=(
         n_pairs: number of pairs in all (at least 3).
         shape: ``(D, H, W)`` grid in voxels.
         max_displacement: largest displacement of the random fields, voxels (see :func:`make_brain_pairs`).
-        fractions: ``(train, val, test)`` fractions (see :func:`~gsmorph_tf.data.pairs.split_subjects`).
+        fractions: ``(train, val, test)`` fractions (see :func:`~gsmorph_tf.data.subjects.split_subjects`).
         seed: seed of the pairs (:func:`make_brain_pairs`) and of the split.
 
     Returns:
@@ -278,3 +279,18 @@ def load_brain(n_pairs=20, shape=(80, 96, 80), max_displacement=8.0, fractions=(
     pairs = make_brain_pairs(n_pairs, shape, max_displacement=max_displacement, seed=seed)
     train, val, test = split_subjects(pairs, fractions, seed)
     return {"train": train, "val": val, "test": test}
+
+
+class BrainDataset(DatasetPlugin):
+    """The ``brain`` entry of :data:`gsmorph_tf.registry.DATASETS`: :func:`load_brain` with the ``brain_*``
+    options (pairs made in memory; ``data_dir`` is not read)."""
+
+    def load(self, config, generate=True):
+        return load_brain(n_pairs=config.option("brain_pairs"), shape=self.network_shape(config),
+                          max_displacement=config.option("brain_max_displacement"), seed=config.seed)
+
+    def network_shape(self, config):
+        return tuple(int(s) for s in config.option("brain_shape"))
+
+
+DATASET = BrainDataset()

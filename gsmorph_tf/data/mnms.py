@@ -25,9 +25,9 @@ Policies for data that do not match (each raises or logs naming the file or code
   the frame and the frames that do hold labels (a 1-based CSV would show up here).
 - Unreadable, truncated or non-finite files, a label volume whose shape differs from its image, unexpected
   label values: :class:`DatasetError` naming the file (shared checks of :func:`~gsmorph_tf.data.nifti.load_nifti`
-  and :func:`~gsmorph_tf.data.pairs.validate_label_map`).
+  and :func:`~gsmorph_tf.data.subjects.validate_label_map`).
 
-Cropping, scaling and pair building are those of :func:`~gsmorph_tf.data.pairs.make_pairs` (ES = moving,
+Cropping, scaling and pair building are those of :func:`~gsmorph_tf.data.preprocessing.make_pairs` (ES = moving,
 ED = fixed), exactly as for ACDC.
 """
 import csv
@@ -36,8 +36,10 @@ import pathlib
 
 import numpy as np
 
+from gsmorph_tf.data.acdc import CardiacDataset
 from gsmorph_tf.data.nifti import DatasetError, load_nifti
-from gsmorph_tf.data.pairs import find_subject_folders, make_pairs, split_subjects, validate_label_map
+from gsmorph_tf.data.preprocessing import make_pairs
+from gsmorph_tf.data.subjects import find_subject_folders, split_subjects, validate_label_map
 
 MNMS_LABELS = {"LV": 1, "Myo": 2, "RV": 3}
 MNMS_CSV_NAME = "211230_M&Ms_Dataset_information_diagnosis_opendataset.csv"
@@ -136,7 +138,7 @@ def load_mnms_subject(subject_dir, ed, es, crop_size=(128, 128)):
         crop_size: ``(h, w)`` in-plane size of the slices in pixels.
 
     Returns:
-        :class:`~gsmorph_tf.data.pairs.SubjectPairs` named by the code, with ``[Z, h, w]`` arrays,
+        :class:`~gsmorph_tf.data.subjects.SubjectPairs` named by the code, with ``[Z, h, w]`` arrays,
         ``spacing_mm = (z, x, y)`` in mm from the cine's header and ``label_values = MNMS_LABELS``.
 
     Raises:
@@ -171,7 +173,7 @@ def load_mnms(root, crop_size=(128, 128), fractions=(0.75, 0.05, 0.20), seed=0):
     """Load and validate every labelled M&Ms subject under ``root``, split by subject.
 
     Training/Labeled, Validation and Testing subjects are pooled and split by
-    :func:`~gsmorph_tf.data.pairs.split_subjects` over subjects sorted by code (as for ACDC; the GSMorph
+    :func:`~gsmorph_tf.data.subjects.split_subjects` over subjects sorted by code (as for ACDC; the GSMorph
     protocol is a 75/5/20 % subject split, not the challenge's). All subjects are loaded before anything is
     returned, so bad data stops the run before training. CSV codes without a folder are skipped with a
     logged warning; see the module docstring for every policy.
@@ -211,3 +213,7 @@ def load_mnms(root, crop_size=(128, 128), fractions=(0.75, 0.05, 0.20), seed=0):
         raise DatasetError(f"{len(problems)} bad M&Ms subject(s) under {root}:\n  " + "\n  ".join(problems))
     train, val, test = split_subjects(subjects, fractions, seed)
     return {"train": train, "val": val, "test": test}
+
+
+#: The ``mnms`` entry of :data:`gsmorph_tf.registry.DATASETS`.
+DATASET = CardiacDataset(load_mnms)

@@ -12,9 +12,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
-
-class DatasetError(ValueError):
-    """Bad input data; the message names the file and what was expected."""
+from gsmorph_tf.errors import DatasetError  # noqa: F401  (re-exported: loaders raise it from here)
 
 
 # What nibabel and the gzip stream can raise on a damaged file: a header nibabel cannot parse

@@ -31,10 +31,13 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from gsmorph_tf.data.acdc import ACDC_LABELS
+from gsmorph_tf.data.acdc import ACDC_LABELS, CardiacDataset, load_acdc
 from gsmorph_tf.data.nifti import DatasetError
 
 GROUPS = ("NOR", "MINF", "DCM", "HCM", "RV")
+
+#: The phantom of a run is always drawn with this seed, so the training seed changes the run, not the data.
+PHANTOM_SEED = 0
 
 # Bump when the generated data change for the same parameters, so an old phantom on disk is not mistaken
 # for a current one.
@@ -582,3 +585,21 @@ def _save(array, affine, path, frame_ms=None):
         image.header.set_zooms(tuple(np.diag(affine)[:3]) + (frame_ms,))
     image.header.set_xyzt_units("mm", "msec")
     nib.save(image, str(path))
+
+
+class PhantomDataset(CardiacDataset):
+    """The ``phantom`` entry of :data:`gsmorph_tf.registry.DATASETS`: generated into ``config.data_dir`` on
+    first use (seed :data:`PHANTOM_SEED`, sizes from the ``phantom_*`` options), then read as ACDC."""
+
+    def __init__(self):
+        super().__init__(load_acdc)
+
+    def load(self, config, generate=True):
+        if generate:
+            generate_phantom_dataset(config.data_dir, n_subjects=config.option("phantom_subjects"),
+                                     n_slices=config.option("phantom_slices"),
+                                     image_size=config.option("phantom_size"), seed=PHANTOM_SEED)
+        return super().load(config)
+
+
+DATASET = PhantomDataset()

@@ -1,5 +1,5 @@
 """compose_flows: the displacement of warping by several fields in sequence, in voxelmorph's convention."""
-import ulae_tf  # noqa: F401  (legacy Keras before TensorFlow)
+import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ import tensorflow as tf
 import voxelmorph as vxm
 from scipy import ndimage
 
-from ulae_tf.flows import ComposeFlows, compose_flows
+from gsmorph_tf.flows import ComposeFlows, compose_flows
 
 SIZE = 32
 

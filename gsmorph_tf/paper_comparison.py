@@ -14,15 +14,14 @@ from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
 import dataclasses
 import json
 import os
-import platform
-import time
 
 import numpy as np
-import tensorflow as tf
 
 from gsmorph_tf import evaluation, training
-from gsmorph_tf.export import load_run_for_inference
 from gsmorph_tf.fileio import atomic_write_text
+from gsmorph_tf.networks import count_trainable_parameters
+from gsmorph_tf.runs import load_run_for_inference
+from gsmorph_tf.timing import compiled_predictor, machine_description, pair_by_pair
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,58 +53,6 @@ PAPER_METHODS = (
 )
 
 
-def machine_description():
-    """CPU model and cores, GPUs if any, TensorFlow version: where the timings were measured."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpus = [tf.config.experimental.get_device_details(g).get("device_name", g.name)
-            for g in tf.config.list_physical_devices("GPU")]
-    return "%s, %d CPU cores, %s, TensorFlow %s" % (cpu, os.cpu_count(), "GPU: " + ", ".join(gpus) if gpus
-                                                     else "no GPU", tf.__version__)
-
-
-def median_ms(fn, steps, warmup=1):
-    """Median wall-clock ms of ``fn()`` over ``steps`` calls, after ``warmup`` untimed calls (tracing, first
-    allocations). ``fn`` must block until its work is done (e.g. convert a result to a Python float)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        fn()
-        times.append(1000.0 * (time.perf_counter() - start))
-    return float(np.median(times))
-
-
-def compiled_predictor(network):
-    """A predictor (see :func:`gsmorph_tf.evaluation.evaluate_predictor`) calling ``network`` through one
-    ``tf.function``: no per-call Keras ``predict`` overhead, so per-pair times measure the network."""
-    call = tf.function(lambda moving, fixed: network([moving, fixed], training=False), reduce_retracing=True)
-
-    def predict(moving, fixed):
-        outputs = call(tf.constant(moving[..., None], tf.float32), tf.constant(fixed[..., None], tf.float32))
-        return outputs[0].numpy()[..., 0], outputs[1].numpy()
-    return predict
-
-
-def pair_by_pair(predict, times_ms):
-    """Wrap a predictor to run one pair at a time, appending each pair's wall-clock ms to ``times_ms``."""
-    def run(moving, fixed):
-        moved, flows = [], []
-        for m, f in zip(moving, fixed):
-            start = time.perf_counter()
-            out_moved, out_flow = predict(m[None], f[None])
-            times_ms.append(1000.0 * (time.perf_counter() - start))
-            moved.append(out_moved[0])
-            flows.append(out_flow[0])
-        return np.stack(moved), np.stack(flows)
-    return run
-
-
 def classical_predictor(method):
     """A predictor registering each pair with a classical method of :mod:`gsmorph_tf.baselines`."""
     from gsmorph_tf import baselines  # optional extra: imported only when a classical method runs
@@ -124,10 +71,6 @@ def check_requirements(methods):
     for method in methods:
         if method.kind == "classical":
             baselines.require(dict(method.settings)["method"])
-
-
-def trainable_parameters(network):
-    return int(sum(int(np.prod(v.shape)) for v in network.trainable_variables))
 
 
 def _score(predict, subjects):
@@ -161,7 +104,7 @@ def run_method(method, base_config, splits, output_dir, log=print):
         log("%s: training (%s)" % (method.name, ", ".join("%s=%s" % kv for kv in method.settings)))
         outcome = training.train_and_evaluate(config, log=log)
         _, network = load_run_for_inference(folder)
-        record["parameters"] = trainable_parameters(network)
+        record["parameters"] = count_trainable_parameters(network)
         with open(outcome["evaluation_json"], encoding="utf-8") as f:
             record["chosen"] = json.load(f)["chosen"]
         rows, times = _score(compiled_predictor(network), test)
@@ -170,7 +113,7 @@ def run_method(method, base_config, splits, output_dir, log=print):
     return record
 
 
-def run_benchmark(base_config, output_dir, methods=PAPER_METHODS, log=print):
+def run_paper_comparison(base_config, output_dir, methods=PAPER_METHODS, log=print):
     """Run every method on ``base_config``'s data and write ``table1.md``, ``table2.md``, ``figure3.png`` and
     ``results.json`` to ``output_dir``. Returns ``{method name: record}``."""
     base_config.validate()

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gsmorph_tf import evaluation, hypermorph
+from gsmorph_tf import evaluation
+from gsmorph_tf.models import hypermorph
 from gsmorph_tf.config import ConfigError, TrainConfig
 
 

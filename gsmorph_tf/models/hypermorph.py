@@ -14,6 +14,11 @@ import voxelmorph as vxm
 
 from gsmorph_tf import evaluation, losses
 from gsmorph_tf.model import unpack_pair
+from gsmorph_tf.models.gsmorph import build_optimizer
+from gsmorph_tf.plugins import ModelPlugin
+
+#: HyperMorph's lambda for the per-epoch validation metrics (~ VoxelMorph's lam 0.01 with MSE).
+VALIDATION_LAMBDA = 0.01
 
 #: Validation grid for lambda; denser at small values, where VoxelMorph's useful weights lie.
 LAMBDA_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
@@ -107,3 +112,42 @@ def select_lambda(network, subjects, grid=LAMBDA_GRID, batch_size=32):
         scores.append({"lambda": float(lam), "dice": summary["dice_mean"]["mean"], "njd": summary["njd"]["mean"]})
     best = max(scores, key=lambda s: (np.nan_to_num(s["dice"], nan=-1.0), -s["njd"]))
     return best["lambda"], scores
+
+
+class HyperMorphPlugin(ModelPlugin):
+    """The ``hypermorph`` entry of :data:`gsmorph_tf.registry.MODELS` (2D, ``surgery=none``, mse or ncc).
+
+    Monitored per epoch at :data:`VALIDATION_LAMBDA`; after training, lambda is chosen on the validation
+    split and frozen into the evaluated and served network (``chosen["hypermorph_lambda"]``).
+    """
+
+    chosen_for_serving = {"hypermorph_lambda": "HyperMorph lambda"}
+
+    def build_network(self, config, inshape):
+        return build_hypermorph(inshape, int_steps=config.int_steps)
+
+    def build_training_model(self, config, network):
+        model = HyperMorphModel(network, similarity=config.similarity, reg_penalty=config.reg_penalty,
+                                ncc_window=config.ncc_window, seed=config.seed)
+        model.compile(optimizer=build_optimizer(config))
+        zeros = tf.zeros((1, *network.inputs[0].shape[1:]))
+        model([zeros, zeros, tf.zeros((1, 1))])  # BackupAndRestore needs a built model to restore into.
+        return model
+
+    def method_name(self, config, chosen=None):
+        return "HyperMorph" + (" (lambda=%g)" % chosen["hypermorph_lambda"] if chosen else "")
+
+    def monitoring_network(self, network):
+        return fixed_lambda_network(network, VALIDATION_LAMBDA)
+
+    def finalize(self, config, network, splits, log=print):
+        lam, scores = select_lambda(network, splits["val"], batch_size=config.batch_size)
+        log("HyperMorph: lambda %g chosen on the validation split (mean Dice %.2f %%)"
+            % (lam, max(s["dice"] for s in scores if s["lambda"] == lam)))
+        return fixed_lambda_network(network, lam), {"hypermorph_lambda": lam, "lambda_scores": scores}
+
+    def serving_network(self, network, chosen):
+        return fixed_lambda_network(network, float(chosen["hypermorph_lambda"]))
+
+
+MODEL = HyperMorphPlugin()

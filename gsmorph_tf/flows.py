@@ -1,4 +1,7 @@
-"""Composition of dense displacement fields, as ULAE-net accumulates its three steps.
+"""Composition of dense displacement fields (ULAE-net's accumulation of its steps, the brain task's known fields).
+
+Shared by the framework and the model packages: a dataset that composes fields (``gsmorph_tf.data.brain``)
+and a network that does (``ulae_tf.networks``) both use this module, so neither depends on the other.
 
 Convention (voxelmorph's ``SpatialTransformer``, 'ij' indexing): a displacement field ``u`` of shape
 ``[B, *vol, ndim]``, in voxels, channel k along array axis k, warps an image by

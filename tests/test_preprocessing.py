@@ -1,12 +1,10 @@
-"""Tests of gsmorph_tf.data.pairs: cropping, scaling, pair assembly, subject split, tf.data pipeline."""
-import gsmorph_tf  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
-
+"""Tests of gsmorph_tf.data.preprocessing: cropping, scaling, ES/ED volumes -> slice pairs."""
 import numpy as np
 import pytest
 
-from gsmorph_tf.data.nifti import DatasetError
-from gsmorph_tf.data.pairs import (SubjectPairs, crop_or_pad, label_centroid, make_dataset, make_pairs,
-                                   scale_to_unit, split_subjects, validate_label_map)
+from gsmorph_tf.data.preprocessing import crop_or_pad, label_centroid, make_pairs, scale_to_unit
+from gsmorph_tf.data.subjects import SubjectPairs
+from gsmorph_tf.errors import DatasetError
 
 LABELS = {"RV": 1, "Myo": 2, "LV": 3}
 
@@ -130,94 +128,3 @@ def test_make_pairs_rejects_empty_ed_labels_and_shape_mismatch():
         make_pairs("s1", es_image, ed_image, es_labels, 0 * ed_labels, (1.0, 1.0, 1.0), LABELS)
     with pytest.raises(DatasetError, match="s2: expected"):
         make_pairs("s2", es_image[:, :, :2], ed_image, es_labels, ed_labels, (1.0, 1.0, 1.0), LABELS)
-
-
-def test_validate_label_map_names_source():
-    image_shape = (4, 4, 2)
-    good = validate_label_map(np.full(image_shape, 3.0), image_shape, LABELS, "a_gt.nii.gz")
-    assert good.dtype == np.int32
-    with pytest.raises(DatasetError, match=r"b_gt\.nii\.gz: label volume has shape \(4, 4, 1\)"):
-        validate_label_map(np.zeros((4, 4, 1)), image_shape, LABELS, "b_gt.nii.gz")
-    with pytest.raises(DatasetError, match=r"c_gt\.nii\.gz: unexpected label values \[4\]"):
-        validate_label_map(np.full(image_shape, 4), image_shape, LABELS, "c_gt.nii.gz")
-    with pytest.raises(DatasetError, match=r"d_gt\.nii\.gz: label volume holds non-integer"):
-        validate_label_map(np.full(image_shape, 1.5), image_shape, LABELS, "d_gt.nii.gz")
-
-
-# --- split_subjects ---------------------------------------------------------------------------------------
-
-def test_split_sizes_disjoint_and_complete():
-    subjects = [f"patient{i:03d}" for i in range(1, 21)]
-    train, val, test = split_subjects(subjects)
-    assert (len(train), len(val), len(test)) == (15, 1, 4)
-    assert sorted(train + val + test) == subjects
-    # Each split keeps the input order.
-    assert train == sorted(train) and test == sorted(test)
-
-
-@pytest.mark.parametrize("n, sizes", [(100, (75, 5, 20)), (3, (1, 1, 1)), (4, (2, 1, 1))])
-def test_split_sizes_follow_rounding_rule(n, sizes):
-    train, val, test = split_subjects(list(range(n)))
-    assert (len(train), len(val), len(test)) == sizes
-
-
-def test_split_is_deterministic_per_seed():
-    subjects = [f"patient{i:03d}" for i in range(1, 21)]
-    assert split_subjects(subjects, seed=3) == split_subjects(subjects, seed=3)
-    assert split_subjects(subjects, seed=0) != split_subjects(subjects, seed=1)
-
-
-def test_split_rejects_bad_input():
-    with pytest.raises(ValueError, match="at least 3 subjects"):
-        split_subjects(["a", "b"])
-    with pytest.raises(ValueError, match="summing to 1"):
-        split_subjects(list("abcdef"), fractions=(0.5, 0.2, 0.2))
-
-
-# --- make_dataset -----------------------------------------------------------------------------------------
-
-def _subject(name, first_value, n_slices, size=8):
-    """SubjectPairs whose slice k has moving = value and fixed = value + 0.5 everywhere (value = first + k)."""
-    values = np.arange(first_value, first_value + n_slices, dtype=np.float32)[:, None, None]
-    moving = np.broadcast_to(values, (n_slices, size, size)).copy()
-    labels = np.zeros((n_slices, size, size), np.int32)
-    return SubjectPairs(name, moving, moving + 0.5, labels, labels, (8.0, 1.0, 1.0), LABELS)
-
-
-def _slice_ids(dataset):
-    """Per element, the moving value identifying the slice, checking fixed stayed paired with it."""
-    ids = []
-    for batch in dataset:
-        moving, fixed = batch["moving"].numpy(), batch["fixed"].numpy()
-        np.testing.assert_array_equal(fixed, moving + 0.5)
-        ids.extend(moving[:, 0, 0, 0].tolist())
-    return ids
-
-
-def test_dataset_shapes_dtypes_and_count():
-    pairs = [_subject("a", 0, 3), _subject("b", 3, 4)]
-    dataset = make_dataset(pairs, batch_size=3, shuffle=False)
-    batches = list(dataset)
-    assert [b["moving"].shape.as_list() for b in batches] == [[3, 8, 8, 1], [3, 8, 8, 1], [1, 8, 8, 1]]
-    assert all(b["moving"].dtype.name == b["fixed"].dtype.name == "float32" for b in batches)
-    assert sorted(batches[0]) == ["fixed", "moving"]
-    assert _slice_ids(dataset) == [0, 1, 2, 3, 4, 5, 6]
-
-
-def test_dataset_shuffle_is_seeded_and_reshuffled_each_epoch():
-    pairs = [_subject("a", 0, 6), _subject("b", 6, 6)]
-    first = make_dataset(pairs, batch_size=4, shuffle=True, seed=7)
-    second = make_dataset(pairs, batch_size=4, shuffle=True, seed=7)
-    epoch1 = _slice_ids(first)
-    assert epoch1 == _slice_ids(second)
-    assert sorted(epoch1) == list(range(12))
-    assert epoch1 != list(range(12))
-    assert _slice_ids(first) != epoch1  # a new order in the next epoch
-    assert _slice_ids(make_dataset(pairs, batch_size=4, shuffle=True, seed=8)) != epoch1
-
-
-def test_dataset_rejects_empty_and_mixed_sizes():
-    with pytest.raises(ValueError, match="at least one"):
-        make_dataset([], batch_size=2, shuffle=False)
-    with pytest.raises(ValueError, match="one in-plane size"):
-        make_dataset([_subject("a", 0, 2, size=8), _subject("b", 2, 2, size=6)], batch_size=2, shuffle=False)

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from gsmorph_tf import benchmark
+from gsmorph_tf import paper_comparison
+from conftest import PHANTOM
 from gsmorph_tf.config import TrainConfig
 
 
@@ -14,16 +15,16 @@ from gsmorph_tf.config import TrainConfig
 def finished(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("benchmark")
     config = TrainConfig(dataset="phantom", data_dir=str(tmp / "phantom"), output_dir=str(tmp / "bench"),
-                         phantom_subjects=4, phantom_slices=2, phantom_size=48, crop_size=32, batch_size=4,
+                         dataset_options=PHANTOM, crop_size=32, batch_size=4,
                          epochs=1, learning_rate=1e-3)
     messages = []
-    records = benchmark.run_benchmark(config, config.output_dir, log=messages.append)
+    records = paper_comparison.run_paper_comparison(config, config.output_dir, log=messages.append)
     return tmp, config, records, messages
 
 
 def test_every_row_of_table1_is_written(finished):
     tmp, config, records, _ = finished
-    names = [m.name for m in benchmark.PAPER_METHODS]
+    names = [m.name for m in paper_comparison.PAPER_METHODS]
     assert list(records) == names
     table = open(os.path.join(config.output_dir, "table1.md")).read()
     for name in names:
@@ -50,10 +51,10 @@ def test_table2_and_figure(finished):
 
 def test_rerun_reads_finished_methods_back(finished):
     _, config, records, _ = finished
-    record_files = [os.path.join(config.output_dir, m.slug, "benchmark.json") for m in benchmark.PAPER_METHODS]
+    record_files = [os.path.join(config.output_dir, m.slug, "benchmark.json") for m in paper_comparison.PAPER_METHODS]
     mtimes = [os.path.getmtime(p) for p in record_files]
     messages = []
-    again = benchmark.run_benchmark(config, config.output_dir, log=messages.append)
+    again = paper_comparison.run_paper_comparison(config, config.output_dir, log=messages.append)
     assert [os.path.getmtime(p) for p in record_files] == mtimes
     assert not any("training" in m for m in messages)
     assert again["GSMorph"]["summary"] == records["GSMorph"]["summary"]

@@ -1,0 +1,53 @@
+"""The ``gsmorph`` model entry: the GSMorph paper's U-Net trained by :class:`GradientSurgeryModel`.
+
+With ``surgery=layerwise`` this is GSMorph; ``none`` is VoxelMorph (``L_sim + lam L_reg``), ``pcgrad``
+GS-PCGrad and ``agr_rand`` / ``agr_sum`` GS-Agr: one network, the surgery mode decides the method.
+"""
+from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
+
+import tensorflow as tf
+
+from gsmorph_tf.model import GradientSurgeryModel
+from gsmorph_tf.networks import build_gsmorph_unet
+from gsmorph_tf.plugins import ModelPlugin
+from gsmorph_tf.registry import SIMILARITIES
+
+#: Table names of the surgery variants in the GSMorph paper.
+SURGERY_METHOD_NAMES = {"layerwise": "GSMorph", "pcgrad": "GS-PCGrad", "agr_rand": "GS-Agr",
+                        "agr_sum": "GS-Agr (sum)"}
+
+
+def build_optimizer(config):
+    """The optimizer of every registered model: Adam at ``config.learning_rate``."""
+    return tf.keras.optimizers.Adam(learning_rate=config.learning_rate)
+
+
+def surgery_training_model(config, network):
+    """``network`` wrapped in a compiled, built :class:`GradientSurgeryModel` with the config's similarity
+    (from :data:`gsmorph_tf.registry.SIMILARITIES`), smoothness penalty, surgery mode, lambda and grouping."""
+    model = GradientSurgeryModel(network, similarity=SIMILARITIES.load(config.similarity)(config),
+                                 reg_penalty=config.reg_penalty, surgery=config.surgery, lam=config.lam,
+                                 grouping=config.grouping, seed=config.seed,
+                                 conflict_diagnostics=config.conflict_diagnostics)
+    model.compile(optimizer=build_optimizer(config))
+    zeros = tf.zeros((1, *network.inputs[0].shape[1:]))
+    model([zeros, zeros])  # BackupAndRestore needs a built model to restore into.
+    return model
+
+
+class GSMorphModel(ModelPlugin):
+    """The paper's U-Net (:func:`gsmorph_tf.networks.build_gsmorph_unet`), any surgery mode."""
+
+    def build_network(self, config, inshape):
+        return build_gsmorph_unet(inshape, int_steps=config.int_steps)
+
+    def build_training_model(self, config, network):
+        return surgery_training_model(config, network)
+
+    def method_name(self, config, chosen=None):
+        if config.surgery == "none":
+            return "VoxelMorph (lam=%g)" % config.lam
+        return SURGERY_METHOD_NAMES[config.surgery]
+
+
+MODEL = GSMorphModel()

@@ -1,0 +1,133 @@
+"""Register NIfTI images with an exported registration SavedModel (signatures: :mod:`gsmorph_tf.export`).
+
+Preprocessing is training's (:func:`gsmorph_tf.data.preprocessing.make_pairs`): the whole moving and fixed volumes
+are scaled to [0, 1] with one shared range (:func:`~gsmorph_tf.data.preprocessing.scale_to_unit`), then a window of
+the model's input size is cut around a centre (given in voxels, or the image centre ``(X // 2, Y // 2[,
+Z // 2])``) with :func:`~gsmorph_tf.data.preprocessing.crop_or_pad`, zero-padded where it leaves the image.
+
+- 2D models (signature input ``[None, H, W, 1]``, rank read from the SavedModel) register ``X x Y x Z``
+  short-axis stacks slice by slice, slices along the last axis: slice z of the moving stack to slice z of
+  the fixed stack, the same ``H x W`` window in every slice.
+- 3D models (``[None, H, W, D, 1]``) register ``X x Y x Z`` volumes through one ``H x W x D`` window.
+
+Moving and fixed images must have the same shape and voxel size (the network works in voxels). Outputs
+cover the fixed image's whole grid, with its affine and header: inside the window the model's result,
+outside it the identity (zero displacement, moved = moving, labels unchanged). Files per pair, named after
+the moving file's ``<stem>`` (its name without ``.nii``/``.nii.gz``):
+
+``<stem>_moved.nii.gz``
+    ``[X, Y, Z]`` float32: the moved image, in the model's [0, 1] units (the pair's shared scaling).
+``<stem>_flow_vox.nii.gz``
+    ``[X, Y, Z, 3]`` float32: the displacement ``u`` in voxels, components on the last axis along the
+    voxel axes i, j, k, such that ``moved(x) = moving(x + u(x))`` (x in voxel indices). 2D models give
+    ``u_k = 0`` along the slice axis.
+``<stem>_flow_mm.nii.gz``
+    the same field in mm: component k times the fixed image's voxel size along axis k. Components follow
+    the voxel axes, not world (scanner RAS) axes; rotate by the affine for world coordinates.
+``<stem>_moved_labels.nii.gz``
+    ``[X, Y, Z]``: the moving label map warped with nearest neighbour (only input values occur), in the
+    label file's integer type; written only when moving labels are given.
+
+Each NIfTI header's description states its content. Every input is validated before anything is written
+(in folder mode: every pair, before the first registration); each file is written to a temp name and
+renamed, so an output is either whole or absent.
+"""
+from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from gsmorph_tf.data.preprocessing import scale_to_unit
+from gsmorph_tf.errors import SavedModelError
+from gsmorph_tf.register.files import OUTPUTS, PairInputs, load_pair, nifti_stem, write_registration
+from gsmorph_tf.register.folders import find_pairs
+from gsmorph_tf.register.savedmodel import RegistrationModel
+from gsmorph_tf.register.window import crop_indices, default_center, paste, take
+
+__all__ = ["OUTPUTS", "PairInputs", "Registration", "RegistrationModel", "SavedModelError", "find_pairs",
+           "load_pair", "register_files", "register_folder", "register_volumes", "write_registration"]
+
+
+@dataclasses.dataclass
+class Registration:
+    """One registered pair on the fixed grid ``[X, Y, Z]`` (see the module docstring for the layout).
+
+    Attributes:
+        moved: ``[X, Y, Z]`` float32 in [0, 1] units.
+        flow_voxels: ``[X, Y, Z, 3]`` float32, displacement in voxels along the voxel axes i, j, k.
+        moved_labels: ``[X, Y, Z]`` warped label map, or None.
+    """
+    moved: np.ndarray
+    flow_voxels: np.ndarray
+    moved_labels: np.ndarray | None = None
+
+
+def register_volumes(model, moving, fixed, center=None, moving_labels=None, batch_size=32):
+    """Register ``moving`` to ``fixed`` (both ``[X, Y, Z]``, scanner intensities) with ``model``.
+
+    Args:
+        model: :class:`RegistrationModel`.
+        moving, fixed: ``[X, Y, Z]`` arrays of one shape (short-axis stacks for 2D models).
+        center: window centre in voxels (see :func:`crop_indices`); None takes :func:`default_center`.
+        moving_labels: optional ``[X, Y, Z]`` integer label map of ``moving``.
+        batch_size: slices per call for 2D models.
+
+    Returns:
+        :class:`Registration`; inside the window the model's outputs, outside it the identity.
+    """
+    moving, fixed = scale_to_unit(moving, fixed)
+    if center is None:
+        center = default_center(fixed.shape, model.ndim)
+    index = crop_indices(fixed.shape, center, model.inshape)
+    batch_shape = (-1, *model.inshape, 1)
+    moved_crop, flow_crop = model.register(take(moving, index).reshape(batch_shape),
+                                           take(fixed, index).reshape(batch_shape), batch_size)
+    moved = paste(moving, index, moved_crop.reshape(index.shape))
+    components = [paste(np.zeros(fixed.shape, np.float32), index, flow_crop[..., k].reshape(index.shape))
+                  for k in range(model.ndim)]
+    components += [np.zeros(fixed.shape, np.float32)] * (3 - model.ndim)  # no motion across slices (2D)
+    result = Registration(moved=moved, flow_voxels=np.stack(components, axis=-1))
+    if moving_labels is not None:
+        labels_crop = take(np.asarray(moving_labels), index).astype(np.float32).reshape(batch_shape)
+        _, nearest = model.warp(labels_crop, flow_crop, batch_size)
+        warped = np.rint(nearest.reshape(index.shape)).astype(moving_labels.dtype)
+        result.moved_labels = paste(moving_labels, index, warped)
+    return result
+
+
+def register_files(model, moving_path, fixed_path, output_dir, moving_labels_path=None, center=None):
+    """Register one NIfTI pair and write its outputs to ``output_dir`` (named after the moving file).
+
+    Returns:
+        ``{key: path}`` of the written files.
+
+    Raises:
+        DatasetError: see :func:`load_pair`; raised before anything is written.
+    """
+    inputs = load_pair(model, moving_path, fixed_path, moving_labels_path, center)
+    result = register_volumes(model, inputs.moving, inputs.fixed, inputs.center, inputs.moving_labels)
+    return write_registration(result, inputs, output_dir, nifti_stem(moving_path))
+
+
+def register_folder(model, moving_dir, fixed_dir, output_dir, moving_labels_dir=None, center=None,
+                    show_progress=True):
+    """Register every pair of :func:`find_pairs` into ``output_dir``, with a Keras progress bar.
+
+    Every pair is read and validated first (:func:`load_pair`); one bad file stops the run before any
+    output is written. ``center`` applies to every pair.
+
+    Returns:
+        List of ``{key: path}``, one per pair, in file-name order.
+    """
+    pairs = find_pairs(moving_dir, fixed_dir, moving_labels_dir)
+    for moving_path, fixed_path, labels_path in pairs:
+        load_pair(model, moving_path, fixed_path, labels_path, center)  # validate only; re-read below
+    bar = tf.keras.utils.Progbar(len(pairs), unit_name="pair") if show_progress else None
+    written = []
+    for done, (moving_path, fixed_path, labels_path) in enumerate(pairs, 1):
+        written.append(register_files(model, moving_path, fixed_path, output_dir, labels_path, center))
+        if bar is not None:
+            bar.update(done)
+    return written

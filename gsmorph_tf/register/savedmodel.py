@@ -1,0 +1,98 @@
+"""An exported registration SavedModel, called through its signatures (see :mod:`gsmorph_tf.export`)."""
+from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
+
+import os
+
+import numpy as np
+import tensorflow as tf
+from google.protobuf.message import DecodeError
+
+from gsmorph_tf.errors import SavedModelError
+from gsmorph_tf.export import SERVING_SIGNATURE, WARP_SIGNATURE, existing_versions
+
+
+class RegistrationModel:
+    """An exported registration SavedModel, called through its ``serving_default`` and ``warp`` signatures.
+
+    Args:
+        export_dir: a version folder (holding ``saved_model.pb``) or a model's base path (its highest
+            integer version is used, as TF Serving does).
+
+    Attributes:
+        path: the version folder loaded.
+        inshape: spatial input shape, e.g. ``(128, 128)``; ndim: 2 or 3.
+
+    Raises:
+        SavedModelError: naming ``export_dir``, if no SavedModel is there, it cannot be loaded, or it lacks
+            the two signatures with a fixed 2D/3D input shape.
+    """
+
+    def __init__(self, export_dir):
+        self.path = _resolve_version(export_dir)
+        try:
+            loaded = tf.saved_model.load(self.path)
+        except (OSError, ValueError, DecodeError, tf.errors.OpError) as error:
+            raise SavedModelError("%s: cannot load the SavedModel (%s: %s)"
+                                  % (self.path, type(error).__name__, error)) from error
+        missing = [name for name in (SERVING_SIGNATURE, WARP_SIGNATURE) if name not in loaded.signatures]
+        if missing:
+            raise SavedModelError("%s: no signature %s; expected a registration model written by "
+                                  "run_export.py / gsmorph_tf.export" % (self.path, ", ".join(missing)))
+        self._loaded = loaded  # the signatures need their module alive
+        self._serve = loaded.signatures[SERVING_SIGNATURE]
+        self._warp = loaded.signatures[WARP_SIGNATURE]
+        inputs = self._serve.structured_input_signature[1]
+        if "moving" not in inputs or "fixed" not in inputs:
+            raise SavedModelError("%s: serving_default takes %s; expected inputs moving and fixed"
+                                  % (self.path, sorted(inputs)))
+        shape = inputs["moving"].shape
+        self.inshape = tuple(shape[1:-1])
+        self.ndim = len(self.inshape)
+        if self.ndim not in (2, 3) or None in self.inshape:
+            raise SavedModelError("%s: serving_default input moving has shape %s; expected [None, H, W, 1] "
+                                  "or [None, H, W, D, 1] with fixed sizes" % (self.path, shape))
+
+    def register(self, moving, fixed, batch_size=32):
+        """Run ``serving_default`` on ``[B, *inshape, 1]`` float32 pairs in [0, 1], ``batch_size`` at a time.
+
+        Returns:
+            ``(moved [B, *inshape, 1], flow [B, *inshape, ndim])``, flow in voxels ('ij').
+        """
+        out = _call_in_batches(self._serve, batch_size, moving=moving, fixed=fixed)
+        return out["moved"], out["flow"]
+
+    def warp(self, image, flow, batch_size=32):
+        """Run ``warp`` on ``image [B, *inshape, 1]`` and ``flow [B, *inshape, ndim]`` (voxels).
+
+        Returns:
+            ``(warped_linear, warped_nearest)``, each ``[B, *inshape, 1]`` float32.
+        """
+        out = _call_in_batches(self._warp, batch_size, image=image, flow=flow)
+        return out["warped_linear"], out["warped_nearest"]
+
+
+def _call_in_batches(signature, batch_size, **inputs):
+    """Call ``signature`` on ``batch_size`` items of every input at a time; ``{output: concatenated array}``."""
+    parts = {}
+    for start in range(0, len(next(iter(inputs.values()))), batch_size):
+        out = signature(**{name: tf.constant(value[start:start + batch_size], tf.float32)
+                           for name, value in inputs.items()})
+        for name, value in out.items():
+            parts.setdefault(name, []).append(value.numpy())
+    return {name: np.concatenate(values) for name, values in parts.items()}
+
+
+def _resolve_version(export_dir):
+    """The folder holding ``saved_model.pb``: ``export_dir`` itself, or its highest integer version."""
+    if not os.path.isdir(export_dir):
+        raise SavedModelError("%s: SavedModel folder not found" % export_dir)
+    if os.path.isfile(os.path.join(export_dir, "saved_model.pb")):
+        return export_dir
+    versions = existing_versions(export_dir)
+    if not versions:
+        raise SavedModelError("%s: no saved_model.pb and no integer version folder; expected an export "
+                              "version (<base>/<model>/<N>) or a model base path" % export_dir)
+    path = os.path.join(export_dir, str(versions[-1]))
+    if not os.path.isfile(os.path.join(path, "saved_model.pb")):
+        raise SavedModelError("%s: no saved_model.pb in the highest version folder" % path)
+    return path

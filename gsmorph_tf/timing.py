@@ -1,0 +1,65 @@
+"""Timing helpers for the speed figures (``benchmarks/``) and the paper comparison's Table 2.
+
+Every figure is printed with :func:`machine_description`: absolute times differ several-fold between
+machines, so compare only figures measured in one run on one machine.
+"""
+from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
+
+import os
+import platform
+import time
+
+import numpy as np
+import tensorflow as tf
+
+
+def machine_description():
+    """CPU model and cores, GPUs if any, TensorFlow version: where the timings were measured."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpus = [tf.config.experimental.get_device_details(g).get("device_name", g.name)
+            for g in tf.config.list_physical_devices("GPU")]
+    return "%s, %d CPU cores, %s, TensorFlow %s" % (cpu, os.cpu_count(), "GPU: " + ", ".join(gpus) if gpus
+                                                     else "no GPU", tf.__version__)
+
+
+def median_ms(fn, steps, warmup=1):
+    """Median wall-clock ms of ``fn()`` over ``steps`` calls, after ``warmup`` untimed calls (tracing, first
+    allocations). ``fn`` must block until its work is done (e.g. convert a result to a Python float)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        times.append(1000.0 * (time.perf_counter() - start))
+    return float(np.median(times))
+
+
+def compiled_predictor(network):
+    """A predictor (see :func:`gsmorph_tf.evaluation.evaluate_predictor`) calling ``network`` through one
+    ``tf.function``: no per-call Keras ``predict`` overhead, so per-pair times measure the network."""
+    call = tf.function(lambda moving, fixed: network([moving, fixed], training=False), reduce_retracing=True)
+
+    def predict(moving, fixed):
+        outputs = call(tf.constant(moving[..., None], tf.float32), tf.constant(fixed[..., None], tf.float32))
+        return outputs[0].numpy()[..., 0], outputs[1].numpy()
+    return predict
+
+
+def pair_by_pair(predict, times_ms):
+    """Wrap a predictor to run one pair at a time, appending each pair's wall-clock ms to ``times_ms``."""
+    def run(moving, fixed):
+        moved, flows = [], []
+        for m, f in zip(moving, fixed):
+            start = time.perf_counter()
+            out_moved, out_flow = predict(m[None], f[None])
+            times_ms.append(1000.0 * (time.perf_counter() - start))
+            moved.append(out_moved[0])
+            flows.append(out_flow[0])
+        return np.stack(moved), np.stack(flows)
+    return run
