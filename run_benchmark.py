@@ -29,6 +29,10 @@ flags.DEFINE_float("learning_rate", 5e-3, "Adam learning rate of every learned m
 flags.DEFINE_enum("similarity", "mse", ["mse", "ncc"], "Similarity loss of every learned method.")
 flags.DEFINE_integer("crop_size", 128, "Square crop around the heart (pixels, multiple of 16).", lower_bound=16)
 flags.DEFINE_integer("seed", 0, "Seed shared by every method (split, init, shuffling).")
+flags.DEFINE_enum("reg_penalty", "l1", ["l1", "l2"], "Smoothness penalty of every learned method: l1 is the GSMorph "
+                  "reference's Grad(), on whose scale the paper's lambdas 0.1/0.01/0.001 are set.")
+flags.DEFINE_enum("metric_protocol", "paper", ["paper", "volume"], "paper: a row per 2D slice pair, as the GSMorph "
+                  "reference code; volume: a row per subject.")
 for _name in define_dataset_options():
     flags.declare_key_flag(_name)
 #: The default comparison runs on a smaller phantom than a training run's default (16 x 6 slices).
@@ -60,13 +64,14 @@ def main(argv):
         config = TrainConfig(dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, output_dir=FLAGS.output_dir,
                              epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
                              similarity=FLAGS.similarity, crop_size=FLAGS.crop_size, seed=FLAGS.seed,
+                             reg_penalty=FLAGS.reg_penalty, metric_protocol=FLAGS.metric_protocol,
                              dataset_options=options).validate()
         methods = selected_methods(FLAGS.methods, paper_comparison.PAPER_METHODS)
         paper_comparison.check_requirements(methods)
         records = paper_comparison.run_paper_comparison(config, FLAGS.output_dir, methods)
     except (ConfigError, DatasetError, ImportError) as error:
         return fail(error)
-    print("\nTable 1 (test split, mean +- std over subjects):\n")
+    print("\nTable 1 (test split):\n")
     print(paper_comparison.table1(records))
     print("\nTable 2:\n")
     print(paper_comparison.table2(records, machine_description()))

@@ -5,7 +5,8 @@
     python run_eval.py --run_dir=runs/demo --split=val --output_dir=eval/demo_val
 
 Writes to ``--output_dir`` (default ``<run_dir>/eval_<split>`` or ``eval/``): ``per_subject.csv`` (one row per
-subject), ``summary.md`` (mean +- std: Dice %, HD95 mm, MSE x1e-2, NJD %, Dice per structure) and
+subject, or per slice pair with ``--metric_protocol=paper``), ``summary.md`` (mean +- std: Dice %, HD95 mm,
+MSE x1e-2, NJD %, Dice per structure) and
 ``evaluation.json`` (both, plus the settings), each written atomically. The ``Initial`` (identity) row is
 always included. With ``--run_dir`` the dataset, crop size and split seed default to the run's own.
 """
@@ -20,7 +21,7 @@ import os
 from absl import app, flags
 
 from gsmorph_tf.cli import fail, quiet_logs, run_app
-from gsmorph_tf.config import TrainConfig
+from gsmorph_tf.config import METRIC_PROTOCOLS, TrainConfig
 from gsmorph_tf.errors import ConfigError, DatasetError
 from gsmorph_tf.registry import DATASETS
 
@@ -33,6 +34,8 @@ flags.DEFINE_enum("split", "test", ["train", "val", "test", "all"], "Which subje
 flags.DEFINE_integer("crop_size", None, "Crop size (default: the run's, else 128).", lower_bound=16)
 flags.DEFINE_integer("seed", None, "Split seed (default: the run's, else 0).")
 flags.DEFINE_integer("batch_size", 32, "Pairs per inference batch.", lower_bound=1)
+flags.DEFINE_enum("metric_protocol", None, METRIC_PROTOCOLS, "volume (a row per subject) or paper (a row per 2D "
+                  "slice pair); default: the run's, else volume.")
 flags.DEFINE_string("output_dir", None, "Where the tables go (default <run_dir>/eval_<split>, else eval/).")
 FLAGS = flags.FLAGS
 
@@ -40,7 +43,7 @@ FLAGS = flags.FLAGS
 def data_config(run_config):
     """The TrainConfig used to read the data: the run's, overridden by the flags given."""
     config = run_config or TrainConfig(data_dir="")
-    overrides = {name: getattr(FLAGS, name) for name in ("dataset", "data_dir", "crop_size", "seed")
+    overrides = {name: getattr(FLAGS, name) for name in ("dataset", "data_dir", "crop_size", "seed", "metric_protocol")
                  if getattr(FLAGS, name) is not None}
     if overrides.get("dataset", config.dataset) != config.dataset:
         overrides["dataset_options"] = {}  # another dataset: its own default settings
@@ -97,15 +100,17 @@ def main(argv):
     # A SavedModel is named by its last two path parts, <model>/<version>, as TF Serving lays them out.
     name = (MODELS.load(run_config.model).method_name(run_config) if run_config
             else "/".join(os.path.abspath(source).split(os.sep)[-2:]))
-    results = evaluation.evaluate_against_initial(predict, subjects, name, progress=lambda done, _: bar.update(done))
-    table = evaluation.format_table({method: result["summary"] for method, result in results.items()})
+    results = evaluation.evaluate_against_initial(predict, subjects, name, progress=lambda done, _: bar.update(done),
+                                                  protocol=config.metric_protocol)
+    table = (evaluation.protocol_caption(config.metric_protocol, results[name]["subjects"]) + "\n\n"
+             + evaluation.format_table({method: result["summary"] for method, result in results.items()}))
 
     atomic_write_text(os.path.join(output_dir, "per_subject.csv"), per_subject_csv(results))
     atomic_write_text(os.path.join(output_dir, "summary.md"), table + "\n")
     evaluation.write_json(os.path.join(output_dir, "evaluation.json"),
                           {"source": source, "split": FLAGS.split, "data": json.loads(json.dumps(config.to_dict())),
-                           "methods": results})
-    print("\n%s subjects (mean +- std over %d):\n\n%s\n" % (FLAGS.split, len(subjects), table))
+                           "metric_protocol": config.metric_protocol, "methods": results})
+    print("\n%s split, %d subjects:\n\n%s\n" % (FLAGS.split, len(subjects), table))
     print("Wrote per_subject.csv, summary.md and evaluation.json to %s" % output_dir)
     return 0
 

@@ -9,7 +9,7 @@ import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 from absl import app, flags
 
 from gsmorph_tf.cli import dataset_options_from_flags, define_dataset_options, fail, quiet_logs, run_app
-from gsmorph_tf.config import GROUPINGS, REG_PENALTIES, SURGERY_MODES, TrainConfig
+from gsmorph_tf.config import GROUPINGS, METRIC_PROTOCOLS, REG_PENALTIES, SURGERY_MODES, TrainConfig
 from gsmorph_tf.errors import ConfigError, DatasetError
 from gsmorph_tf.registry import DATASETS, MODELS, SIMILARITIES
 
@@ -37,13 +37,23 @@ flags.DEFINE_enum("similarity", _DEFAULTS.similarity, SIMILARITIES.names(),
 flags.DEFINE_integer("ncc_window", _DEFAULTS.ncc_window, "NCC window side (pixels).", lower_bound=1)
 flags.DEFINE_list("ncc_windows", [str(w) for w in _DEFAULTS.ncc_windows], "multi_ncc window sides, largest first.")
 flags.DEFINE_float("ncc_gamma", _DEFAULTS.ncc_gamma, "multi_ncc weight decay between windows.", lower_bound=0.0)
-flags.DEFINE_enum("reg_penalty", _DEFAULTS.reg_penalty, REG_PENALTIES, "Spatial-gradient penalty on the flow.")
+flags.DEFINE_enum("reg_penalty", _DEFAULTS.reg_penalty, REG_PENALTIES,
+                  "Spatial-gradient penalty on the flow: l1 = mean |forward difference| averaged over the axes (the "
+                  "GSMorph reference's Grad(), the scale of its lambdas), l2 = mean squared forward difference.")
 flags.DEFINE_integer("int_steps", _DEFAULTS.int_steps,
                      "0: displacement field; >0: diffeomorphic (scaling and squaring steps).", lower_bound=0)
 flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate, "Adam learning rate.", lower_bound=0.0)
 flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Slice pairs per step.", lower_bound=1)
 flags.DEFINE_integer("epochs", _DEFAULTS.epochs, "Training epochs (total, counting resumed ones).", lower_bound=1)
-flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed for the subject split, shuffling, initialisation and noise.")
+flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed for the subject split, shuffling, initialisation and noise "
+                     "(the GSMorph reference uses 3407).")
+flags.DEFINE_integer("split_seed", None, "Seed of the subject split only (default: --seed); fix it to compare "
+                     "seeds on the same test subjects.")
+flags.DEFINE_boolean("drop_last", _DEFAULTS.drop_last, "Drop each epoch's last partial batch (the reference's "
+                     "drop_last=True).")
+flags.DEFINE_enum("metric_protocol", _DEFAULTS.metric_protocol, METRIC_PROTOCOLS,
+                  "Evaluation: volume = a row per subject (stack as one volume, NJD det <= 0); paper = a row per 2D "
+                  "slice pair as the GSMorph reference code (NJD det < 0).")
 flags.DEFINE_integer("crop_size", _DEFAULTS.crop_size, "Square crop around the heart (pixels, multiple of 16).",
                      lower_bound=16)
 flags.DEFINE_boolean("conflict_diagnostics", _DEFAULTS.conflict_diagnostics,

@@ -9,7 +9,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["gsmorph_tf", "gsmorph_tf.*", "ulae_tf", "ulae_tf.*"]),
-    py_modules=["run_train", "run_eval", "run_benchmark", "run_export", "run_register"],
+    py_modules=["run_train", "run_eval", "run_benchmark", "run_export", "run_register", "run_study"],
     install_requires=[
         "tensorflow==2.21.*",
         "tf-keras==2.21.*",
@@ -32,5 +32,5 @@ setup(
     },
     entry_points={"console_scripts": ["gsmorph-train=run_train:run", "gsmorph-eval=run_eval:run",
                                       "gsmorph-benchmark=run_benchmark:run", "gsmorph-export=run_export:run",
-                                      "gsmorph-register=run_register:run"]},
+                                      "gsmorph-register=run_register:run", "gsmorph-study=run_study:run"]},
 )

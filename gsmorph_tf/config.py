@@ -26,15 +26,23 @@ GROUPINGS = ("variable", "layer")
 #: Spatial-gradient penalties of the smoothness loss (voxelmorph ``Grad``).
 REG_PENALTIES = ("l1", "l2")
 
+#: How evaluation scores a registration (see gsmorph_tf.evaluation): ``volume``, one row per subject (its
+#: stack or volume as one); ``paper``, one row per 2D slice pair (the GSMorph reference code's protocol).
+METRIC_PROTOCOLS = ("volume", "paper")
+
 #: Settings that may change between an interrupted run and its resumption (more epochs, another place).
 RESUMABLE_CHANGES = ("epochs", "output_dir")
 
-__all__ = ["ConfigError", "GROUPINGS", "REG_PENALTIES", "RESUMABLE_CHANGES", "SURGERY_MODES", "TrainConfig"]
+__all__ = ["ConfigError", "GROUPINGS", "METRIC_PROTOCOLS", "REG_PENALTIES", "RESUMABLE_CHANGES", "SURGERY_MODES",
+           "TrainConfig"]
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """One training run. Units: learning rate per Adam step, sizes in pixels/voxels, epochs as full passes.
+
+    ``seed`` fixes initialisation, shuffling and noise, and the subject split unless ``split_seed`` is set.
+    ``drop_last`` drops an epoch's last partial batch (the reference code's ``drop_last=True``).
 
     ``dataset_options`` holds the chosen dataset's own settings (declared by its registry entry, e.g.
     ``phantom_subjects`` or ``brain_shape``); missing ones take the entry's defaults.
@@ -51,12 +59,15 @@ class TrainConfig:
     ncc_window: int = 9
     ncc_windows: tuple = (11, 9, 7)
     ncc_gamma: float = 0.5
-    reg_penalty: str = "l2"
+    reg_penalty: str = "l1"
     int_steps: int = 0
     learning_rate: float = 5e-3
     batch_size: int = 32
     epochs: int = 500
     seed: int = 0
+    split_seed: int | None = None
+    drop_last: bool = True
+    metric_protocol: str = "volume"
     crop_size: int = 128
     conflict_diagnostics: bool = True
     log_every_n_steps: int = 1
@@ -68,6 +79,12 @@ class TrainConfig:
             options = {option.name: option.default for option in DATASETS[self.dataset].options}
             options.update(self.dataset_options)
             object.__setattr__(self, "dataset_options", options)
+
+    @property
+    def data_seed(self):
+        """Seed of the subject split (and of synthetic data made in memory): ``split_seed``, or ``seed`` when
+        it is None. A multi-seed study fixes ``split_seed`` so every seed is scored on the same subjects."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     def option(self, name):
         """The value of the dataset setting ``name`` (see :mod:`gsmorph_tf.registry`)."""
@@ -88,7 +105,8 @@ class TrainConfig:
     def validate(self):
         """Raise :class:`ConfigError` for the first invalid setting; return ``self``."""
         choices = {"dataset": DATASETS.names(), "model": MODELS.names(), "surgery": SURGERY_MODES,
-                   "grouping": GROUPINGS, "similarity": SIMILARITIES.names(), "reg_penalty": REG_PENALTIES}
+                   "grouping": GROUPINGS, "similarity": SIMILARITIES.names(), "reg_penalty": REG_PENALTIES,
+                   "metric_protocol": METRIC_PROTOCOLS}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ConfigError("%s=%r is not one of: %s" % (name, getattr(self, name), ", ".join(valid)))
@@ -124,6 +142,9 @@ class TrainConfig:
                 option.check(self.dataset_options[name])
             except ValueError as error:
                 raise ConfigError(str(error)) from None
+        if self.metric_protocol == "paper" and dataset.ndim != 2:
+            raise ConfigError("metric_protocol=paper scores 2D slice pairs; dataset=%s is %dD: use volume"
+                              % (self.dataset, dataset.ndim))
         if dataset.ndim not in model.ndims:
             raise ConfigError("model=%s is built for %s data; dataset=%s is %dD: use %s"
                               % (self.model, " or ".join("%dD" % n for n in model.ndims), self.dataset,

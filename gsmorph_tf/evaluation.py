@@ -1,16 +1,25 @@
-"""Evaluate a registration network on ES->ED slice pairs with the GSMorph paper's metrics.
+"""Evaluate a registration network with the GSMorph paper's metrics, by one of two protocols.
 
-Per subject, all slices are registered (2D), the moving (ES) label map is warped with nearest-neighbour
-interpolation, and the metrics are computed on the subject's whole stack ``[S, H, W]`` with its real
-spacing (slice, row, col in mm):
+All slices (2D) or volumes (3D) of a subject are registered and the moving label map is warped with
+nearest-neighbour interpolation. The metrics are Dice (%) per structure and their mean, HD95 (mm) per
+structure and their mean, MSE of the [0, 1] intensities (tables show it x1e-2 like the paper) and NJD (%
+of pixels whose Jacobian determinant of x -> x + u(x) is non-positive or negative, see below). Two
+protocols (:data:`gsmorph_tf.config.METRIC_PROTOCOLS`), named in every table and results JSON:
 
-- Dice (%) per structure and their mean (LV, Myo, RV);
-- HD95 (mm) per structure and their mean;
-- MSE between fixed and moved intensities (in [0, 1] units; tables show it x1e-2 like the paper);
-- NJD: % of pixels whose Jacobian determinant of x -> x + u(x) is <= 0.
+``volume`` (one row per subject)
+    each metric on the subject's whole stack ``[S, H, W]`` as one volume, HD95 with its real spacing
+    (slice, row, col in mm), NJD counting det <= 0; 3D tasks item by item, then averaged. Tables: mean +- std
+    over subjects.
+``paper`` (one row per 2D slice pair; the GSMorph reference code's protocol)
+    Dice and HD95 per structure on each slice, averaged over the structures present; HD95 in mm with the
+    in-plane spacing (the reference uses pixels: at ACDC's 1.25-1.5 mm pixels, multiply); MSE per pair; NJD
+    = % of pixels with det **< 0** (the reference's SimpleITK count). Tables: mean +- std over slice pairs.
+    On a slice where a structure is absent from both the fixed and the moved label map, its Dice and HD95
+    are undefined and left out (NaN) of that slice's mean over structures and of the structure's mean over
+    slices; where it is present in only one of them its Dice is 0 and its HD95 undefined (no surface to
+    measure to), so left out as well. 2D tasks only.
 
 An ``Initial`` row (identity transform: moved = moving, zero flow) is the reference every method must beat.
-Tables report mean +- std over subjects.
 """
 from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
 
@@ -23,6 +32,7 @@ import tensorflow as tf
 import voxelmorph as vxm
 
 from gsmorph_tf import metrics
+from gsmorph_tf.config import METRIC_PROTOCOLS
 from gsmorph_tf.fileio import atomic_write_text
 from gsmorph_tf.data.subjects import reporting_order
 
@@ -117,46 +127,110 @@ def subject_metrics(pairs, moved, moved_labels, flow):
     return row
 
 
+def slice_metrics(pairs, index, moved, moved_labels, flow):
+    """Metrics of slice pair ``index`` of a subject, by the paper protocol (see the module docstring).
+
+    Args:
+        pairs: the subject's :class:`~gsmorph_tf.data.subjects.SubjectPairs` (a 2D slice stack).
+        index: the slice; moved ``[H, W]``, moved_labels ``[H, W]``: the registered slice and its warped
+            labels; flow ``[H, W, 2]`` in pixels, or None for the identity.
+
+    Returns:
+        dict: ``subject``, ``slice``, ``dice_<structure>`` (%), ``dice_mean``, ``hd95_<structure>`` (mm, in-plane
+        spacing), ``hd95_mean``, ``mse``, ``mse_x100``, ``njd`` (% of pixels with det < 0).
+    """
+    names = reporting_order(pairs.label_values)
+    fixed_labels = pairs.fixed_labels[index]
+    row = {"subject": pairs.subject, "slice": int(index)}
+    for name in names:
+        value = pairs.label_values[name]
+        row["dice_%s" % name] = 100.0 * metrics.dice(moved_labels, fixed_labels, value)
+        row["hd95_%s" % name] = metrics.hd95(moved_labels == value, fixed_labels == value, pairs.spacing_mm[-2:])
+    row["dice_mean"] = _nanmean([row["dice_%s" % n] for n in names])
+    row["hd95_mean"] = _nanmean([row["hd95_%s" % n] for n in names])
+    row["mse"] = metrics.mse(moved, pairs.fixed[index])
+    row["mse_x100"] = 100.0 * row["mse"]
+    row["njd"] = 0.0 if flow is None else metrics.negative_jacobian_percent(flow, include_zero=False)
+    return row
+
+
+def metric_rows(pairs, moved, moved_labels, flow, protocol="volume"):
+    """The rows of one subject: ``[subject_metrics(...)]`` (``volume``) or one :func:`slice_metrics` per
+    slice pair (``paper``). Arguments as :func:`subject_metrics`.
+
+    Raises:
+        ValueError: an unknown protocol, or ``paper`` on a 3D task (it is defined on 2D slices).
+    """
+    if protocol not in METRIC_PROTOCOLS:
+        raise ValueError("unknown metric protocol %r; valid: %s" % (protocol, ", ".join(METRIC_PROTOCOLS)))
+    if protocol == "volume":
+        return [subject_metrics(pairs, moved, moved_labels, flow)]
+    if pairs.volumes_per_item:
+        raise ValueError("%s: the paper metric protocol is defined on 2D slice pairs; use volume for 3D tasks"
+                         % pairs.subject)
+    return [slice_metrics(pairs, i, moved[i], moved_labels[i], None if flow is None else flow[i])
+            for i in range(len(moved))]
+
+
 def _nanmean(values):
     values = [v for v in values if not np.isnan(v)]
     return float(np.mean(values)) if values else float("nan")
 
 
-def evaluate_identity(subjects):
-    """Per-subject metrics of the identity transform (the ``Initial`` row); no time spent."""
-    return [dict(subject_metrics(p, p.moving, p.moving_labels, None), seconds=0.0, pairs=len(p.moving))
-            for p in subjects]
+def _with_timing(rows, seconds, pairs):
+    """``rows`` with ``seconds`` (wall-clock time of the registration) and ``pairs`` (pairs registered)
+    shared out evenly over the rows (one per subject, or one per slice pair)."""
+    return [dict(row, seconds=seconds / len(rows), pairs=pairs / len(rows)) for row in rows]
 
 
-def evaluate_predictor(predict, subjects, progress=None):
-    """Per-subject metrics of a predictor on a list of SubjectPairs.
+def evaluate_identity(subjects, protocol="volume"):
+    """Metric rows of the identity transform (the ``Initial`` row), by ``protocol``; no time spent."""
+    return [row for p in subjects
+            for row in _with_timing(metric_rows(p, p.moving, p.moving_labels, None, protocol), 0.0, len(p.moving))]
+
+
+def evaluate_predictor(predict, subjects, progress=None, protocol="volume"):
+    """Metric rows of a predictor on a list of SubjectPairs.
 
     Args:
         predict: ``f(moving [S, H, W], fixed [S, H, W]) -> (moved [S, H, W], flow [S, H, W, 2])``
             (:func:`keras_predictor`, :func:`savedmodel_predictor`, or a classical baseline).
         subjects: list of :class:`~gsmorph_tf.data.subjects.SubjectPairs`.
         progress: optional callable ``(done, total)`` called after each subject (e.g. a Progbar's update).
+        protocol: ``volume`` (a row per subject) or ``paper`` (a row per slice pair), see the module docstring.
 
     Returns:
-        One dict per subject (see :func:`subject_metrics`) plus ``seconds`` (wall-clock time of ``predict``
-        for the subject's stack) and ``pairs`` (its number of slices).
+        The rows of :func:`metric_rows`, each with ``seconds`` (wall-clock time of ``predict`` for the
+        subject's stack, shared over its rows) and ``pairs`` (the pairs it covers).
     """
     rows = []
     for done, pairs in enumerate(subjects, 1):
         start = time.perf_counter()
         moved, flow = predict(pairs.moving, pairs.fixed)
         seconds = time.perf_counter() - start
-        row = subject_metrics(pairs, moved, warp_labels(pairs.moving_labels, flow), flow)
-        row.update(seconds=seconds, pairs=len(pairs.moving))
-        rows.append(row)
+        rows += _with_timing(metric_rows(pairs, moved, warp_labels(pairs.moving_labels, flow), flow, protocol),
+                             seconds, len(pairs.moving))
         if progress is not None:
             progress(done, len(subjects))
     return rows
 
 
-def evaluate_network(network, subjects, batch_size=32, progress=None):
+def evaluate_network(network, subjects, batch_size=32, progress=None, protocol="volume"):
     """:func:`evaluate_predictor` for a Keras network ``[moving, fixed] -> [moved, flow]``."""
-    return evaluate_predictor(keras_predictor(network, batch_size), subjects, progress)
+    return evaluate_predictor(keras_predictor(network, batch_size), subjects, progress, protocol)
+
+
+def per_subject_means(rows):
+    """Rows averaged per subject (NaN-aware), in first-seen order: the paper protocol's slice rows become one
+    row per subject (for paired tests over subjects); volume rows are returned as they are."""
+    subjects = {}
+    for row in rows:
+        subjects.setdefault(row["subject"], []).append(row)
+    out = []
+    for name, group in subjects.items():
+        keys = [k for k in group[0] if k not in ("subject", "slice")]
+        out.append(dict(subject=name, **{k: _nanmean([r[k] for r in group]) for k in keys}))
+    return out
 
 
 def results_by_method(rows_by_method):
@@ -165,26 +239,39 @@ def results_by_method(rows_by_method):
     return {method: {"subjects": rows, "summary": summarize(rows)} for method, rows in rows_by_method.items()}
 
 
-def evaluate_against_initial(predict, subjects, name, progress=None):
-    """The ``Initial`` (identity) row and ``predict``'s row on ``subjects``, as :func:`results_by_method`.
+def evaluate_against_initial(predict, subjects, name, progress=None, protocol="volume"):
+    """The ``Initial`` (identity) rows and ``predict``'s rows on ``subjects``, as :func:`results_by_method`.
 
     Args:
         predict: a predictor (see :func:`evaluate_predictor`); name: its row's name in tables.
-        subjects: list of :class:`~gsmorph_tf.data.subjects.SubjectPairs`; progress: as
+        subjects: list of :class:`~gsmorph_tf.data.subjects.SubjectPairs`; progress, protocol: as
             :func:`evaluate_predictor`.
     """
-    rows = evaluate_predictor(predict, subjects, progress)
-    return results_by_method({"Initial": evaluate_identity(subjects), name: rows})
+    rows = evaluate_predictor(predict, subjects, progress, protocol)
+    return results_by_method({"Initial": evaluate_identity(subjects, protocol), name: rows})
 
 
 def summarize(rows):
-    """Mean and std over subjects of every numeric column: ``{key: {"mean": m, "std": s}}`` (NaN-aware)."""
-    keys = [k for k in rows[0] if k != "subject"]
+    """Mean and std over the rows (subjects, or slice pairs) of every numeric column:
+    ``{key: {"mean": m, "std": s}}`` (NaN-aware)."""
+    keys = [k for k in rows[0] if k not in ("subject", "slice")]
     summary = {}
     for key in keys:
         mean, std = metrics.mean_std([row[key] for row in rows])
         summary[key] = {"mean": mean, "std": std}
     return summary
+
+
+def protocol_caption(protocol, rows):
+    """One line saying how a table's numbers were taken, e.g. for ``paper``: "Metric protocol: paper (per 2D
+    slice pair, HD95 in mm with the in-plane spacing, NJD = % det < 0); mean +- std over 96 slice pairs of 4
+    subjects."."""
+    subjects = len({row["subject"] for row in rows})
+    if protocol == "paper":
+        return ("Metric protocol: paper (per 2D slice pair, HD95 in mm with the in-plane spacing, NJD = %% det < 0); "
+                "mean +- std over %d slice pairs of %d subjects." % (len(rows), subjects))
+    return ("Metric protocol: volume (per subject, each stack or volume as one, HD95 in mm, NJD = %% det <= 0); "
+            "mean +- std over %d subjects." % subjects)
 
 
 def format_table(summaries):

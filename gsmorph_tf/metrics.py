@@ -145,16 +145,19 @@ def jacobian_determinant(flow):
     return vxm_jacobian_determinant(flow)
 
 
-def negative_jacobian_percent(flow):
-    """NJD: percentage of voxels where the Jacobian determinant of x -> x + u(x) is <= 0.
+def negative_jacobian_percent(flow, include_zero=True):
+    """NJD: percentage of voxels where the Jacobian determinant of x -> x + u(x) is <= 0 (or < 0).
 
     Args:
         flow: one field [*vol, ndim] or a batch/stack of fields [N, *vol, ndim] (2D or 3D, in voxels); a
             batch is recognised by ``flow.ndim == flow.shape[-1] + 2``. Each field is differentiated on its
             own (never across the batch axis).
+        include_zero: count det <= 0 (True: a collapsed voxel folds too) or only det < 0 (False: the GSMorph
+            reference code's count, SimpleITK's determinant below zero).
 
     Returns:
-        ``100 * (#voxels with det <= 0) / (#voxels)``, pooled over all voxels of all fields, in [0, 100].
+        ``100 * (#voxels with det <= 0, or < 0) / (#voxels)``, pooled over all voxels of all fields, in
+        [0, 100].
     """
     flow = np.asarray(flow)
     if flow.ndim < 3:
@@ -166,9 +169,10 @@ def negative_jacobian_percent(flow):
     else:
         raise ValueError("flow must be [*vol, ndim] or [N, *vol, ndim] with ndim = 2 or 3 spatial axes, got "
                          "shape %s (last axis %d does not match the rank)" % (flow.shape, flow.shape[-1]))
-    non_positive = sum(int((jacobian_determinant(field) <= 0).sum()) for field in fields)
+    folds = np.less_equal if include_zero else np.less
+    folded = sum(int(folds(jacobian_determinant(field), 0).sum()) for field in fields)
     total = sum(int(np.prod(field.shape[:-1])) for field in fields)
-    return 100.0 * non_positive / total
+    return 100.0 * folded / total
 
 
 def mse(image_a, image_b):

@@ -6,13 +6,18 @@ and 3D:
 - input: moving and fixed images ``[B, *vol, 1]``, concatenated to 2 channels;
 - an initial 3x3 conv 2 -> 16 without bias (no norm, no activation);
 - encoder blocks at 16, 32, 64, 128, 256 features, max-pool x2 between them; each block is two 3x3 convs,
-  each followed by BatchNorm (momentum 0.9, PyTorch's default) and LeakyReLU(0.2);
+  each followed by BatchNorm and LeakyReLU;
 - decoder: x2 (bi/tri)linear upsampling, concatenation with the encoder skip, a block at 128, 64, 32, 16;
 - flow head: 3x3 conv 16 -> ndim, weights ~ N(0, 1e-5), bias 0, so training starts at the identity;
 - optional scaling-and-squaring integration (voxelmorph ``VecInt``) for a diffeomorphic variant;
 - voxelmorph ``SpatialTransformer`` (linear) warps the moving image.
 
 In 2D at 128x128 this has 1,968,002 trainable parameters in 75 trainable tensors (paper: 1.96M).
+
+Details that change training dynamics follow the reference code (PyTorch defaults it relies on):
+``nn.LeakyReLU()`` has slope **0.01**; conv kernels are Kaiming-normal (``fan_out``, ReLU gain: std
+``sqrt(2 / fan_out)``, ``fan_out = kernel volume x output channels``) with zero biases; BatchNorm has
+momentum 0.9 in Keras' convention (PyTorch's 0.1) and epsilon **1e-5** (Keras' default is 1e-3).
 """
 from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
 
@@ -25,6 +30,18 @@ KL = tf.keras.layers
 #: Encoder feature counts of the paper's network; the decoder mirrors all but the last.
 PAPER_FEATURES = (16, 32, 64, 128, 256)
 
+#: Slope of the reference's ``nn.LeakyReLU()`` for negative inputs (PyTorch's default).
+LEAKY_RELU_SLOPE = 0.01
+#: The reference's BatchNorm: PyTorch momentum 0.1 (= Keras 0.9: the running statistics move 10 % per step;
+#: Keras' 0.99 leaves them near their initial values for hundreds of steps) and epsilon 1e-5.
+BATCHNORM_MOMENTUM = 0.9
+BATCHNORM_EPSILON = 1e-5
+
+
+def kaiming_normal_fan_out():
+    """PyTorch's ``kaiming_normal_(mode="fan_out", nonlinearity="relu")``: N(0, 2 / fan_out), untruncated."""
+    return tf.keras.initializers.VarianceScaling(scale=2.0, mode="fan_out", distribution="untruncated_normal")
+
 
 def count_trainable_parameters(model):
     """Number of trainable scalars of a Keras model (the papers' parameter counts)."""
@@ -32,6 +49,9 @@ def count_trainable_parameters(model):
 
 
 def _conv(ndim, filters, name, use_bias=True, **kwargs):
+    """3x3(x3) 'same' conv, Kaiming-normal kernel and zero bias unless ``kwargs`` say otherwise."""
+    kwargs.setdefault("kernel_initializer", kaiming_normal_fan_out())
+    kwargs.setdefault("bias_initializer", "zeros")
     return getattr(KL, "Conv%dD" % ndim)(filters, 3, padding="same", use_bias=use_bias, name=name, **kwargs)
 
 
@@ -44,14 +64,13 @@ def _upsample(ndim, name):
 
 
 def conv_block(x, filters, name):
-    """Two (3x3 conv -> BatchNorm -> LeakyReLU(0.2)) layers. ``x``: ``[B, *vol, C]`` -> ``[B, *vol, filters]``."""
+    """Two (3x3 conv -> BatchNorm -> LeakyReLU(0.01)) layers. ``x``: ``[B, *vol, C]`` -> ``[B, *vol, filters]``."""
     ndim = len(x.shape) - 2
     for i in (1, 2):
         x = _conv(ndim, filters, name="%s_conv%d" % (name, i))(x)
-        # momentum 0.9 = PyTorch's default BN momentum 0.1, as in the reference implementation (Keras'
-        # 0.99 leaves the inference statistics near their initial values for the first few hundred steps).
-        x = KL.BatchNormalization(momentum=0.9, name="%s_bn%d" % (name, i))(x)
-        x = KL.LeakyReLU(0.2, name="%s_act%d" % (name, i))(x)
+        x = KL.BatchNormalization(momentum=BATCHNORM_MOMENTUM, epsilon=BATCHNORM_EPSILON,
+                                  name="%s_bn%d" % (name, i))(x)
+        x = KL.LeakyReLU(LEAKY_RELU_SLOPE, name="%s_act%d" % (name, i))(x)
     return x
 
 

@@ -1,8 +1,10 @@
 """The GSMorph paper's comparison (Tables 1 and 2, Fig. 3) on any dataset the loaders read.
 
 Every learned method is trained with the same data, epochs and seed (one :class:`TrainConfig`, a few
-settings changed per method: the surgery mode and lambda, and HyperMorph its own learning rate), the classical methods run on the same 2D crops, and all are scored by the same
-code (:func:`gsmorph_tf.evaluation.evaluate_predictor`), so Dice, HD95 and NJD are computed identically.
+settings changed per method: the surgery mode and lambda, and HyperMorph its own learning rate), the
+classical methods run on the same 2D crops, and all are scored by the same code
+(:func:`gsmorph_tf.evaluation.evaluate_predictor`, by the base config's metric protocol), so Dice, HD95 and
+NJD are computed identically.
 
 Each method keeps its results in ``<output_dir>/<slug>/``: learned methods are ordinary training runs (an
 interrupted one resumes from its last epoch), and a method whose ``benchmark.json`` exists is not run again.
@@ -18,6 +20,7 @@ import os
 import numpy as np
 
 from gsmorph_tf import evaluation, training
+from gsmorph_tf.errors import ConfigError
 from gsmorph_tf.fileio import atomic_write_text
 from gsmorph_tf.networks import count_trainable_parameters
 from gsmorph_tf.runs import load_run_for_inference
@@ -73,11 +76,11 @@ def check_requirements(methods):
             baselines.require(dict(method.settings)["method"])
 
 
-def _score(predict, subjects):
-    """Per-subject metrics and per-pair ms (one warm-up pair first, not counted)."""
+def _score(predict, subjects, protocol):
+    """Metric rows by ``protocol`` and per-pair ms (one warm-up pair first, not counted)."""
     predict(subjects[0].moving[:1], subjects[0].fixed[:1])
     times = []
-    rows = evaluation.evaluate_predictor(pair_by_pair(predict, times), subjects)
+    rows = evaluation.evaluate_predictor(pair_by_pair(predict, times), subjects, protocol=protocol)
     return rows, times
 
 
@@ -89,16 +92,23 @@ def run_method(method, base_config, splits, output_dir, log=print):
     if os.path.exists(record_path):
         log("%s: finished earlier, results read from %s" % (method.name, record_path))
         with open(record_path, encoding="utf-8") as f:
-            return json.load(f)
+            record = json.load(f)
+        if record.get("metric_protocol", "volume") != base_config.metric_protocol:
+            raise ConfigError("%s was scored with metric_protocol=%s, this comparison uses %s; use another "
+                              "--output_dir" % (record_path, record.get("metric_protocol", "volume"),
+                                                base_config.metric_protocol))
+        return record
     os.makedirs(folder, exist_ok=True)
     test = splits["test"]
-    record = {"name": method.name, "kind": method.kind, "parameters": None, "chosen": {}}
+    protocol = base_config.metric_protocol
+    record = {"name": method.name, "kind": method.kind, "parameters": None, "chosen": {},
+              "metric_protocol": protocol}
     settings = dict(method.settings)
     if method.kind == "identity":
-        rows, times = evaluation.evaluate_identity(test), []
+        rows, times = evaluation.evaluate_identity(test, protocol), []
     elif method.kind == "classical":
         log("%s: registering %d test pairs" % (method.name, sum(len(p.moving) for p in test)))
-        rows, times = _score(classical_predictor(settings["method"]), test)
+        rows, times = _score(classical_predictor(settings["method"]), test, protocol)
     else:
         config = dataclasses.replace(base_config, output_dir=folder, **settings)
         log("%s: training (%s)" % (method.name, ", ".join("%s=%s" % kv for kv in method.settings)))
@@ -107,7 +117,7 @@ def run_method(method, base_config, splits, output_dir, log=print):
         record["parameters"] = count_trainable_parameters(network)
         with open(outcome["evaluation_json"], encoding="utf-8") as f:
             record["chosen"] = json.load(f)["chosen"]
-        rows, times = _score(compiled_predictor(network), test)
+        rows, times = _score(compiled_predictor(network), test, protocol)
     record.update(ms_per_pair=times, subjects=rows, summary=evaluation.summarize(rows))
     evaluation.write_json(record_path, record)
     return record
@@ -129,14 +139,18 @@ def run_paper_comparison(base_config, output_dir, methods=PAPER_METHODS, log=pri
     figure3(records, methods, base_config, splits, output_dir, os.path.join(output_dir, "figure3.png"))
     evaluation.write_json(os.path.join(output_dir, "results.json"),
                           {"machine": machine, "config": base_config.to_dict(),
+                           "metric_protocol": base_config.metric_protocol,
                            "methods": {name: {k: v for k, v in r.items() if k != "subjects"}
                                        for name, r in records.items()}})
     return records
 
 
 def table1(records):
-    """The paper's Table 1: Dice %, HD95 mm, MSE x1e-2, NJD %, mean +- std over test subjects."""
-    return evaluation.format_table({name: record["summary"] for name, record in records.items()})
+    """The paper's Table 1: Dice %, HD95 mm, MSE x1e-2, NJD %, mean +- std over the test split's subjects or
+    slice pairs (the protocol's caption says which)."""
+    first = next(iter(records.values()))
+    caption = evaluation.protocol_caption(first.get("metric_protocol", "volume"), first["subjects"])
+    return caption + "\n\n" + evaluation.format_table({name: record["summary"] for name, record in records.items()})
 
 
 def table2(records, machine):

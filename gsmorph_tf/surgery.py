@@ -88,29 +88,29 @@ def _project_groups(sim, reg, groups):
     return out
 
 
-def _agreement(sim, reg, groups, randomize, seed):
-    """GS-Agr: keep g_sim where sign(g_sim) agrees with sign(g_reg) (or g_reg is 0); elsewhere zero
-    (``agr_sum``) or Gaussian noise with std = mean |g_sim| over the kept elements of the group (``agr_rand``)."""
-    out = list(sim)
-    for group_index, members in enumerate(groups):
-        agree = [sim[k] * reg[k] >= 0.0 for k in members]
-        kept = [tf.where(a, sim[k], tf.zeros_like(sim[k])) for a, k in zip(agree, members)]
-        if not randomize:
-            for k, value in zip(members, kept):
-                out[k] = value
-            continue
-        kept_abs = tf.add_n([tf.reduce_sum(tf.abs(v)) for v in kept])
-        kept_count = tf.add_n([tf.reduce_sum(tf.cast(a, sim[0].dtype)) for a in agree])
-        scale = tf.math.divide_no_nan(kept_abs, kept_count)
-        for j, (k, a, value) in enumerate(zip(members, agree, kept)):
-            shape = tf.shape(value)
-            if seed is None:
-                noise = tf.random.normal(shape, dtype=value.dtype)
-            else:
-                # Each tensor gets its own stream derived from the (seed, step) pair.
-                tensor_seed = tf.random.experimental.stateless_fold_in(seed, group_index * 1000003 + j)
-                noise = tf.random.stateless_normal(shape, seed=tensor_seed, dtype=value.dtype)
-            out[k] = tf.where(a, value, scale * noise)
+def _agreement(sim, reg, randomize, seed):
+    """GS-Agr, as the reference code computes it on the whole network's concatenated gradient.
+
+    ``agree = sign(g_sim) == sign(g_reg)`` element-wise (so an element whose ``g_reg`` is exactly 0 agrees only
+    if its ``g_sim`` is 0 too). ``agr_sum`` keeps ``agree * g_sim``; ``agr_rand`` puts ``N(0, 1) * s`` on the
+    disagreeing elements, ``s = mean(|agree * g_sim|)`` over ALL elements of the network (zeros included).
+    """
+    agree = [tf.equal(tf.sign(s), tf.sign(r)) for s, r in zip(sim, reg)]
+    kept = [tf.where(a, s, tf.zeros_like(s)) for a, s in zip(agree, sim)]
+    if not randomize or not kept:
+        return kept
+    total = tf.add_n([tf.cast(tf.size(v), v.dtype) for v in kept])
+    scale = tf.math.divide_no_nan(tf.add_n([tf.reduce_sum(tf.abs(v)) for v in kept]), total)
+    out = []
+    for index, (a, value) in enumerate(zip(agree, kept)):
+        shape = tf.shape(value)
+        if seed is None:
+            noise = tf.random.normal(shape, dtype=value.dtype)
+        else:
+            # Each tensor gets its own stream derived from the (seed, step) pair.
+            noise = tf.random.stateless_normal(shape, seed=tf.random.experimental.stateless_fold_in(seed, index),
+                                               dtype=value.dtype)
+        out.append(tf.where(a, value, scale * noise))
     return out
 
 
@@ -136,12 +136,13 @@ def project_gradients(sim_grads, reg_grads, mode, lam=0.01, groups=None, seed=No
             ``layerwise``: GSMorph: per group, ``g_sim`` if ``<g_sim, g_reg> > 0`` else
             ``g_sim - <g_sim, g_reg> / ||g_reg||^2 * g_reg``;
             ``pcgrad``: the same rule once on the concatenation of all gradients (one group);
-            ``agr_rand``: per group, element-wise sign agreement; agreeing elements keep ``g_sim``, the others
-            become Gaussian noise with std equal to the mean ``|g_sim|`` of the kept elements;
+            ``agr_rand``: GS-Agr on the whole network (as the reference code): element-wise sign agreement
+            ``sign(g_sim) == sign(g_reg)``; agreeing elements keep ``g_sim``, the others become Gaussian noise
+            with std ``mean(|agree * g_sim|)`` over all elements;
             ``agr_sum``: as ``agr_rand`` but disagreeing elements are set to zero.
         lam: weight of ``g_reg``, used only by ``none``.
         groups: list of lists of indices into the gradient lists; None: each variable is its own group.
-            Indices not in any group form groups of their own. Ignored by ``none`` and ``pcgrad``.
+            Indices not in any group form groups of their own. Used by ``layerwise`` only.
         seed: for ``agr_rand``: None (stateful random), an int, or an int tensor of shape [2] such as
             ``[seed, step]`` so that noise is reproducible yet differs from step to step.
 
@@ -161,8 +162,7 @@ def project_gradients(sim_grads, reg_grads, mode, lam=0.01, groups=None, seed=No
     elif mode == "layerwise":
         combined = _project_groups(sim, reg, _dense_groups(groups, present, n))
     else:
-        combined = _agreement(sim, reg, _dense_groups(groups, present, n), randomize=(mode == "agr_rand"),
-                              seed=_seed_pair(seed))
+        combined = _agreement(sim, reg, randomize=(mode == "agr_rand"), seed=_seed_pair(seed))
     result = [None] * n
     for index, g in zip(present, combined):
         result[index] = g

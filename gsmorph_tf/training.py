@@ -24,6 +24,7 @@ from gsmorph_tf import evaluation, monitoring
 from gsmorph_tf.data.pipeline import make_dataset
 from gsmorph_tf.data.subjects import reporting_order
 from gsmorph_tf.export import export_saved_model
+from gsmorph_tf.errors import ConfigError
 from gsmorph_tf.fileio import atomic_write_text
 from gsmorph_tf.registry import DATASETS, MODELS
 
@@ -60,16 +61,17 @@ class ValidationMetrics(tf.keras.callbacks.Callback):
     ``val_dice_<structure>``, ``val_hd95`` (mm), ``val_mse`` and ``val_njd`` (%), so the TensorBoard
     callback after it writes them and the progress bar shows them."""
 
-    def __init__(self, network, subjects, batch_size):
+    def __init__(self, network, subjects, batch_size, protocol="volume"):
         super().__init__()
         self.network = network
         self.subjects = subjects
         self.batch_size = batch_size
+        self.protocol = protocol
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or not self.subjects:
             return
-        rows = evaluation.evaluate_network(self.network, self.subjects, self.batch_size)
+        rows = evaluation.evaluate_network(self.network, self.subjects, self.batch_size, protocol=self.protocol)
         summary = evaluation.summarize(rows)
         logs["val_dice"] = summary["dice_mean"]["mean"]
         for name in reporting_order(self.subjects[0].label_values):
@@ -85,12 +87,14 @@ def fit(model, splits, config, output_dir, verbose=None):
     Returns:
         The Keras ``History`` (only the epochs run now).
     """
-    train = make_dataset(splits["train"], config.batch_size, shuffle=True, seed=config.seed)
+    train = make_dataset(splits["train"], config.batch_size, shuffle=True, seed=config.seed,
+                         drop_remainder=config.drop_last)
     val = make_dataset(splits["val"], config.batch_size, shuffle=False) if splits["val"] else None
     network = MODELS.load(config.model).monitoring_network(model.network)
     log_dir = os.path.join(output_dir, "tensorboard")
     callbacks = [
-        ValidationMetrics(network, splits["val"], config.batch_size),  # before TensorBoard: it adds to logs
+        # before TensorBoard: it adds to the logs TensorBoard writes
+        ValidationMetrics(network, splits["val"], config.batch_size, config.metric_protocol),
         monitoring.RegistrationImages(network, splits["val"], os.path.join(log_dir, "images")),
         tf.keras.callbacks.TensorBoard(log_dir, update_freq=config.log_every_n_steps),
         tf.keras.callbacks.BackupAndRestore(os.path.join(output_dir, "checkpoints"), delete_checkpoint=False),
@@ -101,15 +105,25 @@ def fit(model, splits, config, output_dir, verbose=None):
     return model.fit(train, validation_data=val, epochs=config.epochs, callbacks=callbacks, verbose=verbose)
 
 
-def evaluate(network, subjects, batch_size=32, show_progress=True):
-    """Evaluate the identity and ``network`` on ``subjects``.
+def evaluate(network, subjects, batch_size=32, show_progress=True, protocol="volume"):
+    """Evaluate the identity and ``network`` on ``subjects`` by the metric ``protocol``.
 
     Returns:
-        ``{"Initial": {"subjects": rows, "summary": ...}, "Model": {...}}`` (see :mod:`gsmorph_tf.evaluation`).
+        ``{"Initial": {"subjects": rows, "summary": ...}, "Model": {...}}`` (see :mod:`gsmorph_tf.evaluation`;
+        rows per subject or per slice pair).
     """
     bar = tf.keras.utils.Progbar(len(subjects), unit_name="subject") if show_progress else None
     return evaluation.evaluate_against_initial(evaluation.keras_predictor(network, batch_size), subjects, "Model",
-                                               progress=(lambda done, _: bar.update(done)) if bar else None)
+                                               progress=(lambda done, _: bar.update(done)) if bar else None,
+                                               protocol=protocol)
+
+
+def check_batches(config, splits):
+    """Raise ConfigError when ``drop_last`` would leave no training batch (fewer pairs than ``batch_size``)."""
+    pairs = sum(len(p.moving) for p in splits["train"])
+    if config.drop_last and pairs < config.batch_size:
+        raise ConfigError("batch_size=%d is larger than the %d training pairs, and drop_last drops the partial "
+                          "batch: lower batch_size or set drop_last=False" % (config.batch_size, pairs))
 
 
 def prepare_output_dir(config):
@@ -121,17 +135,19 @@ def prepare_output_dir(config):
     config.save(path)
 
 
-def train_and_evaluate(config, verbose=None, log=print):
+def train_and_evaluate(config, verbose=None, log=print, export=True):
     """The whole run: validate settings and data, train (or resume), evaluate the test split, export.
 
     Everything that can be wrong with the settings or the data fails before the output dir is touched.
+    ``export=False`` skips the SavedModel (studies that only need the scores).
 
     Returns:
         dict with ``history`` (Keras history dict of this call), ``results`` (see :func:`evaluate`),
-        ``table`` (Markdown), ``export_dir`` and the output paths.
+        ``table`` (Markdown), ``export_dir`` (None without export) and the output paths.
     """
     config.validate()
     splits = load_data(config)
+    check_batches(config, splits)
     prepare_output_dir(config)
     inshape = splits["train"][0].moving.shape[1:]
     model_entry = MODELS.load(config.model)
@@ -147,15 +163,21 @@ def train_and_evaluate(config, verbose=None, log=print):
 
     network, chosen = model_entry.finalize(config, network, splits, log=log)
     log("Evaluating on %d test subjects" % len(splits["test"]))
-    results = evaluate(network, splits["test"], config.batch_size, show_progress=verbose != 0)
+    results = evaluate(network, splits["test"], config.batch_size, show_progress=verbose != 0,
+                       protocol=config.metric_protocol)
     name = model_entry.method_name(config, chosen)
-    table = evaluation.format_table({"Initial": results["Initial"]["summary"], name: results["Model"]["summary"]})
+    caption = evaluation.protocol_caption(config.metric_protocol, results["Model"]["subjects"])
+    table = caption + "\n\n" + evaluation.format_table({"Initial": results["Initial"]["summary"],
+                                                         name: results["Model"]["summary"]})
     evaluation.write_json(os.path.join(config.output_dir, "evaluation.json"),
                           {"config": config.to_dict(), "structures": reporting_order(splits["test"][0].label_values),
-                           "method": model_entry.method_name(config), "chosen": chosen, "methods": results})
+                           "method": model_entry.method_name(config), "chosen": chosen,
+                           "metric_protocol": config.metric_protocol, "methods": results})
     atomic_write_text(os.path.join(config.output_dir, "evaluation.md"), table + "\n")
     monitoring.log_hparams(os.path.join(config.output_dir, "tensorboard"), config, results["Model"]["summary"])
-    export_dir = export_saved_model(network, os.path.join(config.output_dir, "export", config.model))
+    export_dir = None
+    if export:
+        export_dir = export_saved_model(network, os.path.join(config.output_dir, "export", config.model))
     return {"history": history.history, "results": results, "table": table, "export_dir": export_dir,
             "tensorboard_dir": os.path.join(config.output_dir, "tensorboard"),
             "evaluation_json": os.path.join(config.output_dir, "evaluation.json")}

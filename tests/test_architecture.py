@@ -10,7 +10,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGES = ("gsmorph_tf", "ulae_tf")
-ENTRY_POINTS = ("run_train", "run_eval", "run_benchmark", "run_export", "run_register")
+ENTRY_POINTS = ("run_train", "run_eval", "run_benchmark", "run_export", "run_register", "run_study")
 
 
 def project_modules():
@@ -124,7 +124,7 @@ def console_script(name):
 
 @pytest.mark.parametrize("script, flag", [("gsmorph-train", "--data_dir"), ("gsmorph-eval", "--run_dir"),
                                           ("gsmorph-export", "--export_base"), ("gsmorph-register", "--moving"),
-                                          ("gsmorph-benchmark", "--methods")])
+                                          ("gsmorph-benchmark", "--methods"), ("gsmorph-study", "--lambdas")])
 def test_console_scripts_list_their_flags(script, flag):
     done = subprocess.run([console_script(script), "--help"], capture_output=True, text=True, timeout=120)
     assert "Traceback" not in done.stderr, done.stderr[-2000:]

@@ -74,3 +74,43 @@ def test_3d_items_and_end_point_error_by_hand():
     assert row["hd95_GM"] == 0.0
     table = evaluation.format_table({"Model": evaluation.summarize([row])})
     assert "EPE (mm)" in table and "Dice CSF (%)" in table and "Dice LV" not in table
+
+
+def test_paper_protocol_scores_each_slice_pair_by_hand():
+    fixed = square_labels((2, 16, 16))
+    fixed[1][fixed[1] == ACDC_LABELS["RV"]] = 0            # slice 1: no RV in the fixed labels ...
+    moving = fixed.copy()
+    moving[0] = np.roll(fixed[0], 1, axis=1)               # slice 0: everything one column to the right
+    subject = make_subject(moving, fixed)
+    flow = np.zeros((2, 16, 16, 2), np.float32)
+    flow[1, 5:8, 5:8, 0] = np.array([0.0, 3.0, 6.0])[:, None]   # a fold: det = 1 + d(u0)/dr < 0 in the middle
+    rows = evaluation.metric_rows(subject, (moving > 0).astype(np.float32), moving, flow, protocol="paper")
+    assert [(r["subject"], r["slice"]) for r in rows] == [("s1", 0), ("s1", 1)]
+    assert rows[0]["dice_LV"] == pytest.approx(75.0) and rows[0]["hd95_LV"] == pytest.approx(1.5)  # in-plane mm
+    # ... nor in the moved ones: undefined, left out of the slice's mean over LV and Myo
+    assert np.isnan(rows[1]["dice_RV"]) and np.isnan(rows[1]["hd95_RV"])
+    assert rows[1]["dice_mean"] == pytest.approx(100.0)
+    assert rows[0]["dice_mean"] == pytest.approx(np.mean([rows[0]["dice_%s" % n] for n in ("LV", "Myo", "RV")]))
+    assert rows[0]["njd"] == 0.0 and rows[1]["njd"] > 0.0
+    assert rows[1]["mse"] == pytest.approx(0.0) and rows[0]["mse"] > 0.0
+
+
+def test_paper_protocol_counts_only_negative_determinants():
+    flow = np.zeros((1, 8, 8, 2), np.float32)
+    flow[0, :, :, 0] = -np.arange(8, dtype=np.float32)[:, None]   # x -> x - x along rows: det = 0 everywhere
+    from gsmorph_tf import metrics
+    assert metrics.negative_jacobian_percent(flow) == 100.0                       # det <= 0 (volume)
+    assert metrics.negative_jacobian_percent(flow, include_zero=False) == 0.0     # det < 0 (paper)
+
+
+def test_paper_protocol_rows_and_captions():
+    fixed = square_labels((3, 16, 16))
+    subject = make_subject(fixed, fixed)
+    paper = evaluation.evaluate_identity([subject], protocol="paper")
+    assert len(paper) == 3 and paper[0]["pairs"] == 1
+    assert evaluation.per_subject_means(paper) == [dict(evaluation.per_subject_means(paper)[0], subject="s1")]
+    assert len(evaluation.evaluate_identity([subject])) == 1
+    assert "over 3 slice pairs of 1 subjects" in evaluation.protocol_caption("paper", paper)
+    assert "over 1 subjects" in evaluation.protocol_caption("volume", evaluation.evaluate_identity([subject]))
+    with pytest.raises(ValueError, match="unknown metric protocol 'slices'"):
+        evaluation.metric_rows(subject, subject.moving, subject.moving_labels, None, protocol="slices")

@@ -47,7 +47,8 @@ def test_select_lambda_takes_best_dice_then_smallest_folding(monkeypatch, networ
     njd = {0.01: 0.0, 0.1: 2.0, 0.5: 1.0}
     monkeypatch.setattr(hypermorph, "fixed_lambda_network", lambda net, lam: lam)
     monkeypatch.setattr(evaluation, "evaluate_network",
-                        lambda lam, subjects, batch_size: [{"subject": "s", "dice_mean": dice[lam], "njd": njd[lam]}])
+                        lambda lam, subjects, batch_size, protocol: [{"subject": "s", "dice_mean": dice[lam],
+                                                                      "njd": njd[lam]}])
     best, scores = hypermorph.select_lambda(network, ["val-subject"], grid=(0.01, 0.1, 0.5))
     assert best == 0.5
     assert [s["dice"] for s in scores] == [50.0, 70.0, 70.0]

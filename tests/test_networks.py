@@ -3,6 +3,7 @@ import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from gsmorph_tf.networks import build_gsmorph_unet, count_trainable_parameters
 from gsmorph_tf.surgery import variable_groups
@@ -36,6 +37,25 @@ def test_diffeomorphic_variant_integrates_velocity():
     names = [layer.name for layer in model.layers]
     assert "velocity" in names and "flow" in names
     assert count_trainable_parameters(model) == count_trainable_parameters(build_gsmorph_unet((32, 32)))
+
+
+def test_reference_activation_normalisation_and_initialisation():
+    model = build_gsmorph_unet((32, 32))
+    activations = [layer for layer in model.layers if isinstance(layer, tf.keras.layers.LeakyReLU)]
+    norms = [layer for layer in model.layers if isinstance(layer, tf.keras.layers.BatchNormalization)]
+    assert len(activations) == len(norms) == 18
+    assert all(layer.get_config()["alpha"] == pytest.approx(0.01) for layer in activations)  # nn.LeakyReLU()
+    assert all(layer.epsilon == pytest.approx(1e-5) and layer.momentum == pytest.approx(0.9) for layer in norms)
+    # Kaiming-normal, fan_out, ReLU gain: std sqrt(2 / (3 * 3 * 256)) for the 256-filter convs (1 179 648
+    # weights in enc4_conv2: the sample std is within 1 % of it); biases start at zero.
+    kernel = model.get_layer("enc4_conv2").kernel.numpy()
+    assert kernel.std() == pytest.approx(np.sqrt(2.0 / (3 * 3 * 256)), rel=0.01)
+    assert abs(kernel.mean()) < 0.01 * kernel.std()
+    small = model.get_layer("dec0_conv2").kernel.numpy()   # 16 filters: a 4x larger std
+    assert small.std() == pytest.approx(np.sqrt(2.0 / (3 * 3 * 16)), rel=0.05)
+    assert all(not np.any(layer.bias.numpy()) for layer in model.layers
+               if isinstance(layer, tf.keras.layers.Conv2D) and layer.use_bias)
+    assert model.get_layer("flow").kernel.numpy().std() < 1e-4   # the flow head stays N(0, 1e-5)
 
 
 def test_bad_shapes_are_rejected():

@@ -40,6 +40,12 @@ def test_dataset_shapes_dtypes_and_count():
     assert _slice_ids(dataset) == [0, 1, 2, 3, 4, 5, 6]
 
 
+def test_dataset_drops_the_last_partial_batch_like_the_reference():
+    pairs = [_subject("a", 0, 3), _subject("b", 3, 4)]
+    batches = list(make_dataset(pairs, batch_size=3, shuffle=True, seed=1, drop_remainder=True))
+    assert [b["moving"].shape.as_list()[0] for b in batches] == [3, 3]   # 7 pairs: the 7th is dropped
+
+
 def test_dataset_shuffle_is_seeded_and_reshuffled_each_epoch():
     pairs = [_subject("a", 0, 6), _subject("b", 6, 6)]
     first = make_dataset(pairs, batch_size=4, shuffle=True, seed=7)

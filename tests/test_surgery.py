@@ -73,7 +73,10 @@ def test_none_is_weighted_sum():
 def test_zero_regulariser_gradient_never_gives_nan(mode):
     (g,) = project_gradients([t([1.0, -2.0])], [t([0.0, 0.0])], mode, seed=3)
     assert np.all(np.isfinite(g.numpy()))
-    np.testing.assert_allclose(g.numpy(), [1.0, -2.0])
+    # Projections leave g_sim alone; GS-Agr (as the reference) finds no sign agreement with a zero g_reg, and
+    # its noise scale mean(|agree * g_sim|) is then 0: the step is zero.
+    expected = [0.0, 0.0] if mode.startswith("agr") else [1.0, -2.0]
+    np.testing.assert_allclose(g.numpy(), expected)
 
 
 def test_missing_gradients():
@@ -85,27 +88,39 @@ def test_missing_gradients():
     assert out[2] is None
 
 
-def test_agr_sum_zeroes_disagreeing_elements():
-    # signs agree at 0, disagree at 1; g_reg = 0 at 2 is no disagreement
-    (g,) = project_gradients([t([1.0, -2.0, 3.0])], [t([1.0, 1.0, 0.0])], "agr_sum")
-    np.testing.assert_array_equal(g.numpy(), [1.0, 0.0, 3.0])
+def test_agr_sum_keeps_only_elements_whose_signs_agree():
+    # Signs agree at 0 and at 3 (both zero); disagree at 1; g_reg exactly 0 at 2 is a disagreement, as in the
+    # reference (sign(3) = 1 != sign(0) = 0).
+    (g,) = project_gradients([t([1.0, -2.0, 3.0, 0.0])], [t([1.0, 1.0, 0.0, 0.0])], "agr_sum")
+    np.testing.assert_array_equal(g.numpy(), [1.0, 0.0, 0.0, 0.0])
+
+
+def test_agr_works_on_the_whole_network_not_per_group():
+    # Groups are ignored: the same elements are kept whatever the grouping.
+    sim, reg = [t([1.0, -2.0]), t([3.0])], [t([1.0, 1.0]), t([-1.0])]
+    for groups in (None, [[0, 1]]):
+        first, second = project_gradients(sim, reg, "agr_sum", groups=groups)
+        np.testing.assert_array_equal(first.numpy(), [1.0, 0.0])
+        np.testing.assert_array_equal(second.numpy(), [0.0])
 
 
 def test_agr_rand_replaces_disagreeing_elements_with_scaled_seeded_noise():
     n = 20000
     sim = np.ones(n, np.float32) * 2.0
     sim[n // 2:] = -2.0
-    sim[0] = 4.0  # kept part: mean |g| = (4 + 2 * (n/2 - 1)) / (n/2)
+    sim[0] = 4.0
     reg = np.ones(n, np.float32)  # the negative half disagrees
-    (a,) = project_gradients([t(sim)], [t(reg)], "agr_rand", seed=7)
-    (b,) = project_gradients([t(sim)], [t(reg)], "agr_rand", seed=7)
-    (c,) = project_gradients([t(sim)], [t(reg)], "agr_rand", seed=8)
-    a, b, c = a.numpy(), b.numpy(), c.numpy()
-    np.testing.assert_array_equal(a[: n // 2], sim[: n // 2])  # agreeing elements kept
-    np.testing.assert_array_equal(a, b)                        # reproducible for a seed
-    assert not np.array_equal(a[n // 2:], c[n // 2:])          # another seed, other noise
-    expected_std = (4.0 + 2.0 * (n // 2 - 1)) / (n // 2)
-    noise = a[n // 2:]
+    # Noise std = mean(|agree * g_sim|) over ALL n elements of the network (the zeroed half included), spread
+    # over two tensors: (4 + 2 * (n/2 - 1)) / n.
+    half = n // 2
+    (a1, a2) = project_gradients([t(sim[:half]), t(sim[half:])], [t(reg[:half]), t(reg[half:])], "agr_rand", seed=7)
+    (b1, b2) = project_gradients([t(sim[:half]), t(sim[half:])], [t(reg[:half]), t(reg[half:])], "agr_rand", seed=7)
+    (_, c2) = project_gradients([t(sim[:half]), t(sim[half:])], [t(reg[:half]), t(reg[half:])], "agr_rand", seed=8)
+    np.testing.assert_array_equal(a1.numpy(), sim[:half])      # agreeing elements kept
+    np.testing.assert_array_equal(a2.numpy(), b2.numpy())      # reproducible for a seed
+    assert not np.array_equal(a2.numpy(), c2.numpy())          # another seed, other noise
+    expected_std = (4.0 + 2.0 * (half - 1)) / n
+    noise = a2.numpy()
     assert abs(noise.mean()) < 0.05 * expected_std
     assert noise.std() == pytest.approx(expected_std, rel=0.05)
 

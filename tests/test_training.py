@@ -107,6 +107,13 @@ def test_invalid_settings_fail_before_anything_is_written(tmp_path, change, mess
     assert not glob.glob(str(tmp_path / "phantom" / "*"))
 
 
+def test_a_batch_larger_than_the_training_pairs_fails_early(tmp_path):
+    config = tiny_config(tmp_path, batch_size=64)   # 2 training subjects x 2 slices = 4 pairs
+    with pytest.raises(ConfigError, match="batch_size=64 is larger than the 4 training pairs"):
+        quiet(config)
+    assert not os.path.exists(config.output_dir)
+
+
 def test_exported_model_reproduces_network(finished_run):
     tmp_path, _, second = finished_run
     loaded = tf.saved_model.load(second["export_dir"])

@@ -20,7 +20,8 @@ def quiet(config):
 def test_ulae_on_brain_pairs_reports_tissue_dice_and_end_point_error(tmp_path):
     config = TrainConfig(dataset="brain", data_dir="", output_dir=str(tmp_path / "run"), model="ulae",
                          surgery="none", lam=1.0, similarity="multi_ncc", ncc_windows=(5, 3), learning_rate=1e-4,
-                         batch_size=1, epochs=1, dataset_options=dict(brain_pairs=4, brain_shape=(32, 32, 32), brain_max_displacement=3.0))
+                         batch_size=1, epochs=1,
+                         dataset_options=dict(brain_pairs=4, brain_shape=(32, 32, 32), brain_max_displacement=3.0))
     outcome = quiet(config)
     summary = outcome["results"]["Model"]["summary"]
     assert {"dice_CSF", "dice_GM", "dice_WM", "epe_mm", "njd"} <= set(summary)

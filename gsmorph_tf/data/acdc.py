@@ -159,7 +159,7 @@ class CardiacDataset(DatasetPlugin):
         self.loader = loader
 
     def load(self, config, generate=True):
-        return self.loader(config.data_dir, crop_size=self.network_shape(config), seed=config.seed)
+        return self.loader(config.data_dir, crop_size=self.network_shape(config), seed=config.data_seed)
 
     def network_shape(self, config):
         return (config.crop_size, config.crop_size)

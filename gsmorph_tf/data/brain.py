@@ -287,7 +287,7 @@ class BrainDataset(DatasetPlugin):
 
     def load(self, config, generate=True):
         return load_brain(n_pairs=config.option("brain_pairs"), shape=self.network_shape(config),
-                          max_displacement=config.option("brain_max_displacement"), seed=config.seed)
+                          max_displacement=config.option("brain_max_displacement"), seed=config.data_seed)
 
     def network_shape(self, config):
         return tuple(int(s) for s in config.option("brain_shape"))

@@ -5,14 +5,15 @@ import numpy as np
 import tensorflow as tf
 
 
-def make_dataset(pairs, batch_size, shuffle, seed=0):
+def make_dataset(pairs, batch_size, shuffle, seed=0, drop_remainder=False):
     """A finite ``tf.data.Dataset`` over all slices of all subjects (one pass = one epoch).
 
     Args:
         pairs: list of :class:`SubjectPairs` with one common in-plane size ``H x W``.
-        batch_size: slices per batch; the last batch may be smaller.
+        batch_size: slices per batch; the last batch may be smaller unless ``drop_remainder``.
         shuffle: shuffle slices across subjects, reshuffled every epoch (seeded by ``seed``).
         seed: shuffle seed.
+        drop_remainder: drop the last partial batch of every epoch (the GSMorph reference's ``drop_last``).
 
     Returns:
         Dataset of dicts ``{"moving": [B, H, W, 1] float32, "fixed": [B, H, W, 1] float32}``, prefetched.
@@ -30,4 +31,4 @@ def make_dataset(pairs, batch_size, shuffle, seed=0):
     dataset = tf.data.Dataset.from_tensor_slices({"moving": moving, "fixed": fixed})
     if shuffle:
         dataset = dataset.shuffle(len(moving), seed=seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)

@@ -97,7 +97,7 @@ def fixed_lambda_network(network, lam, name=None):
     return tf.keras.Model([moving, fixed], [moved, flow], name=name or "hypermorph_lambda_%g" % lam)
 
 
-def select_lambda(network, subjects, grid=LAMBDA_GRID, batch_size=32):
+def select_lambda(network, subjects, grid=LAMBDA_GRID, batch_size=32, protocol="volume"):
     """Choose lambda on validation subjects: the grid value with the highest mean Dice (ties: smaller NJD).
 
     Returns:
@@ -107,7 +107,8 @@ def select_lambda(network, subjects, grid=LAMBDA_GRID, batch_size=32):
         raise ValueError("select_lambda needs at least one validation subject")
     scores = []
     for lam in grid:
-        rows = evaluation.evaluate_network(fixed_lambda_network(network, lam), subjects, batch_size)
+        rows = evaluation.evaluate_network(fixed_lambda_network(network, lam), subjects, batch_size,
+                                           protocol=protocol)
         summary = evaluation.summarize(rows)
         scores.append({"lambda": float(lam), "dice": summary["dice_mean"]["mean"], "njd": summary["njd"]["mean"]})
     best = max(scores, key=lambda s: (np.nan_to_num(s["dice"], nan=-1.0), -s["njd"]))
@@ -141,7 +142,8 @@ class HyperMorphPlugin(ModelPlugin):
         return fixed_lambda_network(network, VALIDATION_LAMBDA)
 
     def finalize(self, config, network, splits, log=print):
-        lam, scores = select_lambda(network, splits["val"], batch_size=config.batch_size)
+        lam, scores = select_lambda(network, splits["val"], batch_size=config.batch_size,
+                                    protocol=config.metric_protocol)
         log("HyperMorph: lambda %g chosen on the validation split (mean Dice %.2f %%)"
             % (lam, max(s["dice"] for s in scores if s["lambda"] == lam)))
         return fixed_lambda_network(network, lam), {"hypermorph_lambda": lam, "lambda_scores": scores}

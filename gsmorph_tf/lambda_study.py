@@ -1,0 +1,262 @@
+"""Does GSMorph keep its promise? A multi-seed lambda sweep of VoxelMorph against the gradient-surgery methods.
+
+GSMorph claims that without a lambda it registers as well as VoxelMorph with a tuned one. The study trains,
+on the same data and split, VoxelMorph (``surgery=none``) at every lambda of :data:`STUDY_LAMBDAS` and the
+surgery methods (:data:`SURGERY_METHODS`), each with several seeds, and writes:
+
+- ``study_table.md``: per method, mean +- std **over seeds** of the test metrics (each seed's value is the
+  mean over the test split by the run's metric protocol), and the validation Dice the lambda is chosen on;
+- ``dice_vs_njd.png``: test Dice against NJD: the lambda front (error bars over seeds) and the surgery
+  methods as points;
+- ``validation_curves.png``: validation Dice per epoch (mean over seeds) per method, to show the plateau;
+- ``study.json``: every run's numbers, the lambda chosen on the validation split, and a paired two-sided
+  Wilcoxon signed-rank test (``scipy.stats.wilcoxon``) of GSMorph against that lambda over the test subjects
+  (each subject's Dice averaged over its slices and over seeds).
+
+Every (method, seed) is an ordinary training run in ``<output_dir>/<slug>/seed<k>/`` (resumable: an
+interrupted run continues from its last epoch, a finished one is read back from its ``study_run.json``). The
+subject split is fixed by ``split_seed`` so that every seed is scored on the same subjects.
+"""
+from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+from scipy import stats
+
+from gsmorph_tf import evaluation, training
+from gsmorph_tf.fileio import atomic_write_text
+
+#: VoxelMorph's smoothness weights (l1 penalty), strongest first: the paper's 0.1 / 0.01 / 0.001 and between.
+STUDY_LAMBDAS = (0.3, 0.1, 0.03, 0.01, 0.003, 0.001)
+#: The gradient-surgery methods, by table name and surgery mode.
+SURGERY_METHODS = (("GSMorph", "layerwise"), ("GS-PCGrad", "pcgrad"))
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyMethod:
+    """One method of the study: its table name, folder name and the settings it changes."""
+    name: str
+    slug: str
+    settings: tuple
+
+    @property
+    def is_lambda(self):
+        return dict(self.settings)["surgery"] == "none"
+
+
+def study_methods(lambdas=STUDY_LAMBDAS, surgery_methods=SURGERY_METHODS):
+    """The VoxelMorph lambdas, then the surgery methods, as :class:`StudyMethod` rows."""
+    methods = [StudyMethod("VoxelMorph (lam=%g)" % lam, "voxelmorph_lam%g" % lam,
+                           (("surgery", "none"), ("lam", float(lam)))) for lam in lambdas]
+    methods += [StudyMethod(name, name.lower().replace("-", "_"), (("surgery", mode),))
+                for name, mode in surgery_methods]
+    return methods
+
+
+def _validation_curve(run_dir):
+    """Validation Dice per epoch (``epoch_dice`` of the run's TensorBoard validation events), as a list."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util.tensor_util import make_ndarray
+
+    folder = os.path.join(run_dir, "tensorboard", "validation")
+    if not os.path.isdir(folder):
+        return []
+    events = EventAccumulator(folder, size_guidance={"tensors": 0}).Reload()
+    if "epoch_dice" not in events.Tags()["tensors"]:
+        return []
+    by_step = {event.step: float(make_ndarray(event.tensor_proto)) for event in events.Tensors("epoch_dice")}
+    return [by_step[step] for step in sorted(by_step)]
+
+
+def run_one(method, seed, base_config, output_dir, steps_per_epoch, log=print):
+    """Train (or resume, or read back) one (method, seed) run and return its record::
+
+        {"method", "seed", "test": summary, "test_subjects": per-subject rows, "validation_dice",
+         "validation_curve": [...], "steps": optimiser steps}
+    """
+    folder = os.path.join(output_dir, method.slug, "seed%d" % seed)
+    record_path = os.path.join(folder, "study_run.json")
+    if os.path.exists(record_path):
+        with open(record_path, encoding="utf-8") as f:
+            return json.load(f)
+    config = dataclasses.replace(base_config, output_dir=folder, seed=seed, **dict(method.settings))
+    log("%s, seed %d: training in %s" % (method.name, seed, folder))
+    outcome = training.train_and_evaluate(config, verbose=0, log=log, export=False)
+    rows = outcome["results"]["Model"]["subjects"]
+    curve = _validation_curve(folder)
+    record = {"method": method.name, "seed": seed, "test": evaluation.summarize(rows),
+              "test_subjects": evaluation.per_subject_means(rows),
+              "validation_dice": curve[-1] if curve else float("nan"), "validation_curve": curve,
+              "steps": steps_per_epoch * config.epochs, "metric_protocol": config.metric_protocol}
+    evaluation.write_json(record_path, record)
+    return record
+
+
+def _over_seeds(records, key):
+    """Mean and std over seeds of the test-split mean of ``key``."""
+    values = [r["test"][key]["mean"] for r in records if key in r["test"]]
+    return float(np.nanmean(values)), float(np.nanstd(values))
+
+
+def summarize_study(records_by_method, methods):
+    """The study's numbers from ``{method name: [record per seed]}``.
+
+    Returns:
+        dict: ``rows`` (per method: mean/std over seeds of test Dice, HD95, NJD, MSE, and of the final
+        validation Dice), ``best_lambda`` (the VoxelMorph lambda with the highest mean validation Dice) and
+        ``wilcoxon`` (GSMorph against that lambda over test subjects, each subject's Dice averaged over seeds).
+    """
+    rows = {}
+    for method in methods:
+        records = records_by_method[method.name]
+        rows[method.name] = {key: _over_seeds(records, key) for key in ("dice_mean", "hd95_mean", "njd", "mse_x100")}
+        validation = [r["validation_dice"] for r in records]
+        rows[method.name]["validation_dice"] = (float(np.nanmean(validation)), float(np.nanstd(validation)))
+        rows[method.name]["seeds"] = len(records)
+        rows[method.name]["steps"] = records[0]["steps"]
+    lambdas = [m for m in methods if m.is_lambda]
+    best = max(lambdas, key=lambda m: np.nan_to_num(rows[m.name]["validation_dice"][0], nan=-1.0)) if lambdas else None
+    result = {"rows": rows, "best_lambda": dict(best.settings)["lam"] if best else None,
+              "best_lambda_method": best.name if best else None}
+    if best is not None and "GSMorph" in records_by_method:
+        result["wilcoxon"] = paired_test(records_by_method["GSMorph"], records_by_method[best.name])
+    return result
+
+
+def subject_dice(records):
+    """``{subject: Dice averaged over seeds}`` from a method's records."""
+    values = {}
+    for record in records:
+        for row in record["test_subjects"]:
+            values.setdefault(row["subject"], []).append(row["dice_mean"])
+    return {subject: float(np.mean(v)) for subject, v in values.items()}
+
+
+def paired_test(records_a, records_b):
+    """Two-sided Wilcoxon signed-rank test of method a against method b on the test subjects' Dice.
+
+    Returns:
+        ``{"subjects", "median_difference", "mean_difference", "statistic", "p_value"}`` (Dice points, a - b).
+    """
+    a, b = subject_dice(records_a), subject_dice(records_b)
+    subjects = sorted(set(a) & set(b))
+    differences = np.array([a[s] - b[s] for s in subjects])
+    test = stats.wilcoxon(differences) if np.any(differences != 0) else None
+    return {"subjects": len(subjects), "median_difference": float(np.median(differences)),
+            "mean_difference": float(np.mean(differences)),
+            "statistic": float(test.statistic) if test else float("nan"),
+            "p_value": float(test.pvalue) if test else 1.0}
+
+
+def study_table(summary, protocol):
+    """Markdown: mean +- std over seeds per method, then the chosen lambda and the test."""
+    lines = ["Test split, metric protocol %s; each cell mean +- std over seeds of the split's mean." % protocol, "",
+             "| Method | Dice (%) | HD95 (mm) | NJD (%) | MSE (x1e-2) | Val. Dice (%) | seeds | steps |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, row in summary["rows"].items():
+        cells = ["%.2f +- %.2f" % row[key] for key in ("dice_mean", "hd95_mean", "njd", "mse_x100", "validation_dice")]
+        lines.append("| %s | %s | %d | %d |" % (name, " | ".join(cells), row["seeds"], row["steps"]))
+    if summary["best_lambda"] is not None:
+        lines += ["", "Best lambda on the validation split: %g (%s)." % (summary["best_lambda"],
+                                                                       summary["best_lambda_method"])]
+    test = summary.get("wilcoxon")
+    if test:
+        lines.append("GSMorph - %s over %d test subjects (Dice averaged over slices and seeds): median %+.2f, mean "
+                     "%+.2f Dice points; Wilcoxon signed-rank W = %.1f, p = %.3g (two-sided)."
+                     % (summary["best_lambda_method"], test["subjects"], test["median_difference"],
+                        test["mean_difference"], test["statistic"], test["p_value"]))
+    return "\n".join(lines)
+
+
+def _save_figure(fig, path):
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
+
+
+def plot_front(summary, methods, path):
+    """Dice against NJD: the lambda front with error bars over seeds, the surgery methods as points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = summary["rows"]
+    fig, axis = plt.subplots(figsize=(5.5, 4.2))
+    lambdas = [m for m in methods if m.is_lambda]
+    if lambdas:
+        njd = [rows[m.name]["njd"] for m in lambdas]
+        dice = [rows[m.name]["dice_mean"] for m in lambdas]
+        axis.errorbar([n[0] for n in njd], [d[0] for d in dice], xerr=[n[1] for n in njd],
+                      yerr=[d[1] for d in dice], fmt="o-", color="tab:blue", capsize=3, label="VoxelMorph (lambda)")
+        for method, n, d in zip(lambdas, njd, dice):
+            axis.annotate("%g" % dict(method.settings)["lam"], (n[0], d[0]), textcoords="offset points",
+                          xytext=(4, 4), fontsize=7)
+    for method, color in zip([m for m in methods if not m.is_lambda], ("tab:red", "tab:green", "tab:purple")):
+        n, d = rows[method.name]["njd"], rows[method.name]["dice_mean"]
+        axis.errorbar([n[0]], [d[0]], xerr=[n[1]], yerr=[d[1]], fmt="s", color=color, capsize=3, label=method.name)
+    axis.set_xlabel("NJD (% of pixels folding)")
+    axis.set_ylabel("Dice (%)")
+    axis.set_title("Test split, mean +- std over seeds", fontsize=9)
+    axis.legend(fontsize=7)
+    fig.tight_layout()
+    _save_figure(fig, path)
+    plt.close(fig)
+
+
+def plot_curves(records_by_method, path):
+    """Validation Dice per epoch, mean over seeds, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axis = plt.subplots(figsize=(6, 4.2))
+    for name, records in records_by_method.items():
+        curves = [r["validation_curve"] for r in records if r["validation_curve"]]
+        if not curves:
+            continue
+        length = min(len(c) for c in curves)
+        mean = np.mean([c[:length] for c in curves], axis=0)
+        axis.plot(np.arange(1, length + 1), mean, label=name, linestyle="-" if "VoxelMorph" in name else "--")
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("validation Dice (%)")
+    axis.legend(fontsize=6)
+    fig.tight_layout()
+    _save_figure(fig, path)
+    plt.close(fig)
+
+
+def run_study(base_config, output_dir, seeds, methods=None, log=print):
+    """Run (or resume) every (method, seed) and write the study's table, figures and JSON to ``output_dir``.
+
+    Returns:
+        The summary of :func:`summarize_study`.
+    """
+    methods = study_methods() if methods is None else methods
+    base_config.validate()
+    splits = training.load_data(base_config)  # every bad input fails here, before any training
+    training.check_batches(base_config, splits)
+    os.makedirs(output_dir, exist_ok=True)
+    pairs = sum(len(p.moving) for p in splits["train"])
+    steps_per_epoch = pairs // base_config.batch_size if base_config.drop_last else -(-pairs // base_config.batch_size)
+    records = {}
+    total = len(methods) * len(seeds)
+    for method in methods:
+        for seed in seeds:
+            log("[%d/%d] %s, seed %d" % (sum(len(v) for v in records.values()) + 1, total, method.name, seed))
+            records.setdefault(method.name, []).append(
+                run_one(method, seed, base_config, output_dir, steps_per_epoch, log=log))
+    summary = summarize_study(records, methods)
+    table = study_table(summary, base_config.metric_protocol)
+    atomic_write_text(os.path.join(output_dir, "study_table.md"), table + "\n")
+    plot_front(summary, methods, os.path.join(output_dir, "dice_vs_njd.png"))
+    plot_curves(records, os.path.join(output_dir, "validation_curves.png"))
+    evaluation.write_json(os.path.join(output_dir, "study.json"),
+                          {"config": base_config.to_dict(), "seeds": list(seeds), "summary": summary,
+                           "runs": records})
+    summary["table"] = table
+    return summary
