@@ -13,8 +13,7 @@ import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 
 from absl import app, flags
 
-from gsmorph_tf.cli import dataset_options_from_flags, define_dataset_options, fail, quiet_logs, run_app
-from gsmorph_tf.config import TrainConfig
+from gsmorph_tf.cli import config_from_flags, define_dataset_options, fail, quiet_logs, run_app
 from gsmorph_tf.errors import ConfigError, DatasetError
 from gsmorph_tf.registry import DATASETS
 
@@ -59,13 +58,9 @@ def main(argv):
     from gsmorph_tf.timing import machine_description
 
     try:
-        options = dict(PHANTOM_DEFAULTS) if FLAGS.dataset == "phantom" else {}
-        options.update(dataset_options_from_flags(FLAGS, FLAGS.dataset))
-        config = TrainConfig(dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, output_dir=FLAGS.output_dir,
-                             epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
-                             similarity=FLAGS.similarity, crop_size=FLAGS.crop_size, seed=FLAGS.seed,
-                             reg_penalty=FLAGS.reg_penalty, metric_protocol=FLAGS.metric_protocol,
-                             dataset_options=options).validate()
+        config = config_from_flags(FLAGS, ("data_dir", "output_dir", "epochs", "batch_size", "learning_rate",
+                                           "similarity", "crop_size", "seed", "reg_penalty", "metric_protocol"),
+                                   PHANTOM_DEFAULTS if FLAGS.dataset == "phantom" else None)
         methods = selected_methods(FLAGS.methods, paper_comparison.PAPER_METHODS)
         paper_comparison.check_requirements(methods)
         records = paper_comparison.run_paper_comparison(config, FLAGS.output_dir, methods)

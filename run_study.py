@@ -12,8 +12,8 @@ import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 
 from absl import app, flags
 
-from gsmorph_tf.cli import dataset_options_from_flags, define_dataset_options, fail, quiet_logs, run_app
-from gsmorph_tf.config import METRIC_PROTOCOLS, REG_PENALTIES, TrainConfig
+from gsmorph_tf.cli import config_from_flags, define_dataset_options, fail, quiet_logs, run_app
+from gsmorph_tf.config import METRIC_PROTOCOLS, REG_PENALTIES
 from gsmorph_tf.errors import ConfigError, DatasetError
 from gsmorph_tf.registry import DATASETS
 
@@ -55,13 +55,11 @@ def main(argv):
     from gsmorph_tf import lambda_study
 
     try:
-        options = dict(PHANTOM_DEFAULTS) if FLAGS.dataset == "phantom" else {}
-        options.update(dataset_options_from_flags(FLAGS, FLAGS.dataset))
-        config = TrainConfig(dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, output_dir=FLAGS.output_dir,
-                             epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
-                             crop_size=FLAGS.crop_size, split_seed=FLAGS.split_seed, reg_penalty=FLAGS.reg_penalty,
-                             metric_protocol=FLAGS.metric_protocol, conflict_diagnostics=False,
-                             dataset_options=options).validate()
+        # The study compares the scores, not the conflict of VoxelMorph's gradients: one backward pass there.
+        config = config_from_flags(FLAGS, ("data_dir", "output_dir", "epochs", "batch_size", "learning_rate",
+                                           "crop_size", "split_seed", "reg_penalty", "metric_protocol"),
+                                   PHANTOM_DEFAULTS if FLAGS.dataset == "phantom" else None,
+                                   conflict_diagnostics=False)
         methods = lambda_study.study_methods(tuple(float(v) for v in FLAGS.lambdas))
         summary = lambda_study.run_study(config, FLAGS.output_dir, [int(s) for s in FLAGS.seeds], methods)
     except (ConfigError, DatasetError) as error:

@@ -121,6 +121,23 @@ def dataset_options_from_flags(flag_values, dataset):
     return options
 
 
+def config_from_flags(flag_values, names, option_defaults=None, **settings):
+    """A :class:`~gsmorph_tf.config.TrainConfig` from the flags ``names`` (each named as a config field), the
+    dataset's settings given as flags over ``option_defaults`` (an entry point's own defaults for its dataset),
+    and fixed ``settings``; validated.
+
+    Raises:
+        ConfigError: naming the flag or setting that is wrong.
+    """
+    from gsmorph_tf.config import TrainConfig
+
+    dataset = flag_values["dataset"].value
+    options = dict(option_defaults or {})
+    options.update(dataset_options_from_flags(flag_values, dataset))
+    values = {name: flag_values[name].value for name in names}
+    return TrainConfig(dataset=dataset, dataset_options=options, **values, **settings).validate()
+
+
 def quiet_logs(verbosity_given):
     """Hide TensorFlow's INFO lines (saver, tracing, absl) that bury the progress bar, unless the user asked
     for a log level with ``--verbosity``."""
