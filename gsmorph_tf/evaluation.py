@@ -10,14 +10,16 @@ protocols (:data:`gsmorph_tf.config.METRIC_PROTOCOLS`), named in every table and
     each metric on the subject's whole stack ``[S, H, W]`` as one volume, HD95 with its real spacing
     (slice, row, col in mm), NJD counting det <= 0; 3D tasks item by item, then averaged. Tables: mean +- std
     over subjects.
-``paper`` (one row per 2D slice pair; the GSMorph reference code's protocol)
-    Dice and HD95 per structure on each slice, averaged over the structures present; HD95 in mm with the
-    in-plane spacing (the reference uses pixels: at ACDC's 1.25-1.5 mm pixels, multiply); MSE per pair; NJD
-    = % of pixels with det **< 0** (the reference's SimpleITK count). Tables: mean +- std over slice pairs.
-    On a slice where a structure is absent from both the fixed and the moved label map, its Dice and HD95
-    are undefined and left out (NaN) of that slice's mean over structures and of the structure's mean over
-    slices; where it is present in only one of them its Dice is 0 and its HD95 undefined (no surface to
-    measure to), so left out as well. 2D tasks only.
+``paper`` (one row per 2D slice pair, as the GSMorph reference code scores its validation pairs)
+    Dice and HD95 per structure on each slice, averaged over the structures; HD95 in mm with the in-plane
+    spacing (the reference uses pixels: at ACDC's 1.25-1.5 mm pixels, multiply); MSE per pair; NJD = % of
+    pixels with det **< 0** (the reference's SimpleITK count). Tables: mean +- std over slice pairs. 2D only.
+    Structures absent on a slice (a deliberate deviation): where a structure is absent from both the fixed
+    and the moved label map, its Dice and HD95 are undefined and left out (NaN) of that slice's mean over
+    structures and of the structure's mean over slices; where it is present in only one of them its Dice is
+    0 and its HD95 undefined (no surface to measure to), so left out. The reference instead sums the scores of
+    the structures present in both maps and always divides by 3, so an absent structure counts as Dice 0 and
+    HD95 0 mm: a perfect registration of an apical slice without RV would score 66.7 % Dice.
 
 An ``Initial`` row (identity transform: moved = moving, zero flow) is the reference every method must beat.
 """

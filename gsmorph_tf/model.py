@@ -37,7 +37,8 @@ class GradientSurgeryModel(tf.keras.Model):
         network: Keras model taking ``[moving, fixed]`` and returning ``(moved, flow, ...)``.
         similarity: ``mse`` or ``ncc`` (see :func:`gsmorph_tf.losses.similarity_loss`), or a callable
             ``f(fixed, moved) -> scalar``.
-        reg_penalty: ``l1`` or ``l2`` spatial-gradient penalty on ``flow``, or a callable ``f(flow) -> scalar``.
+        reg_penalty: ``l1`` (the GSMorph reference's ``Grad()``) or ``l2`` spatial-gradient penalty on ``flow``,
+            or a callable ``f(flow) -> scalar``.
         surgery: one of :data:`gsmorph_tf.surgery.SURGERY_MODES`.
         lam: smoothness weight, used only by surgery ``none`` (``L_sim + lam * L_reg``).
         grouping: ``variable`` or ``layer`` (see :func:`gsmorph_tf.surgery.variable_groups`).
@@ -48,7 +49,7 @@ class GradientSurgeryModel(tf.keras.Model):
             ``L_sim + lam * L_reg`` and logs no conflict statistics. Other modes always need both gradients.
     """
 
-    def __init__(self, network, similarity="mse", reg_penalty="l2", surgery="layerwise", lam=0.01,
+    def __init__(self, network, similarity="mse", reg_penalty="l1", surgery="layerwise", lam=0.01,
                  grouping="variable", seed=0, ncc_window=9, conflict_diagnostics=True, **kwargs):
         super().__init__(**kwargs)
         check_mode(surgery)

@@ -20,8 +20,10 @@ SURGERY_METHOD_NAMES = {"layerwise": "GSMorph", "pcgrad": "GS-PCGrad", "agr_rand
 def build_optimizer(config):
     """The optimizer of every registered model: Adam at ``config.learning_rate`` with the reference code's
     ``torch.optim.AdamW(weight_decay=0)`` settings (with no weight decay AdamW is Adam): betas 0.9, 0.999 and
-    epsilon 1e-8 (Keras' default is 1e-7)."""
-    return tf.keras.optimizers.Adam(learning_rate=config.learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-8)
+    epsilon 1e-8 added to the bias-corrected ``sqrt(v_hat)`` as PyTorch does (tf-keras' ``adaptive_epsilon``;
+    its default adds epsilon 1e-7 to the uncorrected ``sqrt(v)``)."""
+    return tf.keras.optimizers.Adam(learning_rate=config.learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
+                                    adaptive_epsilon=True)
 
 
 def surgery_training_model(config, network):
