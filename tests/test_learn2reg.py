@@ -368,6 +368,31 @@ def test_the_record_names_norm_structures_and_shape_and_is_json(task_dir):
     assert json.loads(json.dumps(record)) == record
 
 
+# --- the synthetic brain task in this layout ----------------------------------------------------------------
+
+def test_brain_subjects_are_written_in_the_learn2reg_layout_deterministically(tmp_path):
+    from gsmorph_tf.data.brain import BRAIN_LABELS, write_brain_learn2reg
+
+    root = write_brain_learn2reg(tmp_path / "brain", 6, shape=L2R_SHAPE, val_subjects=2, seed=4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["brain"]     # no temporary folder left
+    data = load_learn2reg(root, validate_all_voxels=True)
+    assert data.task.shape == L2R_SHAPE and data.mapping.label_values == BRAIN_LABELS
+    assert len(data.task.training) == 6 and _pair_indices(data.task.val_pairs) == [(5, 4)]
+    assert data.record["test"]["source"] == "held_out_training"
+    pair = data.val[0]
+    assert set(np.unique(pair.moving_labels)) == {0, 1, 2, 3}
+    assert 0.0 <= pair.moving.min() and pair.moving.max() == 1.0
+    assert not np.array_equal(pair.moving, pair.fixed)       # each subject its own deformation
+    again = write_brain_learn2reg(tmp_path / "again", 6, shape=L2R_SHAPE, val_subjects=2, seed=4)
+    other = write_brain_learn2reg(tmp_path / "other", 6, shape=L2R_SHAPE, val_subjects=2, seed=5)
+    first = load_learn2reg(again).val[0]
+    np.testing.assert_array_equal(first.moving, pair.moving)
+    np.testing.assert_array_equal(first.moving_labels, pair.moving_labels)
+    assert not np.array_equal(load_learn2reg(other).val[0].moving, pair.moving)
+    with pytest.raises(FileExistsError, match="brain"):
+        write_brain_learn2reg(root, 6, shape=L2R_SHAPE, val_subjects=2)
+
+
 def test_dataset_errors_are_dataset_errors(task_dir):
     # The entry points print DatasetError as one line; every error above must be one.
     (task_dir / "TOY_dataset.json").write_text("[]")
