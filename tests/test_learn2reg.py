@@ -297,6 +297,16 @@ def test_paired_tasks_train_on_their_listed_pairs_minus_those_touching_validatio
     assert splits.n_train_pairs == 3 and splits.record["train"]["pairs_rule"] == "training_paired_images"
 
 
+def test_a_paired_training_pair_sharing_an_image_with_a_held_out_pair_leaves_training(tmp_path):
+    root = tmp_path / "TOY"
+    write_learn2reg_task(root, n_images=8, val_pairs=((7, 6),), paired=((1, 0), (2, 0), (3, 4), (5, 4)))
+    for seed in range(4):
+        splits = make_splits(read_task(root), test_fraction=0.25, seed=seed)
+        (held,) = _pair_indices(splits.test)
+        train = [tuple(_indices([splits.train_images[m], splits.train_images[f]])) for m, f in splits.train_pairs]
+        assert len(train) == 2 and not any(set(pair) & set(held) for pair in train)
+
+
 def test_atlas_mode_registers_the_atlas_to_every_subject(task_dir):
     splits = make_splits(read_task(task_dir), atlas="./imagesTr/TOY_0000_0000.nii.gz", test_fraction=0.2, seed=0)
     assert splits.record["mode"] == "atlas_to_subject"

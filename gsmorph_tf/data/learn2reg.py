@@ -528,6 +528,53 @@ def _distinct(scans, leave_out=None):
     return [scan for scan in dict.fromkeys(scans) if scan != leave_out]
 
 
+def _split_paired(task, evaluated, test_pairs, test_fraction, rng):
+    """Training images and ``(moving, fixed)`` index pairs of a paired task, and its test pairs (held out here
+    when ``test_pairs`` is None). A training pair sharing an image with an evaluated pair is dropped."""
+    candidates = [pair for pair in task.training_pairs if not any(scan.image in evaluated for scan in pair)]
+    if test_pairs is None:
+        n_test = max(1, round(test_fraction * len(candidates)))
+        if len(candidates) - n_test < 1:
+            raise DatasetError(f"{task.json_path}: {len(candidates)} training pair(s) left after the validation "
+                               "pairs; too few to hold out a test split and train")
+        held = sorted(rng.choice(len(candidates), n_test, replace=False).tolist())
+        test_pairs = tuple(candidates[i] for i in held)
+        held_images = {scan.image for pair in test_pairs for scan in pair}
+        candidates = [pair for pair in candidates if not any(scan.image in held_images for scan in pair)]
+    if not candidates:
+        raise DatasetError(f"{task.json_path}: no training pair left after holding out the validation and test "
+                           "pairs")
+    images = _distinct(scan for pair in candidates for scan in pair)
+    index = {scan: i for i, scan in enumerate(images)}
+    return images, tuple((index[m], index[f]) for m, f in candidates), test_pairs
+
+
+def _split_subjects(task, evaluated, test_pairs, test_rule, atlas_scan, test_fraction, rng):
+    """Training subjects of an unpaired task and its test pairs (held out here when ``test_pairs`` is None,
+    recording the subjects in ``test_rule``)."""
+    subjects = [scan for scan in task.training if scan.image not in evaluated]
+    smallest = 1 if atlas_scan else 2
+    if test_pairs is None:
+        n_test = max(smallest, round(test_fraction * len(subjects)))
+        if len(subjects) - n_test < smallest:
+            raise DatasetError(f"{task.json_path}: {len(subjects)} training image(s) left after the validation "
+                               f"images{' and the atlas' if atlas_scan else ''}; too few to hold out {n_test} "
+                               "test subject(s) and train")
+        order = rng.permutation(len(subjects))
+        held = [subjects[i] for i in order[:n_test]]
+        subjects = [subjects[i] for i in sorted(order[n_test:])]
+        test_rule["subjects"] = [task.relative(scan.image) for scan in held]
+        test_pairs = (tuple((atlas_scan, scan) for scan in held) if atlas_scan else
+                      tuple((held[k + 1], held[k]) for k in range(len(held) - 1)))
+    elif atlas_scan is not None:
+        test_pairs = tuple((atlas_scan, scan)
+                           for scan in _distinct((s for pair in test_pairs for s in pair), atlas_scan))
+    if len(subjects) < smallest:
+        raise DatasetError(f"{task.json_path}: {len(subjects)} training image(s) left after holding out the "
+                           f"validation and test images; need at least {smallest}")
+    return subjects, test_pairs
+
+
 def make_splits(task, atlas=None, test_fraction=0.2, seed=0):
     """Split a task into training, validation and test.
 
@@ -590,45 +637,13 @@ def make_splits(task, atlas=None, test_fraction=0.2, seed=0):
     if atlas_scan is not None:
         evaluated.add(atlas_scan.image)
     rng = np.random.default_rng(seed)
-
     if task.paired:
-        candidates = [pair for pair in task.training_pairs
-                      if not any(scan.image in evaluated for scan in pair)]
-        if test_pairs is None:
-            n_test = max(1, round(test_fraction * len(candidates)))
-            if len(candidates) - n_test < 1:
-                raise DatasetError(f"{task.json_path}: {len(candidates)} training pair(s) left after the "
-                                   "validation pairs; too few to hold out a test split and train")
-            held = set(rng.choice(len(candidates), n_test, replace=False).tolist())
-            test_pairs = tuple(candidates[i] for i in sorted(held))
-            candidates = [pair for i, pair in enumerate(candidates) if i not in held]
-        images = _distinct(scan for pair in candidates for scan in pair)
-        index = {scan: i for i, scan in enumerate(images)}
-        train_pairs = tuple((index[m], index[f]) for m, f in candidates)
+        images, train_pairs, test_pairs = _split_paired(task, evaluated, test_pairs, test_fraction, rng)
         val_pairs = task.val_pairs
         pairs_rule = "training_paired_images"
     else:
-        subjects = [scan for scan in task.training if scan.image not in evaluated]
-        smallest = 1 if atlas_scan else 2
-        if test_pairs is None:
-            n_test = max(smallest, round(test_fraction * len(subjects)))
-            if len(subjects) - n_test < smallest:
-                raise DatasetError(f"{task.json_path}: {len(subjects)} training image(s) left after the "
-                                   f"validation images{' and the atlas' if atlas_scan else ''}; too few to hold "
-                                   f"out {n_test} test subject(s) and train")
-            order = rng.permutation(len(subjects))
-            held = [subjects[i] for i in order[:n_test]]
-            held_set = set(held)
-            subjects = [scan for scan in subjects if scan not in held_set]
-            test_rule["subjects"] = [rel(scan.image) for scan in held]
-            test_pairs = (tuple((atlas_scan, scan) for scan in held) if atlas_scan else
-                          tuple((held[k + 1], held[k]) for k in range(len(held) - 1)))
-        elif atlas_scan is not None:
-            test_pairs = tuple((atlas_scan, scan)
-                               for scan in _distinct((s for pair in test_pairs for s in pair), atlas_scan))
-        if len(subjects) < smallest:
-            raise DatasetError(f"{task.json_path}: {len(subjects)} training image(s) left after holding out the "
-                               f"validation and test images; need at least {smallest}")
+        subjects, test_pairs = _split_subjects(task, evaluated, test_pairs, test_rule, atlas_scan, test_fraction,
+                                               rng)
         if atlas_scan is not None:
             images = [atlas_scan, *subjects]
             train_pairs = tuple((0, j) for j in range(1, len(images)))
