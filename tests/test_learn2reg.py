@@ -3,6 +3,9 @@
 NumPy only: collecting this module loads no TensorFlow (the brain writer's test imports it inside).
 """
 import gzip
+import pathlib
+import subprocess
+import sys
 import json
 
 import numpy as np
@@ -408,3 +411,11 @@ def test_dataset_errors_are_dataset_errors(task_dir):
     (task_dir / "TOY_dataset.json").write_text("[]")
     with pytest.raises(DatasetError):
         read_task(task_dir)
+
+
+def test_importing_the_module_loads_no_tensorflow():
+    done = subprocess.run([sys.executable, "-c", "import gsmorph_tf.data.learn2reg, sys; "
+                           "print('tensorflow' in sys.modules)"], cwd=pathlib.Path(__file__).parent.parent,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"
