@@ -3,10 +3,10 @@
 NumPy only: collecting this module loads no TensorFlow (the brain writer's test imports it inside).
 """
 import gzip
+import json
 import pathlib
 import subprocess
 import sys
-import json
 
 import numpy as np
 import pytest
