@@ -1,10 +1,11 @@
 """Training pairs streamed from disk with ``tf.data``: volumes read in parallel, paired on the fly, never cached.
 
 For 3D datasets of hundreds of scans (Learn2Reg's OASIS: 414 images of 160x224x192 in ``imagesTr``, 394 after
-its 20 validation images, so 154,842 ordered pairs) neither the volumes nor the pairs belong in memory. Here a pair is only two indices into a list of files: each epoch
-draws its ``(moving, fixed)`` indices from a seeded generator (:func:`epoch_pairs`), and ``tf.data`` reads the
-two volumes with nibabel in parallel threads (``num_parallel_calls=AUTOTUNE``), scales them, batches and
-prefetches. Memory holds the batches in flight, whatever the number of scans.
+its 20 validation images, so 154,842 ordered pairs) neither the volumes nor the pairs belong in memory. Here a
+pair is only two indices into a list of files: each epoch draws its ``(moving, fixed)`` indices from a seeded
+generator (:func:`epoch_pairs`), and ``tf.data`` reads the two volumes with nibabel in parallel threads
+(``num_parallel_calls=AUTOTUNE``), scales them, batches and prefetches. Memory holds the batches in flight,
+whatever the number of scans.
 """
 from gsmorph_tf import compat  # noqa: F401  (legacy Keras must be selected before TensorFlow loads)
 
