@@ -1,4 +1,5 @@
-"""Registration evaluation metrics of GSMorph (Dou et al., MICCAI 2023, Table 1): Dice, HD95, MSE, NJD.
+"""Registration evaluation metrics of GSMorph (Dou et al., MICCAI 2023, Table 1): Dice, HD95, MSE, NJD; and
+Learn2Reg's smoothness measure SDlogJ.
 
 Plain NumPy/SciPy functions; each docstring states its reduction. Conventions:
 
@@ -203,3 +204,49 @@ def mean_std(values):
     if values.size == 0:
         return float("nan"), float("nan")
     return float(values.mean()), float(values.std())
+
+
+#: What Learn2Reg's evaluation adds to every Jacobian determinant before the log (see :func:`sdlogj`).
+SDLOGJ_OFFSET = 3.0
+#: The range Learn2Reg's evaluation clips the shifted determinant to, so that its log is finite.
+SDLOGJ_CLIP = (1e-9, 1e9)
+#: Voxels Learn2Reg's evaluation leaves out at each border of every axis (where its finite differences pad).
+SDLOGJ_BORDER = 2
+
+
+def sdlogj(flow):
+    """SDlogJ: standard deviation of the log Jacobian determinant of x -> x + u(x), as Learn2Reg scores it.
+
+    Learn2Reg's evaluation (``evaluation/evaluation.py`` and ``utils.py`` of github.com/MDL-UzL/L2R, the same
+    from 2022 to the 2025 head) computes the determinant ``J`` by central differences, drops
+    :data:`SDLOGJ_BORDER` = 2 voxels at each border of every axis, and returns
+    ``std(log(clip(J + 3, 1e-9, 1e9)))`` (NumPy's population std) over the voxels left. This function gives
+    the same number: ``J`` is :func:`jacobian_determinant` (``np.gradient``, central differences inside the
+    volume; on the voxels kept they equal Learn2Reg's, which differ only on the dropped border, zero-padded
+    there, one-sided here).
+
+    What is clipped and why: a folding voxel has ``J <= 0`` and its log is undefined. Learn2Reg first adds 3
+    (:data:`SDLOGJ_OFFSET`), so folds with ``-3 < J <= 0`` stay finite unclipped; only ``J + 3 <= 1e-9``
+    (a voxel turned inside out, ``J <= -3``) is clipped up to ``1e-9`` (log = -20.7): a large but finite
+    contribution instead of NaN. The upper clip (``1e9``) only guards against overflow. The shift also
+    compresses the scale: near ``J = 1``, ``d log(J + 3) = dJ / 4``, so for smooth fields this SDlogJ is about a
+    quarter of ``std(log J)``. The numbers are comparable with Learn2Reg's leaderboards, not with papers that
+    report ``std(log J)`` without the shift.
+
+    Args:
+        flow: one 2D ``[H, W, 2]`` or 3D ``[D, H, W, 3]`` displacement field in voxels ('ij' channels), at least
+            5 voxels along each axis.
+
+    Returns:
+        SDlogJ (unitless, >= 0; 0 for any affine map, whose determinant is constant).
+    """
+    flow = np.asarray(flow, dtype=np.float64)
+    if flow.ndim not in (3, 4) or flow.shape[-1] != flow.ndim - 1:
+        raise ValueError("flow must be one 2D [H, W, 2] or 3D [D, H, W, 3] displacement field, got shape %s"
+                         % (flow.shape,))
+    if min(flow.shape[:-1]) <= 2 * SDLOGJ_BORDER:
+        raise ValueError("flow needs more than %d voxels along each axis (SDlogJ drops %d at each border), got "
+                         "shape %s" % (2 * SDLOGJ_BORDER, SDLOGJ_BORDER, flow.shape))
+    interior = (slice(SDLOGJ_BORDER, -SDLOGJ_BORDER),) * (flow.ndim - 1)
+    determinant = jacobian_determinant(flow)[interior]
+    return float(np.std(np.log(np.clip(determinant + SDLOGJ_OFFSET, *SDLOGJ_CLIP))))

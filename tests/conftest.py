@@ -4,6 +4,7 @@
 Every test works on small images (32x32 slices, 16^3-32^3 volumes) and a few steps, so the whole suite
 stays within minutes on 2 CPU cores.
 """
+import json
 import re
 
 import nibabel as nib
@@ -68,3 +69,75 @@ def trained_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run")
     network, initial = train_one_epoch(run_dir)
     return run_dir, initial, {w.name: w.numpy() for w in network.weights}
+
+
+#: Shape and structures of the tiny Learn2Reg tasks the tests write.
+L2R_SHAPE = (16, 16, 16)
+L2R_LABELS = {1: "Left", 2: "Middle", 3: "Right"}
+L2R_ZOOMS = (1.5, 1.25, 2.0)
+
+
+def l2r_image(index, shape=L2R_SHAPE):
+    """Image ``index`` of a tiny task: 1 everywhere but voxel 0, which is ``2 + index`` (its marker). Scaled
+    by its maximum, voxel 1 reads ``1 / (2 + index)``: :func:`l2r_index` tells which image a volume was."""
+    image = np.ones(shape, np.float32)
+    image.flat[0] = 2.0 + index
+    return image
+
+
+def l2r_index(volume):
+    """The index of a max-scaled :func:`l2r_image` volume (any leading axes; voxel 1 of the flattened volume)."""
+    return int(round(1.0 / float(np.ravel(volume)[1]))) - 2
+
+
+def l2r_labels(index, shape=L2R_SHAPE):
+    """Labels of image ``index``: slabs Left / Middle / Right along the first axis, shifted by ``index % 3``."""
+    labels = np.zeros(shape, np.uint8)
+    cut = 4 + index % 3
+    labels[1:cut], labels[cut:cut + 4], labels[cut + 4:cut + 8] = 1, 2, 3
+    return labels
+
+
+def write_learn2reg_task(root, n_images=6, val_pairs=((5, 4),), paired=None, test_pairs=None,
+                         test_labels=True, name="TOY", shape=L2R_SHAPE):
+    """Write a tiny task in the Learn2Reg layout and return its JSON dict (pairs are ``(moving, fixed)``).
+
+    ``imagesTr/TOY_<iiii>_0000.nii.gz`` for ``n_images`` images with labels in ``labelsTr/``;
+    ``registration_val`` from ``val_pairs`` (indices); ``training_paired_images`` from ``paired``;
+    ``test_pairs`` (indices ``0..`` of test images) adds ``imagesTs/`` (``TOY_1<iii>_0000``), ``test`` entries
+    (with labels in ``labelsTs/`` when ``test_labels``) and ``registration_test``.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+
+    def write(folder, stem, index, with_labels):
+        (root / folder).mkdir(exist_ok=True)
+        save_nifti(l2r_image(index, shape), root / folder / f"{stem}.nii.gz", zooms=L2R_ZOOMS)
+        entry = {"image": f"./{folder}/{stem}.nii.gz"}
+        if with_labels:
+            label_folder = folder.replace("images", "labels")
+            (root / label_folder).mkdir(exist_ok=True)
+            save_nifti(l2r_labels(index, shape), root / label_folder / f"{stem}.nii.gz", zooms=L2R_ZOOMS)
+            entry["label"] = f"./{label_folder}/{stem}.nii.gz"
+        return entry
+
+    training = [write("imagesTr", f"{name}_{i:04d}_0000", i, True) for i in range(n_images)]
+
+    def as_pairs(pairs, entries):
+        return [{"fixed": entries[f]["image"], "moving": entries[m]["image"]} for m, f in pairs]
+
+    data = {"name": name, "tensorImageShape": {"0": list(shape)},
+            "labels": {"0": {"0": "background", **{str(k): v for k, v in L2R_LABELS.items()}}},
+            "training": training, "registration_val": as_pairs(val_pairs, training)}
+    if paired is not None:
+        data["training_paired_images"] = as_pairs(paired, training)
+    if test_pairs is not None:
+        count = max(max(pair) for pair in test_pairs) + 1
+        data["test"] = [write("imagesTs", f"{name}_{1000 + i:04d}_0000", 100 + i, test_labels) for i in range(count)]
+        data["registration_test"] = as_pairs(test_pairs, data["test"])
+    write_dataset_json(root, data, name)
+    return data
+
+
+def write_dataset_json(root, data, name="TOY"):
+    """(Re)write ``<root>/<name>_dataset.json``."""
+    (root / f"{name}_dataset.json").write_text(json.dumps(data, indent=2), encoding="utf-8")

@@ -4,6 +4,7 @@ import warnings
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from gsmorph_tf import metrics
 
@@ -261,3 +262,68 @@ def test_mean_std_of_only_nans_is_nan_without_warnings():
         warnings.simplefilter("error")
         mean, std = metrics.mean_std([float("nan"), float("nan")])
     assert math.isnan(mean) and math.isnan(std)
+
+
+# ------------------------------------------------------------------------------------------- SDlogJ
+
+
+def _learn2reg_jacobian_3d(flow):
+    """Learn2Reg's recipe written out independently: central differences with zero padding outside the
+    volume, ``J = det(I + grad u)``, then 2 voxels dropped at each border."""
+    padded = np.pad(flow, [(1, 1)] * 3 + [(0, 0)])
+    grad = np.empty(flow.shape[:3] + (3, 3))
+    for axis in range(3):
+        ahead = [slice(1, -1)] * 3
+        behind = [slice(1, -1)] * 3
+        ahead[axis], behind[axis] = slice(2, None), slice(None, -2)
+        grad[..., :, axis] = (padded[tuple(ahead)] - padded[tuple(behind)]) / 2.0   # d u_c / d x_axis
+    return np.linalg.det(np.eye(3) + grad)[2:-2, 2:-2, 2:-2]
+
+
+def test_sdlogj_of_the_identity_is_zero_in_2d_and_3d():
+    assert metrics.sdlogj(np.zeros((8, 9, 10, 3))) == 0.0
+    assert metrics.sdlogj(np.zeros((8, 9, 2))) == 0.0
+
+
+def test_sdlogj_of_an_affine_field_is_zero_but_not_of_a_bent_one():
+    # u(x) = (A - I) x + b: x -> A x + b has the constant determinant det(A) = 0.967 everywhere.
+    matrix = np.array([[1.1, 0.2, 0.0], [0.0, 0.9, 0.1], [0.05, 0.0, 1.0]])
+    grid = _grid((9, 10, 11))
+    flow = grid @ (matrix - np.eye(3)).T + np.array([1.0, -2.0, 0.5])
+    np.testing.assert_allclose(metrics.jacobian_determinant(flow), np.linalg.det(matrix), atol=1e-12)
+    assert metrics.sdlogj(flow) == pytest.approx(0.0, abs=1e-12)
+    flow[..., 0] += 0.02 * grid[..., 0] ** 2          # bend it: d u_0 / d x_0 now grows along axis 0
+    assert metrics.sdlogj(flow) > 0.005
+
+
+def test_sdlogj_clips_voxels_turned_inside_out_as_learn2reg_does():
+    # u_0 = f(x_0) only, so J = 1 + f'(x_0) by central differences: f falls by 5 a voxel up to row 8, then
+    # stays flat. Rows 1..7: J = -4; row 8: (f9 - f7) / 2 = -2.5 -> J = -1.5; rows 9..14: J = 1.
+    # Kept rows 2..13 (2 dropped at each border), each 4 x 4 voxels: J + 3 = -1 on rows 2..7, clipped to
+    # 1e-9; 1.5 on row 8; 4 on rows 9..13.
+    f = np.where(np.arange(16) <= 8, -5.0 * np.arange(16), -40.0)
+    flow = np.zeros((16, 8, 8, 3))
+    flow[..., 0] = f[:, None, None]
+    np.testing.assert_allclose(metrics.jacobian_determinant(flow)[1:15, 4, 4], [-4.0] * 7 + [-1.5] + [1.0] * 6)
+    expected = np.std(np.log([1e-9] * 6 + [1.5] + [4.0] * 5))     # equal weights: one row each
+    assert metrics.sdlogj(flow) == pytest.approx(expected, rel=1e-12)
+    assert expected == pytest.approx(10.98, abs=0.01)  # mean -9.75; deviations -10.97 (x6), 10.16, 11.14 (x5)
+
+
+def test_sdlogj_equals_learn2regs_recipe_on_a_random_folding_field():
+    rng = np.random.default_rng(0)
+    flow = ndimage.gaussian_filter(rng.normal(0.0, 20.0, (14, 12, 10, 3)), sigma=(1.5, 1.5, 1.5, 0))
+    det = _learn2reg_jacobian_3d(flow)
+    assert (det <= -3).any() and (det <= 0).mean() > 0.1 and (det > 0).any()   # clipped, folded, regular
+    expected = np.std(np.log(np.clip(det + 3.0, 1e-9, 1e9)))
+    assert metrics.sdlogj(flow) == pytest.approx(expected, rel=1e-10)
+    # Without the border crop the one-sided differences on the border would change the value.
+    full = metrics.jacobian_determinant(flow)
+    assert np.std(np.log(np.clip(full + 3.0, 1e-9, 1e9))) != pytest.approx(expected, rel=1e-3)
+
+
+def test_sdlogj_rejects_fields_too_small_for_the_border_crop_or_of_the_wrong_rank():
+    with pytest.raises(ValueError, match="more than 4 voxels"):
+        metrics.sdlogj(np.zeros((4, 9, 9, 3)))
+    with pytest.raises(ValueError, match=r"\(2, 9, 9, 9, 3\)"):
+        metrics.sdlogj(np.zeros((2, 9, 9, 9, 3)))

@@ -3,7 +3,10 @@
 - :mod:`~gsmorph_tf.data.nifti`: reading NIfTI files (every bad file a :class:`~gsmorph_tf.errors.DatasetError`);
 - :mod:`~gsmorph_tf.data.subjects`: :class:`~gsmorph_tf.data.subjects.SubjectPairs`, label checks, splits;
 - :mod:`~gsmorph_tf.data.preprocessing`: cardiac cropping and intensity scaling (NumPy only);
-- :mod:`~gsmorph_tf.data.pipeline`: ``tf.data`` batches for training (the only TensorFlow module here);
+- :mod:`~gsmorph_tf.data.pipeline`: ``tf.data`` batches for training from subjects held in memory;
+- :mod:`~gsmorph_tf.data.learn2reg`: Learn2Reg-layout tasks read, checked and split, evaluation pairs read
+  lazily (NumPy and nibabel only);
+- :mod:`~gsmorph_tf.data.streaming`: ``tf.data`` pairs streamed from disk for datasets too large to hold;
 - one module per dataset of :data:`gsmorph_tf.registry.DATASETS` (``acdc``, ``mnms``, ``phantom``,
   ``brain``), each holding a ``DATASET`` (:class:`gsmorph_tf.plugins.DatasetPlugin`).
 

@@ -16,11 +16,20 @@ the true moving -> fixed displacement is exactly ``u``: warping ``moving`` by ``
 Label maps are warped the same way (see :func:`warp_template`). Each image then gets its own mild smooth
 multiplicative bias field and Rician noise, so the task is not an exact inverse problem.
 
+:func:`write_brain_learn2reg` writes subjects instead of pairs (the template, each deformed by its own known
+smooth field) in the Learn2Reg layout, so one code path (:mod:`gsmorph_tf.data.learn2reg`) reads them and
+real data.
+
 Array axes are the template's own ``[X, Y, Z]`` (left->right, posterior->anterior, inferior->superior), used
 as ``[D, H, W]``; voxels are isotropic after resampling.
 """
 import functools
+import json
+import os
+import pathlib
+import shutil
 
+import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
@@ -196,12 +205,25 @@ def warp_template(template, labels, subject_flow, registration_flow):
     """
     subject_flow = tf.convert_to_tensor(subject_flow, tf.float32)
     composed = compose_flows([subject_flow[None], tf.convert_to_tensor(registration_flow[None], tf.float32)])[0]
+    (moving, moving_labels), (fixed, fixed_labels) = (warp_image_and_labels(template, labels, flow)
+                                                      for flow in (subject_flow, composed))
+    return moving, fixed, moving_labels, fixed_labels
+
+
+def warp_image_and_labels(image, labels, flow):
+    """``image(x + flow(x))`` (linear) and its label map warped alike (linear interpolation of the one-hot
+    channels, then argmax; see :func:`warp_template`).
+
+    Args:
+        image: ``[D, H, W]`` float32; labels: ``[D, H, W]`` int32; flow: ``[D, H, W, 3]`` voxels.
+
+    Returns:
+        ``(image, labels)`` warped, ``[D, H, W]`` float32 and int32.
+    """
     # Image and one-hot labels as channels of one volume: one interpolation pass per warp.
     one_hot = labels[..., None] == np.arange(int(labels.max()) + 1)
-    channels = np.concatenate([template[..., None], one_hot], axis=-1)
-    moving, fixed = (_warp(channels, flow) for flow in (subject_flow, composed))
-    return (moving[..., 0], fixed[..., 0], np.argmax(moving[..., 1:], axis=-1).astype(np.int32),
-            np.argmax(fixed[..., 1:], axis=-1).astype(np.int32))
+    warped = _warp(np.concatenate([image[..., None], one_hot], axis=-1), flow)
+    return warped[..., 0], np.argmax(warped[..., 1:], axis=-1).astype(np.int32)
 
 
 def add_intensity_changes(image, rng):
@@ -279,6 +301,86 @@ def load_brain(n_pairs=20, shape=(80, 96, 80), max_displacement=8.0, fractions=(
     pairs = make_brain_pairs(n_pairs, shape, max_displacement=max_displacement, seed=seed)
     train, val, test = split_subjects(pairs, fractions, seed)
     return {"train": train, "val": val, "test": test}
+
+
+def write_brain_learn2reg(root, n_subjects, shape=(80, 96, 80), max_displacement=8.0, val_subjects=3, seed=0,
+                          name="MNIBrain"):
+    """Write synthetic brain subjects as a Learn2Reg dataset, so they are read by the same code as real data.
+
+    Subject ``i`` is the template warped by its own smooth random field ``w_i`` (largest displacement
+    ``max_displacement`` voxels, correlation length ``max(shape) / 8``, as :func:`make_brain_pairs`), labels
+    CSF / GM / WM warped alike (:func:`warp_image_and_labels`), then a mild bias field and Rician noise
+    (:func:`add_intensity_changes`). Everything of subject ``i`` is drawn from
+    ``numpy.random.default_rng([seed, i, 1])``: the dataset is a function of its arguments, and subject ``i``
+    does not depend on ``n_subjects``. Between two subjects ``i -> j`` the true field is ``w_i^-1 o w_j``
+    (not written: it has no closed form); the task is scored by its labels, as Learn2Reg's.
+
+    Layout written (see :mod:`gsmorph_tf.data.learn2reg`): ``imagesTr/<name>_<iiii>_0000.nii.gz`` (float32 in
+    [0, 1]) and ``labelsTr/`` (uint8, :data:`BRAIN_LABELS`), affines of the isotropic voxel size in mm, and
+    ``<name>_dataset.json`` with ``tensorImageShape``, ``labels``, ``training`` (every subject) and
+    ``registration_val``: consecutive pairs of the last ``val_subjects`` subjects (``fixed = s[k]``,
+    ``moving = s[k + 1]``, as Learn2Reg's OASIS lists them). There is no ``registration_test``, so the test
+    split is a seeded hold-out of training subjects. The folder is written under a temporary sibling name
+    and renamed when complete, so a reader never sees half a dataset.
+
+    Args:
+        root: folder to create (must not exist).
+        n_subjects: number of subjects, at least ``val_subjects + 4`` (two to hold out for test, two to train).
+        shape: ``(D, H, W)`` grid in voxels (see :func:`load_mni152`).
+        max_displacement: largest displacement of each subject's field, voxels.
+        val_subjects: subjects of the validation pairs, at least 2.
+        seed: seed of the subjects.
+        name: task name (file prefix and the JSON's ``name``).
+
+    Returns:
+        ``root`` as a ``pathlib.Path``.
+
+    Raises:
+        FileExistsError: ``root`` exists.
+        ValueError: too few subjects.
+    """
+    root = pathlib.Path(root)
+    if root.exists():
+        raise FileExistsError(f"{root}: already exists; write_brain_learn2reg only creates new datasets")
+    if val_subjects < 2 or n_subjects < val_subjects + 4:
+        raise ValueError(f"need val_subjects >= 2 and n_subjects >= val_subjects + 4 (two test, two training "
+                         f"subjects), got n_subjects={n_subjects}, val_subjects={val_subjects}")
+    template, labels, _, spacing = load_mni152(shape)
+    affine = np.diag([*spacing, 1.0])
+    smoothness = _FIELD_SMOOTHNESS * max(shape)
+    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        for folder in ("imagesTr", "labelsTr"):
+            (tmp / folder).mkdir(parents=True)
+        training = []
+        for index in range(n_subjects):
+            rng = np.random.default_rng([seed, index, 1])
+            field = random_smooth_field(shape, max_displacement, smoothness, rng)
+            image, subject_labels = warp_image_and_labels(template, labels, field)
+            file_name = f"{name}_{index:04d}_0000.nii.gz"
+            nib.save(nib.Nifti1Image(add_intensity_changes(image, rng), affine), str(tmp / "imagesTr" / file_name))
+            nib.save(nib.Nifti1Image(subject_labels.astype(np.uint8), affine), str(tmp / "labelsTr" / file_name))
+            training.append({"image": f"./imagesTr/{file_name}", "label": f"./labelsTr/{file_name}"})
+        val = training[n_subjects - val_subjects:]
+        description = {
+            "name": name,
+            "description": (f"Synthetic: the MNI152 template (nilearn) deformed by seeded smooth random fields "
+                            f"(gsmorph_tf.data.brain.write_brain_learn2reg, seed {seed}, largest displacement "
+                            f"{max_displacement} voxels)"),
+            "tensorImageShape": {"0": [int(s) for s in shape]},
+            "labels": {"0": {"0": "background", **{str(v): k for k, v in BRAIN_LABELS.items()}}},
+            "modality": {"0": "T1"},
+            "numTraining": n_subjects,
+            "training": training,
+            "registration_val": [{"fixed": val[k]["image"], "moving": val[k + 1]["image"]}
+                                 for k in range(len(val) - 1)],
+        }
+        (tmp / f"{name}_dataset.json").write_text(json.dumps(description, indent=4), encoding="utf-8")
+        os.rename(tmp, root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
 
 
 class BrainDataset(DatasetPlugin):

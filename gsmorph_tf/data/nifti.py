@@ -58,3 +58,30 @@ def load_nifti(path, expected_ndim=None):
             bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
             raise DatasetError(f"{path}: {bad} voxel(s) are NaN or infinite; expected finite values")
     return array, zooms, affine
+
+
+def read_nifti_header(path):
+    """Shape and voxel size of one NIfTI file from its header alone (no voxel is read: fast on .nii.gz).
+
+    Args:
+        path: ``.nii`` or ``.nii.gz`` file.
+
+    Returns:
+        ``(shape, zooms)``: the array shape in nibabel's order (``[X, Y, Z(, T)]``) and the voxel size in mm
+        for each array axis.
+
+    Raises:
+        DatasetError: naming ``path``, if it is missing or its header cannot be read. A file whose voxel data
+            is truncated passes here; :func:`load_nifti` finds it when the volume is read.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: NIfTI file not found")
+    try:
+        image = nib.load(str(path))
+        shape = tuple(int(s) for s in image.shape)
+        zooms = tuple(float(z) for z in image.header.get_zooms()[:len(shape)])
+    except _READ_ERRORS as error:
+        raise DatasetError(f"{path}: cannot read the NIfTI header ({type(error).__name__}: {error}); "
+                           "expected a readable .nii/.nii.gz file") from error
+    return shape, zooms
