@@ -91,7 +91,7 @@ def main(argv):
         outcome = train_and_evaluate(config)
     except (ConfigError, DatasetError, FileExistsError) as error:
         return fail(error)
-    print("\nTest split (mean +- std over %d subjects):\n" % len(outcome["results"]["Model"]["subjects"]))
+    print("\nTest split:\n")
     print(outcome["table"])
     print("\nOutputs in %s:" % config.output_dir)
     print("  evaluation: %s (and evaluation.md)" % outcome["evaluation_json"])
