@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gsmorph_tf import metrics
-from gsmorph_tf.data import phantom
+from gsmorph_tf.data.phantom import storage
 from gsmorph_tf.data.preprocessing import crop_or_pad, label_centroid
 from gsmorph_tf.data.phantom import generate_phantom_dataset
 
@@ -234,8 +234,8 @@ def test_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         original(folder, name, subject)
 
-    original = phantom._write_subject
-    monkeypatch.setattr(phantom, "_write_subject", fail_on_second_subject)
+    original = storage._write_subject
+    monkeypatch.setattr(storage, "_write_subject", fail_on_second_subject)
     with pytest.raises(KeyboardInterrupt):
         generate_phantom_dataset(tmp_path / "phantom", **TINY)
     assert calls == ["patient001", "patient002"]
