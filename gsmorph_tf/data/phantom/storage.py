@@ -43,7 +43,9 @@ def generate_phantom_dataset(root, n_subjects=20, n_slices=8, image_size=192, n_
             ``.<name>.partial-*`` that is renamed into place, so an interrupted run never leaves a half-written
             dataset (only a process killed outright can leave that sibling behind; it is safe to delete).
         n_subjects: number of subjects (>= 1).
-        n_slices: short-axis slices per volume, base to apex (>= 1); slice thickness 8-10 mm.
+        n_slices: short-axis slices per volume, base to apex (>= 1); slice thickness 8-10 mm. The stack starts
+            8-13 mm below the ED valve plane and the LV cavity ends near its last slice (at least 50 mm from the
+            valve plane for short stacks).
         image_size: X size in pixels (>= 32); Y is 1.0-1.17 x larger. The field of view is 250-350 mm, so
             the pixel spacing is 1.3-1.8 mm at the default 192 px and scales as 192 / image_size.
         n_frames: frames per cardiac cycle (>= 2). ED is frame 1, ES at 35-45 % of the cycle.
