@@ -335,6 +335,11 @@ class Renderer:
         # 1 facing the RV, fading to 0 beyond ~100 degrees either side (past the RV insertion points).
         return _smoothstep((cos_a + 0.35) / 0.6)
 
+    def _image_frame(self, xh, yh, sections):
+        """Heart-frame positions (mm, around each sample's LV axis) -> image-frame positions (mm)."""
+        cos_h, sin_h = np.float32(np.cos(self.subject.heart_angle)), np.float32(np.sin(self.subject.heart_angle))
+        return (cos_h * xh - sin_h * yh + sections.centre[:, 0], sin_h * xh + cos_h * yh + sections.centre[:, 1])
+
     def _body(self, c, sections):
         """Everything outside the heart, one plane per slice (its centre): image [X, Y, Z] float32 with texture."""
         s = self.subject
@@ -343,10 +348,7 @@ class Renderer:
         jitter = s.tissue_jitter.astype(f32)
         px = self.x[:, None, None] - sections.centre[:, 0]
         py = self.y[None, :, None] - sections.centre[:, 1]
-        xh, yh = self.material_positions(px, py, sections, c)[:2]
-        cos_h, sin_h = f32(np.cos(s.heart_angle)), f32(np.sin(s.heart_angle))
-        image_x = cos_h * xh - sin_h * yh + sections.centre[:, 0]
-        image_y = sin_h * xh + cos_h * yh + sections.centre[:, 1]
+        image_x, image_y = self._image_frame(*self.material_positions(px, py, sections, c)[:2], sections)
         cos_b, sin_b = f32(np.cos(s.body_angle)), f32(np.sin(s.body_angle))
         bx, by = image_x - f32(s.body_centre[0]), image_y - f32(s.body_centre[1])
         lateral = cos_b * bx + sin_b * by
@@ -500,10 +502,7 @@ class Renderer:
         """Heart texture at material positions (heart frame, mm) of samples whose cross-sections are given."""
         s = self.subject
         p = s.pixel_mm
-        f32 = np.float32
-        cos_h, sin_h = f32(np.cos(s.heart_angle)), f32(np.sin(s.heart_angle))
-        image_x = cos_h * xh - sin_h * yh + sections.centre[:, 0]
-        image_y = sin_h * xh + cos_h * yh + sections.centre[:, 1]
+        image_x, image_y = self._image_frame(xh, yh, sections)
         nx, ny, nl = self.heart_texture.shape
         i = np.clip(np.rint(image_x / p) - (self.box[0].start - self.texture_margin), 0, nx - 1).astype(np.intp)
         j = np.clip(np.rint(image_y / p) - (self.box[1].start - self.texture_margin), 0, ny - 1).astype(np.intp)
