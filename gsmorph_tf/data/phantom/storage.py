@@ -1,4 +1,17 @@
-"""Writing the phantom to disk in the ACDC layout, atomically, and recognising a phantom already there."""
+"""Writing the phantom to disk in the ACDC layout, atomically, and recognising a phantom already there.
+
+Layout (exactly ACDC's ``training`` folder, so the ACDC loader reads it unchanged)::
+
+    <root>/phantom.json                                        generation parameters and format version
+    <root>/training/patientNNN/Info.cfg                        ED, ES (1-based frames), Group, Height, NbFrame, Weight
+    <root>/training/patientNNN/patientNNN_4d.nii.gz            int16 [X, Y, Z, T], all frames
+    <root>/training/patientNNN/patientNNN_frameXX.nii.gz       int16 [X, Y, Z], the ED and ES frames
+    <root>/training/patientNNN/patientNNN_frameXX_gt.nii.gz    uint8 [X, Y, Z]: 0 background, 1 RV, 2 Myo, 3 LV
+
+Arrays are indexed ``[X, Y, Z(, T)]``: X and Y in-plane (square pixels), Z the short-axis slices from base
+(z = 0) to apex. Header zooms are ``(pixel mm, pixel mm, slice mm[, frame ms])`` and the affine is
+``diag(pixel, pixel, slice, 1)``. Intensities are int16, blood pool around 800-1000.
+"""
 import json
 import os
 import pathlib
@@ -10,16 +23,12 @@ import numpy as np
 
 from gsmorph_tf.data.nifti import DatasetError
 from gsmorph_tf.data.phantom.anatomy import draw_subject, subject_generators
-from gsmorph_tf.data.phantom.render import Renderer, contraction_curve
+from gsmorph_tf.data.phantom.render import render_cycle
 
 # Bump when the generated data change for the same parameters, so an old phantom on disk is not mistaken
-# for a current one.
-PHANTOM_FORMAT_VERSION = 1
-
-
+# for a current one. 2: through-plane motion, partial-volume slabs, papillary muscles and trabeculae, flow.
+PHANTOM_FORMAT_VERSION = 2
 PHANTOM_MANIFEST = "phantom.json"
-
-_INTENSITY_SCALE = 800.0  # stored value of a unit-intensity tissue (blood is about 1.1)
 
 
 def generate_phantom_dataset(root, n_subjects=20, n_slices=8, image_size=192, n_frames=10, seed=0):
@@ -34,7 +43,9 @@ def generate_phantom_dataset(root, n_subjects=20, n_slices=8, image_size=192, n_
             ``.<name>.partial-*`` that is renamed into place, so an interrupted run never leaves a half-written
             dataset (only a process killed outright can leave that sibling behind; it is safe to delete).
         n_subjects: number of subjects (>= 1).
-        n_slices: short-axis slices per volume, base to apex (>= 1); slice thickness 8-10 mm.
+        n_slices: short-axis slices per volume, base to apex (>= 1); slice thickness 8-10 mm. The stack starts
+            8-13 mm below the ED valve plane and the LV cavity ends near its last slice (at least 50 mm from the
+            valve plane for short stacks).
         image_size: X size in pixels (>= 32); Y is 1.0-1.17 x larger. The field of view is 250-350 mm, so
             the pixel spacing is 1.3-1.8 mm at the default 192 px and scales as 192 / image_size.
         n_frames: frames per cardiac cycle (>= 2). ED is frame 1, ES at 35-45 % of the cycle.
@@ -64,7 +75,7 @@ def generate_phantom_dataset(root, n_subjects=20, n_slices=8, image_size=192, n_
             subjects_summary.append({"name": name, "group": subject.group, "shape": list(subject.shape),
                                      "pixel_mm": round(subject.pixel_mm, 4), "slice_mm": round(subject.slice_mm, 4),
                                      "ed_frame": 1, "es_frame": subject.es_index + 1})
-        manifest = {"generator": __name__, "format_version": PHANTOM_FORMAT_VERSION, "parameters": parameters,
+        manifest = {"generator": __package__, "format_version": PHANTOM_FORMAT_VERSION, "parameters": parameters,
                     "subjects": subjects_summary}
         # The manifest is written last: a directory with a manifest is a complete phantom.
         (staging / PHANTOM_MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
@@ -143,18 +154,7 @@ def _existing_phantom_matches(root, parameters):
 def _write_subject(folder, name, subject):
     """Render all frames of one subject and write its ACDC folder."""
     folder.mkdir(parents=True)
-    renderer = Renderer(subject)
-    contraction = contraction_curve(subject.n_frames, subject.es_index)
-    frames = np.empty(subject.shape + (subject.n_frames,), np.int16)
-    labels = {}
-    for t, c in enumerate(contraction):
-        labelled = t in (0, subject.es_index)
-        image, label = renderer.render(float(c), labelled)
-        image = renderer.add_rician_noise(image)
-        frames[..., t] = np.clip(np.rint(image * _INTENSITY_SCALE), 0, np.iinfo(np.int16).max)
-        if labelled:
-            labels[t] = label
-
+    frames, labels = render_cycle(subject)
     affine = np.diag([subject.pixel_mm, subject.pixel_mm, subject.slice_mm, 1.0])
     for t, label in labels.items():
         _save(frames[..., t], affine, folder / ("%s_frame%02d.nii.gz" % (name, t + 1)))
