@@ -7,8 +7,8 @@
 - :func:`log_hparams`: the run's settings (surgery mode, lam, learning rate, model, ...) and its final test
   metrics in TensorBoard's HParams dashboard, so a lambda sweep and GSMorph compare side by side when
   ``tensorboard --logdir`` points at the folder holding the runs; with the dashboard's declared
-  configuration (:func:`hparams_domains`, the metric list), the same in every run so that any run's
-  declaration describes them all.
+  configuration (:func:`hparams_domains`, the same in every run, and the test metrics; TensorBoard uses the
+  first declaration it finds under ``--logdir``, which describes every run of one dataset).
 
 3D pairs are shown by their middle slice along the first axis.
 """
@@ -130,9 +130,9 @@ def _test_scalars(summary):
 def log_hparams(log_dir, config, summary):
     """Record the run's settings and final test metrics for TensorBoard's HParams dashboard.
 
-    Writes, once per run (its caller runs it once, on the process that writes the run's files), the
-    dashboard's configuration (``hparams_config``: :func:`hparams_domains` and the test metrics below), the
-    run's values of :data:`HPARAM_KEYS` and the metrics.
+    Writes the dashboard's configuration (``hparams_config``: :func:`hparams_domains` and the test metrics
+    below), the run's values of :data:`HPARAM_KEYS` and the metrics. Called once per run, when it is
+    evaluated, by the process that writes the run's files (a re-run of a finished run writes them again).
 
     Args:
         log_dir: the run's TensorBoard folder (a subfolder ``hparams`` is written).
