@@ -38,7 +38,9 @@ def finished_run(tmp_path_factory):
     first step profiled (--profile_batch=1,1)."""
     tmp_path = tmp_path_factory.mktemp("pipeline")
     first = quiet(tiny_config(tmp_path, epochs=2))
-    second = quiet(tiny_config(tmp_path, epochs=3, profile_batch=(1, 1)))
+    lines = []
+    second = train_and_evaluate(tiny_config(tmp_path, epochs=3, profile_batch=(1, 1)), verbose=0, log=lines.append)
+    second["log"] = lines
     return tmp_path, first, second
 
 
@@ -65,6 +67,7 @@ def test_rerun_resumes_from_last_completed_epoch(finished_run):
     _, first, second = finished_run
     assert len(first["history"]["sim_loss"]) == 2
     assert len(second["history"]["sim_loss"]) == 1  # epochs 1-2 restored, only epoch 3 trained
+    assert "Resuming %s: 2 of 3 epochs completed, training epochs 3-3" % (finished_run[0] / "run") in second["log"]
     # Each run exports a new version; none is overwritten.
     assert second["export_dir"].endswith(os.path.join("gsmorph", "2"))
 
