@@ -9,7 +9,8 @@ import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 from absl import app, flags
 
 from gsmorph_tf.cli import dataset_options_from_flags, define_dataset_options, fail, quiet_logs, run_app
-from gsmorph_tf.config import GROUPINGS, METRIC_PROTOCOLS, REG_PENALTIES, SURGERY_MODES, TrainConfig
+from gsmorph_tf.config import (GROUPINGS, METRIC_PROTOCOLS, REG_PENALTIES, SURGERY_MODES, TrainConfig,
+                               check_profile_batch)
 from gsmorph_tf.errors import ConfigError, DatasetError
 from gsmorph_tf.registry import DATASETS, MODELS, SIMILARITIES
 
@@ -61,6 +62,8 @@ flags.DEFINE_boolean("conflict_diagnostics", _DEFAULTS.conflict_diagnostics,
                      "(one extra backward pass); other modes always log it.")
 flags.DEFINE_integer("log_every_n_steps", _DEFAULTS.log_every_n_steps,
                      "Write per-step TensorBoard summaries every N steps.", lower_bound=1)
+flags.DEFINE_list("profile_batch", None, "Training steps TensorBoard's profiler traces: 'first,last' (1-based, e.g. "
+                  "10,12) or one step; the trace is in the TensorBoard Profile tab (tensorboard-plugin-profile).")
 for _name in define_dataset_options():
     flags.declare_key_flag(_name)  # listed by --help with the flags above
 flags.register_validator("crop_size", lambda size: size % 16 == 0,
@@ -71,11 +74,25 @@ flags.register_validator("ncc_windows", lambda windows: all(w.strip().isdigit() 
 FLAGS = flags.FLAGS
 
 
+def _valid_profile_batch(steps):
+    try:
+        check_profile_batch(steps)
+    except ConfigError:
+        return False
+    return True
+
+
+flags.register_validator("profile_batch", _valid_profile_batch,
+                         "--profile_batch takes one training step or a range first,last of steps (positive integers, "
+                         "first <= last, e.g. --profile_batch=10,12)")
+
+
 def config_from_flags():
     """The run's settings, read from the parsed flags once."""
     values = {name: getattr(FLAGS, name) for name in TrainConfig.__dataclass_fields__
               if name != "dataset_options" and FLAGS[name].value is not None}
     values["ncc_windows"] = tuple(int(v) for v in values["ncc_windows"])
+    values["profile_batch"] = check_profile_batch(values.get("profile_batch"))
     return TrainConfig(**values, dataset_options=dataset_options_from_flags(FLAGS, FLAGS.dataset))
 
 

@@ -30,11 +30,37 @@ REG_PENALTIES = ("l1", "l2")
 #: stack or volume as one); ``paper``, one row per 2D slice pair (the GSMorph reference code's protocol).
 METRIC_PROTOCOLS = ("volume", "paper")
 
-#: Settings that may change between an interrupted run and its resumption (more epochs, another place).
-RESUMABLE_CHANGES = ("epochs", "output_dir")
+#: Settings that may change between an interrupted run and its resumption (more epochs, another place, what
+#: to profile).
+RESUMABLE_CHANGES = ("epochs", "output_dir", "profile_batch")
 
 __all__ = ["ConfigError", "GROUPINGS", "METRIC_PROTOCOLS", "REG_PENALTIES", "RESUMABLE_CHANGES", "SURGERY_MODES",
-           "TrainConfig"]
+           "TrainConfig", "check_profile_batch"]
+
+
+def check_profile_batch(steps):
+    """``steps`` as ``(first, last)`` profiled steps, or ``()`` for none.
+
+    Takes ``()`` / None, one step ``N`` (a ``(N, N)`` range) or ``(first, last)``, each a positive integer or
+    its string (as ``--profile_batch=10,12`` gives them), ``first <= last``.
+
+    Raises:
+        ConfigError: naming the value and what is expected.
+    """
+    if steps is None or steps == () or steps == []:
+        return ()
+    values = (steps,) if isinstance(steps, (int, str)) else tuple(steps)
+    expected = ("profile_batch takes one training step or a range 'first,last' of steps (positive integers, "
+                "first <= last, e.g. 10,12), got %r" % (steps,))
+    try:
+        numbers = tuple(int(str(value).strip()) for value in values)
+    except ValueError:
+        raise ConfigError(expected) from None
+    if len(numbers) == 1:
+        numbers = numbers * 2
+    if len(numbers) != 2 or min(numbers) < 1 or numbers[0] > numbers[1]:
+        raise ConfigError(expected)
+    return numbers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +69,9 @@ class TrainConfig:
 
     ``seed`` fixes initialisation, shuffling and noise, and the subject split unless ``split_seed`` is set.
     ``drop_last`` drops an epoch's last partial batch (the reference code's ``drop_last=True``).
+
+    ``profile_batch``: ``(first, last)`` training steps (1-based, counted from the start of this process's
+    ``fit``) that TensorBoard's profiler traces; ``()`` traces none.
 
     ``dataset_options`` holds the chosen dataset's own settings (declared by its registry entry, e.g.
     ``phantom_subjects`` or ``brain_shape``); missing ones take the entry's defaults.
@@ -71,9 +100,14 @@ class TrainConfig:
     crop_size: int = 128
     conflict_diagnostics: bool = True
     log_every_n_steps: int = 1
+    profile_batch: tuple = ()
     dataset_options: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
+        try:  # one form, (first, last), whatever form it was given in; validate() reports a bad one
+            object.__setattr__(self, "profile_batch", check_profile_batch(self.profile_batch))
+        except ConfigError:
+            pass
         # Fill in the dataset's defaults so every run records all of its dataset's settings.
         if self.dataset in DATASETS:
             options = {option.name: option.default for option in DATASETS[self.dataset].options}
@@ -132,6 +166,7 @@ class TrainConfig:
             raise ConfigError("ncc_windows must be positive integers, got %r" % (self.ncc_windows,))
         if not (math.isfinite(self.ncc_gamma) and self.ncc_gamma > 0):
             raise ConfigError("ncc_gamma must be > 0, got %r" % self.ncc_gamma)
+        check_profile_batch(self.profile_batch)
         known = {option.name: option for option in dataset.options}
         unknown = sorted(set(self.dataset_options) - set(known))
         if unknown:

@@ -5,6 +5,8 @@ called on its own from a test; :func:`train_and_evaluate` chains them. The datas
 up by name in :mod:`gsmorph_tf.registry`; nothing here knows which ones exist. A run's output directory
 holds::
 
+    run.lock               held by the run using the directory (a second run on it is refused; see
+                           :mod:`gsmorph_tf.rundir`)
     config.json            the settings (a re-run must match them to resume)
     tensorboard/           event files: per-step losses and conflict statistics, per-epoch validation metrics,
                            images/ (registration panels, flow histogram), hparams/ (settings + test metrics)
@@ -12,6 +14,7 @@ holds::
                            the same command after an interruption resumes from the last completed epoch
     evaluation.json/.md    test-split metrics per subject and mean +- std, with the Initial (identity) row
     export/<model>/<N>/    SavedModel for TF Serving (serving_default: moving, fixed -> moved, flow)
+    export.json            which version holds this run's export (a re-run never exports a second one)
 """
 from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
 
@@ -20,7 +23,7 @@ import sys
 
 import tensorflow as tf
 
-from gsmorph_tf import evaluation, monitoring
+from gsmorph_tf import evaluation, monitoring, rundir
 from gsmorph_tf.data.pipeline import make_dataset
 from gsmorph_tf.data.subjects import reporting_order
 from gsmorph_tf.export import export_saved_model
@@ -81,6 +84,23 @@ class ValidationMetrics(tf.keras.callbacks.Callback):
         logs["val_njd"] = summary["njd"]["mean"]
 
 
+def checkpoint_dir(output_dir):
+    """The folder of a run's ``BackupAndRestore`` checkpoints."""
+    return os.path.join(output_dir, "checkpoints")
+
+
+def completed_epochs(output_dir):
+    """How many epochs the run in ``output_dir`` has completed, by its last checkpoint (0 without one).
+
+    ``BackupAndRestore`` keeps the index of the last completed epoch in the checkpoint (``ckpt_saved_epoch``)
+    in its ``chief/`` subfolder; training resumes after it.
+    """
+    latest = tf.train.latest_checkpoint(os.path.join(checkpoint_dir(output_dir), "chief"))
+    if latest is None:
+        return 0
+    return int(tf.train.load_checkpoint(latest).get_tensor("ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE")) + 1
+
+
 def fit(model, splits, config, output_dir, verbose=None):
     """Train ``model`` for ``config.epochs`` epochs, resuming from ``output_dir/checkpoints`` if present.
 
@@ -96,8 +116,9 @@ def fit(model, splits, config, output_dir, verbose=None):
         # before TensorBoard: it adds to the logs TensorBoard writes
         ValidationMetrics(network, splits["val"], config.batch_size, config.metric_protocol),
         monitoring.RegistrationImages(network, splits["val"], os.path.join(log_dir, "images")),
-        tf.keras.callbacks.TensorBoard(log_dir, update_freq=config.log_every_n_steps),
-        tf.keras.callbacks.BackupAndRestore(os.path.join(output_dir, "checkpoints"), delete_checkpoint=False),
+        tf.keras.callbacks.TensorBoard(log_dir, update_freq=config.log_every_n_steps,
+                                       profile_batch=config.profile_batch or 0),
+        tf.keras.callbacks.BackupAndRestore(checkpoint_dir(output_dir), delete_checkpoint=False),
     ]
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2  # a progress bar on a terminal, a line per epoch in logs
@@ -138,17 +159,32 @@ def prepare_output_dir(config):
 def train_and_evaluate(config, verbose=None, log=print, export=True):
     """The whole run: validate settings and data, train (or resume), evaluate the test split, export.
 
-    Everything that can be wrong with the settings or the data fails before the output dir is touched.
+    Everything that can be wrong with the settings or the data fails before the output dir is touched,
+    and so does a run directory that another live run holds (:mod:`gsmorph_tf.rundir`): this run holds its
+    lock from then on. Re-run after an interruption (``SIGKILL`` included), it resumes after the last
+    completed epoch, and exports the SavedModel only if no earlier run exported this trained state.
     ``export=False`` skips the SavedModel (studies that only need the scores).
+
+    Raises:
+        ConfigError: invalid settings, settings that differ from the run already in the output dir, or an
+            output dir in use by another run (naming it and the holder's pid and host).
+        DatasetError: unreadable or inconsistent data.
 
     Returns:
         dict with ``history`` (Keras history dict of this call), ``results`` (see :func:`evaluate`),
         ``table`` (Markdown), ``export_dir`` (None without export) and the output paths.
     """
     config.validate()
+    rundir.check_not_in_use(config.output_dir)  # a busy run directory is refused before the data is read
     splits = load_data(config)
     check_batches(config, splits)
-    prepare_output_dir(config)
+    with rundir.locked(config.output_dir):
+        prepare_output_dir(config)
+        return _train_and_evaluate(config, splits, verbose, log, export)
+
+
+def _train_and_evaluate(config, splits, verbose, log, export):
+    """:func:`train_and_evaluate` after the checks, holding the run directory's lock."""
     inshape = splits["train"][0].moving.shape[1:]
     model_entry = MODELS.load(config.model)
     # Seed before the weights are drawn: the same seed gives the same initial network (and, with fit's
@@ -159,6 +195,11 @@ def train_and_evaluate(config, verbose=None, log=print, export=True):
     log("Training %s (surgery=%s) on %d/%d/%d train/val/test subjects (%d training pairs), output in %s"
         % (config.model, config.surgery, len(splits["train"]), len(splits["val"]), len(splits["test"]),
            sum(len(p.moving) for p in splits["train"]), config.output_dir))
+    done = completed_epochs(config.output_dir)
+    if done:
+        log("Resuming %s: %d of %d epochs completed%s" % (
+            config.output_dir, done, config.epochs, ", training epochs %d-%d" % (done + 1, config.epochs)
+            if done < config.epochs else ", nothing left to train"))
     history = fit(model, splits, config, config.output_dir, verbose=verbose)
 
     network, chosen = model_entry.finalize(config, network, splits, log=log)
@@ -177,7 +218,9 @@ def train_and_evaluate(config, verbose=None, log=print, export=True):
     monitoring.log_hparams(os.path.join(config.output_dir, "tensorboard"), config, results["Model"]["summary"])
     export_dir = None
     if export:
-        export_dir = export_saved_model(network, os.path.join(config.output_dir, "export", config.model))
+        base_dir = os.path.join(config.output_dir, "export", config.model)
+        export_dir = rundir.export_once(config.output_dir, base_dir, config.epochs,
+                                        lambda version: export_saved_model(network, base_dir, version))
     return {"history": history.history, "results": results, "table": table, "export_dir": export_dir,
             "tensorboard_dir": os.path.join(config.output_dir, "tensorboard"),
             "evaluation_json": os.path.join(config.output_dir, "evaluation.json")}
