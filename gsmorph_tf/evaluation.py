@@ -36,6 +36,7 @@ import voxelmorph as vxm
 from gsmorph_tf import metrics
 from gsmorph_tf.config import METRIC_PROTOCOLS
 from gsmorph_tf.fileio import atomic_write_text
+from gsmorph_tf.data.preprocessing import GOOD_CROP_COVERAGE
 from gsmorph_tf.data.subjects import reporting_order
 
 #: Column order of the summary tables: (key in the per-subject rows, header).
@@ -251,6 +252,25 @@ def evaluate_against_initial(predict, subjects, name, progress=None, protocol="v
     """
     rows = evaluate_predictor(predict, subjects, progress, protocol)
     return results_by_method({"Initial": evaluate_identity(subjects, protocol), name: rows})
+
+
+def crop_report(subjects, rule):
+    """How well the crops of ``subjects`` hold their hearts, for the results JSON (``crop`` key).
+
+    Args:
+        subjects: :class:`~gsmorph_tf.data.subjects.SubjectPairs` (their ``crop_coverage``).
+        rule: the ``crop_center`` rule that placed the crops.
+
+    Returns:
+        ``{"rule": rule, "coverage": {subject: fraction of its ED label voxels inside the crop}, "good": number of
+        subjects with coverage >= GOOD_CROP_COVERAGE, "subjects": number of subjects}``; None when nothing was
+        cropped (3D tasks).
+    """
+    coverage = {p.subject: p.crop_coverage for p in subjects if p.crop_coverage is not None}
+    if not coverage:
+        return None
+    return {"rule": rule, "coverage": coverage, "good_threshold": GOOD_CROP_COVERAGE,
+            "good": sum(value >= GOOD_CROP_COVERAGE for value in coverage.values()), "subjects": len(coverage)}
 
 
 def summarize(rows):

@@ -172,7 +172,8 @@ def train_and_evaluate(config, verbose=None, log=print, export=True):
     evaluation.write_json(os.path.join(config.output_dir, "evaluation.json"),
                           {"config": config.to_dict(), "structures": reporting_order(splits["test"][0].label_values),
                            "method": model_entry.method_name(config), "chosen": chosen,
-                           "metric_protocol": config.metric_protocol, "methods": results})
+                           "metric_protocol": config.metric_protocol, "methods": results,
+                           "crop": evaluation.crop_report(splits["test"], config.crop_center)})
     atomic_write_text(os.path.join(config.output_dir, "evaluation.md"), table + "\n")
     monitoring.log_hparams(os.path.join(config.output_dir, "tensorboard"), config, results["Model"]["summary"])
     export_dir = None
