@@ -1,7 +1,7 @@
 """Evaluate a trained model on a dataset split with the paper's metrics.
 
     python run_eval.py --run_dir=runs/acdc_gsmorph                       # checkpoint of a run, its own data/split
-    python run_eval.py --saved_model=runs/demo/export/gsmorph/1 --dataset=acdc --data_dir=/data/ACDC
+    python run_eval.py --saved_model=runs/demo/export/gsmorph_phantom/1 --dataset=acdc --data_dir=/data/ACDC
     python run_eval.py --run_dir=runs/demo --split=val --output_dir=eval/demo_val
 
 Writes to ``--output_dir`` (default ``<run_dir>/eval_<split>`` or ``eval/``): ``per_subject.csv`` (one row per
@@ -26,7 +26,7 @@ from gsmorph_tf.errors import ConfigError, DatasetError
 from gsmorph_tf.registry import DATASETS
 
 flags.DEFINE_string("run_dir", None, "Output dir of run_train.py: evaluates its last checkpoint.")
-flags.DEFINE_string("saved_model", None, "A SavedModel version folder (…/export/<model>/<N>).")
+flags.DEFINE_string("saved_model", None, "A SavedModel version folder (…/export/<model>_<dataset>/<N>).")
 flags.mark_flags_as_mutual_exclusive(["run_dir", "saved_model"], required=True)
 flags.DEFINE_enum("dataset", None, DATASETS.names(), "Dataset (default: the run's).")
 flags.DEFINE_string("data_dir", None, "Dataset root (default: the run's).")

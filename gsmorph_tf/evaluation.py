@@ -65,14 +65,16 @@ def keras_predictor(network, batch_size=32):
 
 
 def savedmodel_predictor(path, batch_size=32):
-    """A predictor (as :func:`keras_predictor`) running the ``serving_default`` signature of a SavedModel.
+    """A predictor (as :func:`keras_predictor`) running a SavedModel on the subjects' crops: its
+    ``register_crop`` signature, or ``serving_default`` in exports older than ``register_crop`` (same contract).
 
     Raises:
         FileNotFoundError: ``path`` holds no ``saved_model.pb``.
     """
     if not os.path.exists(os.path.join(path, "saved_model.pb")):
         raise FileNotFoundError("no SavedModel at %s (expected %s)" % (path, os.path.join(path, "saved_model.pb")))
-    serve = tf.saved_model.load(path).signatures["serving_default"]
+    signatures = tf.saved_model.load(path).signatures
+    serve = signatures.get("register_crop") or signatures["serving_default"]
 
     def predict(moving, fixed):
         moved, flow = [], []
@@ -312,8 +314,8 @@ def format_table(summaries):
     return "\n".join(lines)
 
 
-def write_json(path, data):
-    """Write JSON atomically (temp file, then rename). NaN is written as null."""
+def to_json(data):
+    """``data`` as JSON text (indented), NaN written as null, NumPy floats as floats."""
     def clean(value):
         if isinstance(value, dict):
             return {k: clean(v) for k, v in value.items()}
@@ -323,4 +325,9 @@ def write_json(path, data):
             return None if np.isnan(value) else float(value)
         return value
 
-    atomic_write_text(path, json.dumps(clean(data), indent=2) + "\n")
+    return json.dumps(clean(data), indent=2)
+
+
+def write_json(path, data):
+    """Write :func:`to_json` of ``data`` atomically (temp file, then rename)."""
+    atomic_write_text(path, to_json(data) + "\n")
