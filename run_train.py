@@ -9,8 +9,8 @@ import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 from absl import app, flags
 
 from gsmorph_tf.cli import dataset_options_from_flags, define_dataset_options, fail, quiet_logs, run_app
-from gsmorph_tf.config import (GROUPINGS, METRIC_PROTOCOLS, REG_PENALTIES, SURGERY_MODES, TrainConfig,
-                               check_profile_batch)
+from gsmorph_tf.config import (CROP_CENTERS, GROUPINGS, METRIC_PROTOCOLS, REG_PENALTIES, SURGERY_MODES,
+                               TrainConfig, check_profile_batch)
 from gsmorph_tf.errors import ConfigError, DatasetError
 from gsmorph_tf.registry import DATASETS, MODELS, SIMILARITIES
 
@@ -57,6 +57,10 @@ flags.DEFINE_enum("metric_protocol", _DEFAULTS.metric_protocol, METRIC_PROTOCOLS
                   "slice pair as the GSMorph reference code (NJD det < 0).")
 flags.DEFINE_integer("crop_size", _DEFAULTS.crop_size, "Square crop around the heart (pixels, multiple of 16).",
                      lower_bound=16)
+flags.DEFINE_enum("crop_center", _DEFAULTS.crop_center, CROP_CENTERS,
+                  "Where the crop is centred: labels = centroid of the ED labels (the paper protocol); motion = "
+                  "maximum of the smoothed temporal std of the cine (label-free, as run_register and the exported "
+                  "model do); image = the image centre.")
 flags.DEFINE_boolean("conflict_diagnostics", _DEFAULTS.conflict_diagnostics,
                      "With --surgery=none, also compute the two gradients separately to log their conflict "
                      "(one extra backward pass); other modes always log it.")

@@ -23,6 +23,8 @@ setup(
         "scipy>=1.11,<2",
         "matplotlib>=3.7,<4",
         "tqdm>=4.60,<5",
+        # SavedModel warm-up file (PredictionLog protos) and the gRPC client; pure Python, needs only TF + grpcio.
+        "tensorflow-serving-api==2.21.*",
     ],
     extras_require={
         "test": ["pytest>=8,<10"],

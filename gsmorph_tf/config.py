@@ -30,12 +30,17 @@ REG_PENALTIES = ("l1", "l2")
 #: stack or volume as one); ``paper``, one row per 2D slice pair (the GSMorph reference code's protocol).
 METRIC_PROTOCOLS = ("volume", "paper")
 
+#: Where 2D cardiac crops are centred (gsmorph_tf.data.preprocessing): ``labels``, the centroid of the ED labels
+#: (the paper protocol); ``motion``, the maximum of the smoothed temporal standard deviation of the cine
+#: (label-free, as at deployment); ``image``, the image centre.
+CROP_CENTERS = ("labels", "motion", "image")
+
 #: Settings that may change between an interrupted run and its resumption (more epochs, another place, what
 #: to profile).
 RESUMABLE_CHANGES = ("epochs", "output_dir", "profile_batch")
 
-__all__ = ["ConfigError", "GROUPINGS", "METRIC_PROTOCOLS", "REG_PENALTIES", "RESUMABLE_CHANGES", "SURGERY_MODES",
-           "TrainConfig", "check_profile_batch"]
+__all__ = ["CROP_CENTERS", "ConfigError", "GROUPINGS", "METRIC_PROTOCOLS", "REG_PENALTIES", "RESUMABLE_CHANGES",
+           "SURGERY_MODES", "TrainConfig", "check_profile_batch"]
 
 
 def check_profile_batch(steps):
@@ -98,6 +103,7 @@ class TrainConfig:
     drop_last: bool = True
     metric_protocol: str = "volume"
     crop_size: int = 128
+    crop_center: str = "labels"
     conflict_diagnostics: bool = True
     log_every_n_steps: int = 1
     profile_batch: tuple = ()
@@ -140,7 +146,7 @@ class TrainConfig:
         """Raise :class:`ConfigError` for the first invalid setting; return ``self``."""
         choices = {"dataset": DATASETS.names(), "model": MODELS.names(), "surgery": SURGERY_MODES,
                    "grouping": GROUPINGS, "similarity": SIMILARITIES.names(), "reg_penalty": REG_PENALTIES,
-                   "metric_protocol": METRIC_PROTOCOLS}
+                   "metric_protocol": METRIC_PROTOCOLS, "crop_center": CROP_CENTERS}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ConfigError("%s=%r is not one of: %s" % (name, getattr(self, name), ", ".join(valid)))
@@ -177,6 +183,9 @@ class TrainConfig:
                 option.check(self.dataset_options[name])
             except ValueError as error:
                 raise ConfigError(str(error)) from None
+        if self.crop_center != "labels" and dataset.ndim != 2:
+            raise ConfigError("crop_center=%s places the crop of 2D cardiac slices; dataset=%s is %dD and is not "
+                              "cropped: leave crop_center=labels" % (self.crop_center, self.dataset, dataset.ndim))
         if self.metric_protocol == "paper" and dataset.ndim != 2:
             raise ConfigError("metric_protocol=paper scores 2D slice pairs; dataset=%s is %dD: use volume"
                               % (self.dataset, dataset.ndim))

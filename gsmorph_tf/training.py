@@ -13,11 +13,13 @@ holds::
     checkpoints/           model + optimizer + epoch after every epoch (Keras BackupAndRestore): re-running
                            the same command after an interruption resumes from the last completed epoch
     evaluation.json/.md    test-split metrics per subject and mean +- std, with the Initial (identity) row
-    export/<model>/<N>/    SavedModel for TF Serving (serving_default: moving, fixed -> moved, flow)
+    export/<model>_<dataset>/<N>/  SavedModel for TF Serving (serving_default: raw moving, fixed -> moved, flow
+                           on the input grid; register_crop; warp), with assets/provenance.json and the warm-up
     export.json            which version holds this run's export (a re-run never exports a second one)
 """
 from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
 
+import json
 import os
 import sys
 
@@ -26,9 +28,10 @@ import tensorflow as tf
 from gsmorph_tf import evaluation, monitoring, rundir
 from gsmorph_tf.data.pipeline import make_dataset
 from gsmorph_tf.data.subjects import reporting_order
-from gsmorph_tf.export import export_saved_model
+from gsmorph_tf.export import export_saved_model, run_provenance
 from gsmorph_tf.errors import ConfigError
 from gsmorph_tf.fileio import atomic_write_text
+from gsmorph_tf.provenance import default_model_name
 from gsmorph_tf.registry import DATASETS, MODELS
 
 
@@ -210,17 +213,20 @@ def _train_and_evaluate(config, splits, verbose, log, export):
     caption = evaluation.protocol_caption(config.metric_protocol, results["Model"]["subjects"])
     table = caption + "\n\n" + evaluation.format_table({"Initial": results["Initial"]["summary"],
                                                          name: results["Model"]["summary"]})
-    evaluation.write_json(os.path.join(config.output_dir, "evaluation.json"),
-                          {"config": config.to_dict(), "structures": reporting_order(splits["test"][0].label_values),
-                           "method": model_entry.method_name(config), "chosen": chosen,
-                           "metric_protocol": config.metric_protocol, "methods": results})
+    record = {"config": config.to_dict(), "structures": reporting_order(splits["test"][0].label_values),
+              "method": model_entry.method_name(config), "chosen": chosen, "metric_protocol": config.metric_protocol,
+              "methods": results, "crop": evaluation.crop_report(splits["test"], config.crop_center)}
+    evaluation.write_json(os.path.join(config.output_dir, "evaluation.json"), record)
     atomic_write_text(os.path.join(config.output_dir, "evaluation.md"), table + "\n")
     monitoring.log_hparams(os.path.join(config.output_dir, "tensorboard"), config, results["Model"]["summary"])
     export_dir = None
     if export:
-        base_dir = os.path.join(config.output_dir, "export", config.model)
-        export_dir = rundir.export_once(config.output_dir, base_dir, config.epochs,
-                                        lambda version: export_saved_model(network, base_dir, version))
+        model_name = default_model_name(config)
+        provenance = run_provenance(config, list(inshape), model_name, json.loads(evaluation.to_json(record)))
+        base_dir = os.path.join(config.output_dir, "export", model_name)
+        export_dir = rundir.export_once(
+            config.output_dir, base_dir, config.epochs,
+            lambda version: export_saved_model(network, base_dir, version, provenance=provenance))
     return {"history": history.history, "results": results, "table": table, "export_dir": export_dir,
             "tensorboard_dir": os.path.join(config.output_dir, "tensorboard"),
             "evaluation_json": os.path.join(config.output_dir, "evaluation.json")}

@@ -16,7 +16,8 @@ from conftest import PHANTOM
 from gsmorph_tf.config import SURGERY_MODES, ConfigError, TrainConfig, check_profile_batch
 from gsmorph_tf.data.nifti import DatasetError
 from gsmorph_tf.data.subjects import STRUCTURES
-from gsmorph_tf.training import train_and_evaluate
+from gsmorph_tf.provenance import read_provenance
+from gsmorph_tf.training import load_data, train_and_evaluate
 
 
 def tiny_config(tmp_path, **overrides):
@@ -57,8 +58,18 @@ def test_run_writes_evaluation_checkpoints_and_savedmodel(finished_run):
         assert len(report["methods"][method]["subjects"]) == 1  # 4 subjects -> 2/1/1
     assert report["methods"]["Initial"]["summary"]["njd"]["mean"] == 0.0  # identity never folds
     assert "| Initial |" in (run / "evaluation.md").read_text()
-    assert first["export_dir"] == str(run / "export" / "gsmorph" / "1")
+    assert first["export_dir"] == str(run / "export" / "gsmorph_phantom" / "1")
     assert os.path.exists(os.path.join(first["export_dir"], "saved_model.pb"))
+    # crop coverage per test subject, and the export's provenance carries the run's settings and test metrics
+    assert report["crop"]["rule"] == "labels" and report["crop"]["subjects"] == 1
+    (coverage,) = report["crop"]["coverage"].values()
+    assert 0.0 <= coverage <= 1.0 and report["crop"]["good"] == int(coverage >= 0.99)
+    provenance = read_provenance(first["export_dir"])
+    assert provenance["model_name"] == "gsmorph_phantom" and provenance["dataset"] == "phantom"
+    stored = json.loads((run / "config.json").read_text())  # written again by the resumed run (epochs 3)
+    assert provenance["training"] == dict(stored, epochs=2)
+    assert provenance["test_metrics"]["summaries"]["Model"]["dice_mean"]["mean"] == pytest.approx(
+        report["methods"]["Model"]["summary"]["dice_mean"]["mean"])
     assert os.listdir(run / "checkpoints")
     assert json.loads((run / "config.json").read_text())["surgery"] == "layerwise"
 
@@ -69,7 +80,7 @@ def test_rerun_resumes_from_last_completed_epoch(finished_run):
     assert len(second["history"]["sim_loss"]) == 1  # epochs 1-2 restored, only epoch 3 trained
     assert "Resuming %s: 2 of 3 epochs completed, training epochs 3-3" % (finished_run[0] / "run") in second["log"]
     # Each run exports a new version; none is overwritten.
-    assert second["export_dir"].endswith(os.path.join("gsmorph", "2"))
+    assert second["export_dir"].endswith(os.path.join("gsmorph_phantom", "2"))
 
 
 def test_tensorboard_has_per_step_and_per_epoch_tags(finished_run):
@@ -122,7 +133,7 @@ def test_a_batch_larger_than_the_training_pairs_fails_early(tmp_path):
 def test_exported_model_reproduces_network(finished_run):
     tmp_path, _, second = finished_run
     loaded = tf.saved_model.load(second["export_dir"])
-    serve = loaded.signatures["serving_default"]
+    serve = loaded.signatures["register_crop"]
     rng = np.random.default_rng(0)
     moving = rng.random((2, 32, 32, 1), np.float32)
     fixed = rng.random((2, 32, 32, 1), np.float32)
@@ -193,3 +204,19 @@ def test_same_seed_same_run(tmp_path):
         results.append(outcome["results"]["Model"]["summary"])
     for key in ("dice_mean", "mse", "hd95_mean"):
         assert results[0][key]["mean"] == pytest.approx(results[1][key]["mean"], rel=1e-4, abs=1e-6), key
+
+
+def test_crop_center_is_validated_and_motion_crops_the_phantom_from_its_cine(tmp_path):
+    with pytest.raises(ConfigError, match="crop_center='heart' is not one of: labels, motion, image"):
+        tiny_config(tmp_path, crop_center="heart").validate()
+    with pytest.raises(ConfigError, match="crop_center=motion places the crop of 2D cardiac slices; dataset=brain"):
+        TrainConfig(dataset="brain", model="ulae", crop_center="motion").validate()
+    config = tiny_config(tmp_path, crop_center="motion")
+    splits = load_data(config)
+    subjects = splits["train"] + splits["val"] + splits["test"]
+    assert all(0.0 <= subject.crop_coverage <= 1.0 for subject in subjects)
+    labelled = {s.subject: s for split in load_data(dataclasses.replace(config, crop_center="labels")).values()
+                for s in split}
+    assert all(labelled[s.subject].crop_coverage == 1.0 for s in subjects)  # the labels' own centre
+    # the motion crops are not the label crops: another centre, the same anatomy around it
+    assert any(not np.array_equal(s.fixed_labels, labelled[s.subject].fixed_labels) for s in subjects)
