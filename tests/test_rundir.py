@@ -143,8 +143,8 @@ def test_a_run_killed_after_its_epoch_checkpoint_resumes_there_and_exports_once(
     resumed = train_and_evaluate(config, verbose=0, log=lines.append)  # the lock did not outlive the killed run
     assert "Resuming %s: 1 of 1 epochs completed, nothing left to train" % config.output_dir in lines
     assert resumed["history"] == {}
-    assert resumed["export_dir"] == str(tmp_path / "run" / "export" / "gsmorph" / "1")
+    assert resumed["export_dir"] == str(tmp_path / "run" / "export" / "gsmorph_phantom" / "1")
 
     again = train_and_evaluate(config, verbose=0, log=lambda *args: None)
     assert again["history"] == {} and again["export_dir"] == resumed["export_dir"]
-    assert os.listdir(tmp_path / "run" / "export" / "gsmorph") == ["1"]
+    assert os.listdir(tmp_path / "run" / "export" / "gsmorph_phantom") == ["1"]

@@ -66,8 +66,8 @@ def test_run_writes_evaluation_checkpoints_and_savedmodel(finished_run):
     assert 0.0 <= coverage <= 1.0 and report["crop"]["good"] == int(coverage >= 0.99)
     provenance = read_provenance(first["export_dir"])
     assert provenance["model_name"] == "gsmorph_phantom" and provenance["dataset"] == "phantom"
-    stored = json.loads((run / "config.json").read_text())  # written again by the resumed run (epochs 3)
-    assert provenance["training"] == dict(stored, epochs=2)
+    stored = json.loads((run / "config.json").read_text())  # written again by the resumed run (epochs 3, profiled)
+    assert provenance["training"] == dict(stored, epochs=2, profile_batch=[])
     assert provenance["test_metrics"]["summaries"]["Model"]["dice_mean"]["mean"] == pytest.approx(
         report["methods"]["Model"]["summary"]["dice_mean"]["mean"])
     assert os.listdir(run / "checkpoints")
