@@ -19,7 +19,7 @@ import tensorflow as tf
 import voxelmorph as vxm
 from scipy import ndimage
 
-from gsmorph_tf import hypermorph
+from gsmorph_tf.models import hypermorph
 from gsmorph_tf.model import GradientSurgeryModel
 from gsmorph_tf.networks import build_gsmorph_unet
 from gsmorph_tf.surgery import project_gradients
