@@ -21,10 +21,10 @@ from gsmorph_tf import distribute
 from gsmorph_tf.model import GradientSurgeryModel
 from gsmorph_tf.networks import build_gsmorph_unet
 
+import distributed_cases  # tests/ is on sys.path (see conftest.py): the subprocesses' data and comparison
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = os.path.join(REPO, "tests", "distributed_cases.py")
-sys.path.insert(0, os.path.join(REPO, "tests"))
-import distributed_cases  # noqa: E402  (the same data, network and comparison as the subprocesses)
 
 #: Distributed and single-device steps must agree to float32 rounding (measured: ~1e-7 of the weights,
 #: ~1e-6 of the step); the steps are ~5 % of the weights, so a wrong step size or projection cannot pass.
@@ -71,8 +71,8 @@ def mirrored():
 # ---- strategies, TF_CONFIG, chief ------------------------------------------------------------------------
 
 def test_importing_distribute_does_not_load_tensorflow():
-    done = subprocess.run([sys.executable, "-c", "import sys, gsmorph_tf.distribute; print('tensorflow' in sys.modules)"],
-                          env=case_env(), capture_output=True, text=True, timeout=120)
+    code = "import sys, gsmorph_tf.distribute; print('tensorflow' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], env=case_env(), capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "False", done.stderr
 
 
