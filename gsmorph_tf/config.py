@@ -30,11 +30,17 @@ REG_PENALTIES = ("l1", "l2")
 #: stack or volume as one); ``paper``, one row per 2D slice pair (the GSMorph reference code's protocol).
 METRIC_PROTOCOLS = ("volume", "paper")
 
-#: Settings that may change between an interrupted run and its resumption (more epochs, another place).
-RESUMABLE_CHANGES = ("epochs", "output_dir")
+#: Device strategies (see :mod:`gsmorph_tf.distribute`): ``default``, one device; ``mirrored``, the GPUs (or
+#: logical CPUs) of one machine; ``multi_worker``, the machines that ``TF_CONFIG`` lists.
+STRATEGIES = ("default", "mirrored", "multi_worker")
 
-__all__ = ["ConfigError", "GROUPINGS", "METRIC_PROTOCOLS", "REG_PENALTIES", "RESUMABLE_CHANGES", "SURGERY_MODES",
-           "TrainConfig"]
+#: Settings that may change between an interrupted run and its resumption: more epochs, another place, other
+#: devices (a checkpoint restores under any strategy; synchronised BatchNorm has the same weights). Not
+#: ``mixed_precision``: its loss-scale optimizer keeps other state in the checkpoint.
+RESUMABLE_CHANGES = ("epochs", "output_dir", "strategy", "cpu_replicas", "sync_batchnorm")
+
+__all__ = ["ConfigError", "GROUPINGS", "METRIC_PROTOCOLS", "REG_PENALTIES", "RESUMABLE_CHANGES", "STRATEGIES",
+           "SURGERY_MODES", "TrainConfig"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +49,12 @@ class TrainConfig:
 
     ``seed`` fixes initialisation, shuffling and noise, and the subject split unless ``split_seed`` is set.
     ``drop_last`` drops an epoch's last partial batch (the reference code's ``drop_last=True``).
+
+    Devices (:mod:`gsmorph_tf.distribute`): ``strategy`` is ``default`` (one device), ``mirrored`` (the GPUs
+    of one machine; with ``cpu_replicas`` > 0, that many logical CPU devices) or ``multi_worker`` (the
+    machines ``TF_CONFIG`` lists); ``batch_size`` is the global batch, split over the replicas.
+    ``sync_batchnorm`` makes BatchNorm use the global batch's statistics; ``mixed_precision`` computes the
+    network body in float16 with loss scaling (GPUs).
 
     ``dataset_options`` holds the chosen dataset's own settings (declared by its registry entry, e.g.
     ``phantom_subjects`` or ``brain_shape``); missing ones take the entry's defaults.
@@ -71,6 +83,10 @@ class TrainConfig:
     crop_size: int = 128
     conflict_diagnostics: bool = True
     log_every_n_steps: int = 1
+    strategy: str = "default"
+    cpu_replicas: int = 0
+    sync_batchnorm: bool = False
+    mixed_precision: bool = False
     dataset_options: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
@@ -106,7 +122,7 @@ class TrainConfig:
         """Raise :class:`ConfigError` for the first invalid setting; return ``self``."""
         choices = {"dataset": DATASETS.names(), "model": MODELS.names(), "surgery": SURGERY_MODES,
                    "grouping": GROUPINGS, "similarity": SIMILARITIES.names(), "reg_penalty": REG_PENALTIES,
-                   "metric_protocol": METRIC_PROTOCOLS}
+                   "metric_protocol": METRIC_PROTOCOLS, "strategy": STRATEGIES}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ConfigError("%s=%r is not one of: %s" % (name, getattr(self, name), ", ".join(valid)))
@@ -155,7 +171,25 @@ class TrainConfig:
         if model.surgeries is not None and self.surgery not in model.surgeries:
             raise ConfigError("model=%s takes surgery=%s, not %r" % (self.model, " or ".join(model.surgeries),
                                                                     self.surgery))
+        self._validate_devices(model)
         return self
+
+    def _validate_devices(self, model):
+        """The settings of :mod:`gsmorph_tf.distribute` and mixed precision, for the registry entry ``model``."""
+        if not (isinstance(self.cpu_replicas, int) and self.cpu_replicas >= 0):
+            raise ConfigError("cpu_replicas must be an integer >= 0, got %r" % (self.cpu_replicas,))
+        if self.cpu_replicas and self.strategy != "mirrored":
+            raise ConfigError("cpu_replicas=%d splits the CPU for strategy=mirrored; strategy=%s does not use it: "
+                              "set strategy=mirrored or cpu_replicas=0" % (self.cpu_replicas, self.strategy))
+        if self.sync_batchnorm and self.strategy == "default":
+            raise ConfigError("sync_batchnorm synchronises BatchNorm across replicas; strategy=default has one: "
+                              "set strategy=mirrored or multi_worker, or sync_batchnorm=False")
+        if self.sync_batchnorm and not model.batch_norm:
+            raise ConfigError("sync_batchnorm: model=%s has no BatchNorm layers (models with BatchNorm: %s)"
+                              % (self.model, ", ".join(m.name for m in MODELS if m.batch_norm) or "none"))
+        if self.mixed_precision and not model.mixed_precision:
+            raise ConfigError("mixed_precision is not available for model=%s (models that support it: %s)"
+                              % (self.model, ", ".join(m.name for m in MODELS if m.mixed_precision) or "none"))
 
     def to_dict(self):
         return dataclasses.asdict(self)

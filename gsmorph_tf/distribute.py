@@ -22,8 +22,11 @@ import os
 import shutil
 import tempfile
 
-#: Strategy names accepted by :func:`create_strategy`.
-STRATEGIES = ("default", "mirrored", "multi_worker")
+# The strategy names belong to the settings vocabulary (light, for --help).
+from gsmorph_tf.config import STRATEGIES  # noqa: F401  (re-exported)
+
+#: The strategies this process created, by (name, cpu_replicas): see :func:`create_strategy`.
+_CREATED = {}
 
 _TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
                       '"task": {"type": "worker", "index": 0}}')
@@ -188,7 +191,9 @@ def create_strategy(name="default", cpu_replicas=0):
             (no GPU needed; see :func:`configure_cpu_replicas`). 0: off.
 
     Create the strategy at the start of the program: ``cpu_replicas`` and ``multi_worker`` need TensorFlow's
-    devices not yet initialised.
+    devices not yet initialised. A second call with the same arguments returns the same strategy (several
+    runs in one process, e.g. a study): two strategies over the same devices would draw the same keys for
+    their collective operations and mix them up.
 
     Raises:
         ValueError: unknown ``name``, ``cpu_replicas`` with another strategy than ``mirrored``, or a missing or
@@ -204,11 +209,15 @@ def create_strategy(name="default", cpu_replicas=0):
     tf = _tensorflow()
     if name == "default":
         return tf.distribute.get_strategy()
-    if name == "mirrored":
-        if cpu_replicas:
-            return tf.distribute.MirroredStrategy(devices=configure_cpu_replicas(cpu_replicas))
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    key = (name, int(cpu_replicas or 0))
+    if key not in _CREATED:
+        if name == "mirrored" and cpu_replicas:
+            _CREATED[key] = tf.distribute.MirroredStrategy(devices=configure_cpu_replicas(cpu_replicas))
+        elif name == "mirrored":
+            _CREATED[key] = tf.distribute.MirroredStrategy()
+        else:
+            _CREATED[key] = tf.distribute.MultiWorkerMirroredStrategy()
+    return _CREATED[key]
 
 
 def synchronize_batch_norm(network):

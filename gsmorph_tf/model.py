@@ -59,6 +59,16 @@ def all_reduce_gradients(gradient_lists):
     return [[None if g is None else next(reduced) for g in grads] for grads in gradient_lists]
 
 
+def record_batch_mean(tracker, value, batch, distributed):
+    """Add a batch mean to a ``Mean`` tracker. Under a strategy (``distributed``) a replica that got no
+    example of a partial batch (its mean is NaN) adds nothing instead of turning the running mean into NaN."""
+    if not distributed:
+        tracker.update_state(value)
+        return
+    present = tf.cast(tf.shape(batch)[0] > 0, value.dtype)
+    tracker.update_state(tf.math.multiply_no_nan(value, present), sample_weight=present)
+
+
 def _nan_unless_finite(grads, checked):
     """``grads`` unchanged if every tensor in ``checked`` is finite, else all NaN.
 
@@ -112,6 +122,9 @@ class GradientSurgeryModel(tf.keras.Model):
         self.reg_tracker = tf.keras.metrics.Mean(name="reg_loss")
         self.conflict_tracker = tf.keras.metrics.Mean(name="conflict_fraction")
         self.cosine_tracker = tf.keras.metrics.Mean(name="mean_cosine")
+        # The logs are tracker results, already aggregated over all replicas: Keras' default ("auto") would
+        # sum them over the replicas again under a multi-worker strategy (a validation loss x the workers).
+        self.distribute_reduction_method = "first"
 
     @property
     def metrics(self):
@@ -197,8 +210,8 @@ class GradientSurgeryModel(tf.keras.Model):
         else:
             self.optimizer.apply_gradients(pairs)
         # The trackers get this replica's batch means; reading them averages over replicas.
-        self.sim_tracker.update_state(sim)
-        self.reg_tracker.update_state(reg)
+        record_batch_mean(self.sim_tracker, sim, moving, distributed)
+        record_batch_mean(self.reg_tracker, reg, moving, distributed)
         # Instantaneous per-step values (the Keras logs are running means over the epoch).
         tf.summary.scalar("step/sim_loss", sim, step=step)
         tf.summary.scalar("step/reg_loss", reg, step=step)
@@ -207,6 +220,7 @@ class GradientSurgeryModel(tf.keras.Model):
     def test_step(self, data):
         moving, fixed = unpack_pair(data)
         sim, reg = self.compute_losses(moving, fixed, training=False)
-        self.sim_tracker.update_state(sim)
-        self.reg_tracker.update_state(reg)
+        distributed = replicas_in_sync() > 1
+        record_batch_mean(self.sim_tracker, sim, moving, distributed)
+        record_batch_mean(self.reg_tracker, reg, moving, distributed)
         return {"sim_loss": self.sim_tracker.result(), "reg_loss": self.reg_tracker.result()}

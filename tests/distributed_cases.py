@@ -4,8 +4,12 @@ Logical CPU devices and multi-worker collectives must be set up before TensorFlo
 which the rest of the test suite has long done in its own process; so each case runs here, in a subprocess,
 and prints one line ``RESULT <json>`` for the test to check.
 
-    python tests/distributed_cases.py mirrored                      # 2 logical CPUs: global vs single device
-    TF_CONFIG=... python tests/distributed_cases.py multi_worker --backup_dir=D --epochs=1
+    python tests/distributed_cases.py mirrored --run_dir=D           # 2 logical CPUs: a run, steps vs one device
+    TF_CONFIG=... python tests/distributed_cases.py multi_worker --run_dir=D --own_dir=E
+
+Every case is small enough to run in seconds: 16x16 images and two-conv networks for the step comparisons,
+each network built once per strategy (its weights reset for every comparison), and one-step fits run eagerly
+(``run_eagerly``: the same ``train_step`` code without tracing it; one traced comparison checks the graph).
 """
 import argparse
 import json
@@ -19,16 +23,22 @@ import tensorflow as tf
 import voxelmorph as vxm
 from scipy import ndimage
 
-from gsmorph_tf.models import hypermorph
+from gsmorph_tf import training
+from gsmorph_tf.config import TrainConfig
 from gsmorph_tf.model import GradientSurgeryModel
+from gsmorph_tf.models import hypermorph
+from gsmorph_tf.models.gsmorph import GSMorphModel
 from gsmorph_tf.networks import build_gsmorph_unet
+from gsmorph_tf.registry import MODELS, ModelEntry
 from gsmorph_tf.surgery import project_gradients
 
 SIZE = 16
 GLOBAL_BATCH = 8
-#: SGD step: large enough that one step changes the weights by ~1e-2 of their norm (see "step_rel"), so a
+#: SGD step: large enough that one step changes the weights by ~5e-2 of their norm (see "step_rel"), so a
 #: 1e-5 agreement of the weights says the steps agree to ~1e-3, and a step twice too large cannot pass.
 LEARNING_RATE = 20.0
+#: The tiny phantom of tests/conftest.py (4 subjects of 2 slices: 4 training pairs), cropped to 32x32.
+PHANTOM = {"phantom_subjects": 4, "phantom_slices": 2, "phantom_size": 48}
 
 
 def pairs(n=GLOBAL_BATCH, size=SIZE, seed=0):
@@ -67,26 +77,27 @@ def bn_network(size=SIZE):
     return network
 
 
-def one_step(strategy, build, initial, mode, convert=None):
-    """Trainable weights after one ``fit`` step (SGD) on the global batch, model built under ``strategy``."""
-    with strategy.scope():
-        network = build()
-        network.set_weights(initial)
-        if convert is not None:
-            network = convert(network)
+def small_hypermorph(size=SIZE):
+    """voxelmorph's HyperVxmDense with a small hypernetwork (2 x 8 units instead of 6 x 128)."""
+    return vxm.networks.HyperVxmDense((size, size), nb_hyp_layers=2, nb_hyp_units=8, name="hypermorph")
+
+
+def one_step(network, initial, mode, eager=True):
+    """Trainable weights after one SGD ``fit`` step on the global batch. ``network`` was built under the
+    strategy to test; its weights are reset to ``initial`` first, so one network serves every comparison."""
+    network.set_weights(initial)
+    with network.distribute_strategy.scope():
         model = GradientSurgeryModel(network, similarity="mse", reg_penalty="l2", surgery=mode, lam=0.5)
-        model.compile(optimizer=tf.keras.optimizers.SGD(LEARNING_RATE))
-    data = tf.data.Dataset.from_tensor_slices(pairs()).batch(GLOBAL_BATCH)
-    model.fit(data, epochs=1, verbose=0)
-    return [v.numpy() for v in network.trainable_variables], network
+        model.compile(optimizer=tf.keras.optimizers.SGD(LEARNING_RATE), run_eagerly=eager)
+    model.fit(tf.data.Dataset.from_tensor_slices(pairs()).batch(GLOBAL_BATCH), epochs=1, verbose=0)
+    return [v.numpy() for v in network.trainable_variables]
 
 
-def per_replica_step(build, initial, mode, replicas=2):
+def per_replica_step(network, initial, mode, replicas=2):
     """The step of a naive distributed train_step, computed on one device: each replica's slice gets its two
     gradients (losses scaled by 1/replicas, so step sizes are right), projects them on its own, and the
     optimizer sums the projected gradients (its usual aggregation). BatchNorm, if any, sees the slice only,
     as unsynchronised BatchNorm does under MirroredStrategy."""
-    network = build()
     network.set_weights(initial)
     model = GradientSurgeryModel(network, similarity="mse", reg_penalty="l2", surgery=mode, lam=0.5)
     variables = network.trainable_variables
@@ -116,28 +127,57 @@ def compare(start, reference, other):
             "step_rel": float(np.linalg.norm(step) / np.linalg.norm(w0))}
 
 
-def case_mirrored():
-    strategy = distribute.create_strategy("mirrored", cpu_replicas=2)
+def phantom_config(run_dir, **settings):
+    """A 1-epoch run on the tiny phantom (generated into ``<run_dir>/../phantom``), batch 4 of 32x32 crops."""
+    values = dict(dataset="phantom", data_dir=os.path.join(os.path.dirname(run_dir), "phantom"),
+                  output_dir=run_dir, crop_size=32, batch_size=4, epochs=1, learning_rate=1e-3,
+                  dataset_options=PHANTOM)
+    values.update(settings)
+    return TrainConfig(**values)
+
+
+def run_summary(outcome):
+    """What the tests check of a :func:`gsmorph_tf.training.train_and_evaluate` outcome."""
+    return {"replicas": outcome["replicas"], "chief": outcome["chief"], "export_dir": outcome["export_dir"],
+            "epochs_run": len(outcome["history"]["sim_loss"]), "history": outcome["history"],
+            "model_mse": outcome["results"]["Model"]["summary"]["mse"]["mean"], "pid": os.getpid()}
+
+
+def case_mirrored(run_dir):
+    # First, as run_train.py does in a fresh process: the whole run creates its strategy (2 logical CPUs)
+    # before anything else touches TensorFlow's devices.
+    result = {"run": run_summary(training.train_and_evaluate(
+        phantom_config(run_dir, strategy="mirrored", cpu_replicas=2), verbose=0, log=lambda *args: None))}
+
+    strategy = distribute.create_strategy("mirrored", cpu_replicas=2)  # the same 2 devices: allowed
     single = tf.distribute.get_strategy()
-    result = {"replicas": strategy.num_replicas_in_sync, "modes": {}}
+    result.update(replicas=strategy.num_replicas_in_sync, modes={})
     tf.keras.utils.set_random_seed(0)
-    start = small_network().get_weights()
+    single_network = small_network()
+    start = single_network.get_weights()
+    with strategy.scope():
+        mirrored_network = small_network()
     for mode in ("layerwise", "pcgrad", "none"):
-        reference, _ = one_step(single, small_network, start, mode)
-        mirrored, _ = one_step(strategy, small_network, start, mode)
-        result["modes"][mode] = {"global": compare(start, reference, mirrored)}
+        reference = one_step(single_network, start, mode)
+        result["modes"][mode] = {"global": compare(start, reference, one_step(mirrored_network, start, mode))}
         if mode != "none":  # a weighted sum is linear: per-replica and global agree, nothing to show
-            naive = per_replica_step(small_network, start, mode)
+            naive = per_replica_step(single_network, start, mode)
             result["modes"][mode]["per_replica"] = compare(start, reference, naive)
+        if mode == "layerwise":  # fit's usual path: the train step traced into a graph under the strategy
+            traced = one_step(mirrored_network, start, mode, eager=False)
+            result["modes"][mode]["traced"] = compare(start, reference, traced)
 
     # BatchNorm: surgery none, so that only the batch statistics can make the steps differ.
     tf.keras.utils.set_random_seed(1)
-    start = bn_network().get_weights()
-    start_trainable = [w for w, v in zip(start, bn_network().weights) if v.trainable]
-    reference, _ = one_step(single, bn_network, start, "none")
-    synced, network = one_step(strategy, bn_network, start, "none", convert=distribute.synchronize_batch_norm)
-    local_bn = per_replica_step(bn_network, start, "none")
-    layers = distribute.batch_norm_layers(network)
+    single_network = bn_network()
+    start = single_network.get_weights()
+    start_trainable = [w for w, v in zip(start, single_network.weights) if v.trainable]
+    with strategy.scope():
+        synced_network = distribute.synchronize_batch_norm(bn_network())
+    reference = one_step(single_network, start, "none")
+    synced = one_step(synced_network, start, "none")
+    local_bn = per_replica_step(single_network, start, "none")
+    layers = distribute.batch_norm_layers(synced_network)
     result["sync_bn"] = {"bn_layers": len(layers), "synchronized": sum(bool(b.synchronized) for b in layers),
                          "finite": bool(all(np.isfinite(w).all() for w in synced)),
                          "synchronized_vs_single": compare(start_trainable, reference, synced),
@@ -145,57 +185,57 @@ def case_mirrored():
 
     # HyperMorph: one backward pass and the optimizer's own sum over replicas; same lambda on every replica.
     tf.keras.utils.set_random_seed(2)
-    start = hypermorph.build_hypermorph((SIZE, SIZE)).get_weights()
-    steps = []
+    start, steps = None, []
     for where in (single, strategy):
         with where.scope():
-            network = hypermorph.build_hypermorph((SIZE, SIZE))
+            network = small_hypermorph()
+            start = network.get_weights() if start is None else start
             network.set_weights(start)
             model = hypermorph.HyperMorphModel(network, seed=1)
-            model.compile(optimizer=tf.keras.optimizers.SGD(1.0))
+            model.compile(optimizer=tf.keras.optimizers.SGD(1.0), run_eagerly=True)
         model.fit(tf.data.Dataset.from_tensor_slices(pairs()).batch(GLOBAL_BATCH), epochs=1, verbose=0)
         steps.append([v.numpy() for v in network.trainable_variables])
     result["hypermorph"] = compare(start, *steps)  # HyperVxmDense: all weights trainable
     return result
 
 
-class RecordIterations(tf.keras.callbacks.Callback):
-    """Records the optimizer's step count when training begins (after BackupAndRestore restored it)."""
+class TinyGSMorph(GSMorphModel):
+    """The GSMorph model entry with a two-level U-Net (4 and 8 features): the whole pipeline, traced in
+    seconds."""
 
-    def on_train_begin(self, logs=None):
-        self.at_begin = int(self.model.optimizer.iterations.numpy())
+    def build_network(self, config, inshape):
+        return build_gsmorph_unet(inshape, features=(4, 8), int_steps=config.int_steps)
 
 
-def case_multi_worker(backup_dir, epochs):
-    strategy = distribute.create_strategy("multi_worker")
-    with strategy.scope():
-        tf.keras.utils.set_random_seed(0)
-        network = small_network()
-        model = GradientSurgeryModel(network, surgery="layerwise")
-        model.compile(optimizer=tf.keras.optimizers.Adam(1e-3))
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    data = tf.data.Dataset.from_tensor_slices(pairs()).batch(4).with_options(options)  # 2 steps per epoch
-    record = RecordIterations()
-    history = model.fit(data, epochs=epochs, verbose=0, callbacks=[
-        tf.keras.callbacks.BackupAndRestore(backup_dir, delete_checkpoint=False), record])
-    # Every worker runs the writing code; only the chief's file lands in export/.
-    with distribute.chief_write_dir(os.path.join(os.path.dirname(backup_dir), "export"), strategy) as target:
-        with open(os.path.join(target, "written_by.txt"), "w", encoding="utf-8") as f:
-            f.write(str(strategy.cluster_resolver.task_id))
-    return {"chief": distribute.is_chief(strategy), "replicas": strategy.num_replicas_in_sync,
-            "iterations_at_begin": record.at_begin, "iterations": int(model.optimizer.iterations.numpy()),
-            "epochs_run": len(history.history.get("sim_loss", [])),
-            "weights_sum": float(sum(np.sum(v.numpy(), dtype=np.float64) for v in network.trainable_variables))}
+def case_multi_worker(run_dir, own_dir):
+    """Two runs of the whole pipeline on a 2-worker cluster, in one launch of the workers:
+
+    1. a fresh 1-epoch run; the chief's ``--output_dir`` is ``run_dir``, the other worker's is ``own_dir``
+       (as on a machine of its own): the chief's files land in ``run_dir``, nothing in ``own_dir``;
+    2. both with ``run_dir`` (shared storage) and 2 epochs: every worker restores the chief's checkpoint and
+       trains the second epoch only.
+    """
+    MODELS.add(ModelEntry("tiny", __name__ + ":TINY", "test model: two-level GSMorph U-Net", batch_norm=True))
+    chief = distribute.is_chief()
+    settings = dict(model="tiny", strategy="multi_worker", batch_size=2)  # 4 pairs: 2 steps per epoch
+    first = training.train_and_evaluate(phantom_config(run_dir if chief else own_dir, **settings), verbose=0,
+                                        log=lambda *args: None)
+    second = training.train_and_evaluate(phantom_config(run_dir, epochs=2, **settings), verbose=0,
+                                         log=lambda *args: None)
+    return {"first": run_summary(first), "second": run_summary(second)}
+
+
+TINY = TinyGSMorph()
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("case", choices=("mirrored", "multi_worker"))
-    parser.add_argument("--backup_dir")
-    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--run_dir", required=True)
+    parser.add_argument("--own_dir", help="multi_worker: the non-chief worker's output dir in the first run")
     args = parser.parse_args()
-    result = case_mirrored() if args.case == "mirrored" else case_multi_worker(args.backup_dir, args.epochs)
+    result = case_mirrored(args.run_dir) if args.case == "mirrored" else case_multi_worker(args.run_dir,
+                                                                                            args.own_dir)
     print("RESULT " + json.dumps(result), flush=True)
 
 

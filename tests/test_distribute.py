@@ -1,10 +1,13 @@
 """tf.distribute: strategies by name, chief-only writing, gradient surgery on the global gradients under
-MirroredStrategy and MultiWorkerMirroredStrategy, synchronised BatchNorm, mixed precision.
+MirroredStrategy and MultiWorkerMirroredStrategy, synchronised BatchNorm, mixed precision, and the whole run
+(train_and_evaluate, run_train.py) on 2 replicas.
 
 Cases that need 2 logical CPU devices or a multi-worker cluster run in subprocesses
 (tests/distributed_cases.py): TensorFlow's devices are fixed once initialised, and the rest of the suite
-initialises them in this process.
+initialises them in this process. One subprocess holds every mirrored case (one TensorFlow start-up); one
+launch of two workers holds both multi-worker runs.
 """
+import dataclasses
 import json
 import os
 import socket
@@ -16,18 +19,21 @@ import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from gsmorph_tf import distribute
+from gsmorph_tf.config import ConfigError, TrainConfig
 from gsmorph_tf.model import GradientSurgeryModel
 from gsmorph_tf.networks import build_gsmorph_unet
+from gsmorph_tf.training import train_and_evaluate
 
 import distributed_cases  # tests/ is on sys.path (see conftest.py): the subprocesses' data and comparison
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = os.path.join(REPO, "tests", "distributed_cases.py")
 
-#: Distributed and single-device steps must agree to float32 rounding (measured: ~1e-7 of the weights,
-#: ~1e-6 of the step); the steps are ~5 % of the weights, so a wrong step size or projection cannot pass.
+#: Distributed and single-device steps must agree to float32 rounding (measured: ~5e-8 of the weights,
+#: ~7e-7 of the step); the steps are ~5 % of the weights, so a wrong step size or projection cannot pass.
 WEIGHTS_RTOL = 1e-5
 UPDATE_RTOL = 1e-4
 
@@ -45,27 +51,77 @@ def result_of(output, what):
     return json.loads(lines[-1][len("RESULT "):])
 
 
-def run_processes(commands, envs, timeout):
-    """Start all commands at once, wait for all (killing every one still running on timeout or error);
-    return their (returncode, stdout + stderr)."""
-    processes = [subprocess.Popen(c, env=e, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                 for c, e in zip(commands, envs)]
-    try:
-        outputs = [p.communicate(timeout=timeout)[0] for p in processes]
-    finally:
-        for p in processes:
+class Launched:
+    """Subprocesses started at once and collected later (their output goes to files: an unread pipe could
+    fill up and stall them)."""
+
+    def __init__(self, commands, envs, log_dir):
+        self.logs = [open(os.path.join(log_dir, "process%d.log" % i), "w+", encoding="utf-8")
+                     for i in range(len(commands))]
+        self.processes = [subprocess.Popen(c, env=e, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True)
+                          for c, e, log in zip(commands, envs, self.logs)]
+
+    def wait(self, timeout):
+        """Wait for all (killing every one still running on timeout or error); return their
+        (returncode, output)."""
+        try:
+            for p in self.processes:
+                p.wait(timeout=timeout)
+        finally:
+            self.kill()
+        outputs = []
+        for log in self.logs:
+            log.seek(0)
+            outputs.append(log.read())
+            log.close()
+        return [(p.returncode, out) for p, out in zip(self.processes, outputs)]
+
+    def kill(self):
+        for p in self.processes:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    return [(p.returncode, out) for p, out in zip(processes, outputs)]
+
+
+def free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("localhost", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def launched(tmp_path_factory):
+    """Starts the subprocess cases when this module's first test begins, so that they run while the tests
+    in this process do: tests/distributed_cases.py mirrored (2 logical CPU replicas: a whole run, then the
+    steps compared with one device) and two workers of tests/distributed_cases.py multi_worker on localhost.
+    Returns ``{name: (Launched, folder)}``."""
+    mirrored_dir, cluster_dir = tmp_path_factory.mktemp("mirrored"), tmp_path_factory.mktemp("cluster")
+    ports = free_ports(2)
+    spec = {"worker": ["localhost:%d" % p for p in ports]}
+    envs = [case_env(TF_CONFIG=json.dumps({"cluster": spec, "task": {"type": "worker", "index": i}}))
+            for i in range(len(ports))]
+    worker = [sys.executable, CASES, "multi_worker", "--run_dir=%s" % (cluster_dir / "run"),
+              "--own_dir=%s" % (cluster_dir / "worker1_disk")]
+    cases = {"mirrored": (Launched([[sys.executable, CASES, "mirrored", "--run_dir=%s" % (mirrored_dir / "run")]],
+                                   [case_env()], mirrored_dir), mirrored_dir),
+             "multi_worker": (Launched([worker] * len(ports), envs, cluster_dir), cluster_dir)}
+    yield cases
+    for processes, _ in cases.values():
+        processes.kill()
 
 
 @pytest.fixture(scope="module")
-def mirrored():
-    """Results of tests/distributed_cases.py mirrored: 2 logical CPU replicas against one device."""
-    [(code, output)] = run_processes([[sys.executable, CASES, "mirrored"]], [case_env()], timeout=900)
+def mirrored(launched):
+    """The mirrored case's results and its run folder."""
+    processes, folder = launched["mirrored"]
+    [(code, output)] = processes.wait(timeout=300)
     assert code == 0, output[-3000:]
-    return result_of(output, "the mirrored case")
+    return result_of(output, "the mirrored case"), folder / "run"
 
 
 # ---- strategies, TF_CONFIG, chief ------------------------------------------------------------------------
@@ -139,71 +195,53 @@ def test_chief_write_dir_writes_only_on_the_chief(tmp_path, monkeypatch):
     assert where == str(target) and (target / "model.txt").exists()
 
 
-# ---- (a), (b): gradient surgery on the global gradients ---------------------------------------------------
+# ---- settings ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("mode", ["layerwise", "pcgrad", "none"])
-def test_mirrored_step_equals_single_device_step(mirrored, mode):
-    assert mirrored["replicas"] == 2
-    found = mirrored["modes"][mode]["global"]
-    assert found["step_rel"] > 1e-2  # the step is large enough for the comparison to mean something
-    assert found["weights_rel"] < WEIGHTS_RTOL
-    assert found["update_rel"] < UPDATE_RTOL
+def phantom_config(tmp_path, **settings):
+    return distributed_cases.phantom_config(str(tmp_path / "run"), **settings)
 
 
-@pytest.mark.parametrize("mode", ["layerwise", "pcgrad"])
-def test_per_replica_projection_would_be_caught(mirrored, mode):
-    """Projecting each replica's gradients and summing (even with correctly scaled losses) is a different
-    step (measured: ~10 % of the step, ~6e-3 of the weights): the test above can fail."""
-    naive = mirrored["modes"][mode]["per_replica"]
-    assert naive["weights_rel"] > 100 * WEIGHTS_RTOL
-    assert naive["update_rel"] > 100 * UPDATE_RTOL
+@pytest.mark.parametrize("settings, message", [
+    (dict(model="ulae", mixed_precision=True), "mixed_precision is not available for model=ulae"),
+    (dict(model="hypermorph", surgery="none", mixed_precision=True), "models that support it: gsmorph"),
+    (dict(strategy="default", cpu_replicas=2), "cpu_replicas=2 splits the CPU for strategy=mirrored"),
+    (dict(strategy="mirrored", cpu_replicas=-1), "cpu_replicas must be an integer >= 0"),
+    (dict(sync_batchnorm=True), "sync_batchnorm synchronises BatchNorm across replicas"),
+    (dict(strategy="mirrored", sync_batchnorm=True, model="ulae"), "model=ulae has no BatchNorm"),
+    (dict(strategy="horovod"), "strategy='horovod' is not one of: default, mirrored, multi_worker"),
+])
+def test_device_settings_are_checked_before_anything_is_written(tmp_path, settings, message):
+    with pytest.raises(ConfigError, match=message):
+        train_and_evaluate(phantom_config(tmp_path, **settings), verbose=0, log=lambda *args: None)
+    assert not os.path.exists(tmp_path / "run") and not os.path.exists(tmp_path / "phantom")
 
 
-def test_hypermorph_step_is_scaled_to_the_global_batch(mirrored):
-    """One backward pass per replica, summed by the optimizer: same step as one device (a missing 1/2 would
-    double it, update_rel = 1)."""
-    assert mirrored["hypermorph"]["update_rel"] < UPDATE_RTOL
+def test_multi_worker_without_tf_config_is_a_clear_error_before_anything_is_written(tmp_path, monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ConfigError, match="strategy=multi_worker: .*TF_CONFIG environment variable"):
+        train_and_evaluate(phantom_config(tmp_path, strategy="multi_worker"), verbose=0, log=lambda *args: None)
+    assert not os.path.exists(tmp_path / "run") and not os.path.exists(tmp_path / "phantom")
 
 
-# ---- (c): two workers on localhost ------------------------------------------------------------------------
-
-def free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("localhost", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def launch_workers(backup_dir, epochs, ports):
-    spec = {"worker": ["localhost:%d" % p for p in ports]}
-    envs = [case_env(TF_CONFIG=json.dumps({"cluster": spec, "task": {"type": "worker", "index": i}}))
-            for i in range(len(ports))]
-    command = [sys.executable, CASES, "multi_worker", "--backup_dir=%s" % backup_dir, "--epochs=%d" % epochs]
-    done = run_processes([command] * len(ports), envs, timeout=420)
-    for i, (code, output) in enumerate(done):
-        assert code == 0, "worker %d failed:\n%s" % (i, output[-3000:])
-    return [result_of(output, "worker %d" % i) for i, (_, output) in enumerate(done)]
+def test_run_train_flags_reach_the_strategy(tmp_path):
+    """run_train.py --strategy=multi_worker without TF_CONFIG: one error line naming TF_CONFIG, exit 2."""
+    done = subprocess.run([sys.executable, os.path.join(REPO, "run_train.py"), "--dataset=phantom",
+                           "--data_dir=%s" % (tmp_path / "phantom"), "--output_dir=%s" % (tmp_path / "run"),
+                           "--strategy=multi_worker", "--sync_batchnorm"], cwd=tmp_path, env=case_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "error: strategy=multi_worker" in done.stderr and "TF_CONFIG" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not os.path.exists(tmp_path / "run")
 
 
-def test_two_workers_train_checkpoint_on_the_chief_and_resume(tmp_path):
-    backup = tmp_path / "backup"
-    first = launch_workers(backup, epochs=1, ports=free_ports(2))
-    assert [r["chief"] for r in first] == [True, False]
-    assert all(r["replicas"] == 2 and r["iterations_at_begin"] == 0 and r["iterations"] == 2 for r in first)
-    assert first[0]["weights_sum"] == first[1]["weights_sum"]  # the workers hold the same model
-    # One checkpoint, written by the chief; the other worker's temporary copy was removed.
-    assert sorted(os.listdir(backup)) == ["chief"]
-    assert [f for f in os.listdir(backup / "chief") if f.endswith(".index")] == ["ckpt-1.index"]
-    assert os.listdir(tmp_path / "export") == ["written_by.txt"]
-    assert (tmp_path / "export" / "written_by.txt").read_text() == "0"
-
-    second = launch_workers(backup, epochs=2, ports=free_ports(2))  # a new launch of the same job
-    assert all(r["iterations_at_begin"] == 2 and r["iterations"] == 4 and r["epochs_run"] == 1 for r in second)
-    assert second[0]["weights_sum"] == second[1]["weights_sum"] != first[0]["weights_sum"]
+def test_devices_may_change_on_resume_but_not_mixed_precision(tmp_path):
+    path = str(tmp_path / "config.json")
+    TrainConfig(dataset="phantom", data_dir="d").save(path)
+    TrainConfig(dataset="phantom", data_dir="d", strategy="mirrored", cpu_replicas=2,
+                sync_batchnorm=True).check_resumable(path)
+    with pytest.raises(ConfigError, match="mixed_precision: False before, True now"):
+        TrainConfig(dataset="phantom", data_dir="d", mixed_precision=True).check_resumable(path)
 
 
 # ---- (d): mixed precision ---------------------------------------------------------------------------------
@@ -221,6 +259,18 @@ def test_mixed_precision_network_keeps_outputs_float32_and_default_is_unchanged(
         int(np.prod(v.shape)) for v in default.trainable_variables)
 
 
+def test_the_gsmorph_model_entry_builds_mixed_precision_from_the_config():
+    from gsmorph_tf.models.gsmorph import MODEL
+
+    config = dataclasses.replace(distributed_cases.phantom_config("unused"), mixed_precision=True)
+    network = MODEL.build_network(config, (32, 32))
+    assert network.get_layer("enc0_conv1").compute_dtype == "float16"
+    model = MODEL.build_training_model(config, network)
+    assert isinstance(model.optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
+    plain = MODEL.build_training_model(dataclasses.replace(config, mixed_precision=False), network)
+    assert not isinstance(plain.optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
+
+
 def well_defined(variables):
     """Indices of tensors whose gradients are not zero in exact arithmetic. Excluded: biases of convs that
     BatchNorm follows (BatchNorm removes them) and the flow head's bias (a constant displacement has no
@@ -230,18 +280,18 @@ def well_defined(variables):
             if not (v.name.endswith("bias:0") and ("_conv" in v.name or v.name.startswith("flow")))]
 
 
-def mixed_precision_step(policy, start, initial_scale=None):
-    network = build_gsmorph_unet((16, 16), features=(4, 8), dtype_policy=policy)
+def mixed_precision_step(network, start, initial_scale=None):
+    """One eager SGD step of ``network`` from weights ``start``; a LossScaleOptimizer for a mixed network."""
     network.set_weights(start)
     optimizer = tf.keras.optimizers.SGD(1.0)
-    if policy is not None:
+    if network.get_layer("enc0_conv1").compute_dtype == "float16":
         kwargs = {} if initial_scale is None else {"initial_scale": initial_scale}
         optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer, **kwargs)
     model = GradientSurgeryModel(network, surgery="layerwise", lam=0.5)
-    model.compile(optimizer=optimizer)
+    model.compile(optimizer=optimizer, run_eagerly=True)
     data = tf.data.Dataset.from_tensor_slices(distributed_cases.pairs()).batch(8)
     model.fit(data, epochs=1, verbose=0)
-    return network, optimizer
+    return [v.numpy() for v in network.trainable_variables], optimizer
 
 
 def test_mixed_precision_step_is_finite_close_to_float32_and_skips_overflow():
@@ -254,13 +304,12 @@ def test_mixed_precision_step_is_finite_close_to_float32_and_skips_overflow():
     keep = well_defined(network.trainable_variables)
     pick = lambda ws: [ws[i] for i in keep]  # noqa: E731
 
-    reference, _ = mixed_precision_step(None, start)
-    mixed, optimizer = mixed_precision_step("mixed_float16", start)
+    reference, _ = mixed_precision_step(network, start)
+    mixed = build_gsmorph_unet((16, 16), features=(4, 8), dtype_policy="mixed_float16")
+    mixed_weights, optimizer = mixed_precision_step(mixed, start)
     assert float(optimizer.loss_scale) == 2.0 ** 15  # both losses were scaled, the step was taken
-    mixed_weights = [v.numpy() for v in mixed.trainable_variables]
     assert all(np.isfinite(w).all() for w in mixed_weights)
-    found = distributed_cases.compare(pick(initial), pick([v.numpy() for v in reference.trainable_variables]),
-                                      pick(mixed_weights))
+    found = distributed_cases.compare(pick(initial), pick(reference), pick(mixed_weights))
     # float16 keeps 11 significant bits (unit roundoff 4.9e-4); activations are rounded in each of the ~10
     # layers forward and again backward, and the conflict decisions see the rounded gradients. Measured:
     # 7e-3 of the step. 3e-2 leaves room across machines; a missing unscale (x 32768) or a skipped step
@@ -268,22 +317,12 @@ def test_mixed_precision_step_is_finite_close_to_float32_and_skips_overflow():
     assert found["update_rel"] < 3e-2
 
     # A loss scale so large that float16 gradients overflow: the step is skipped, the scale halved.
-    overflowed, optimizer = mixed_precision_step("mixed_float16", start, initial_scale=2.0 ** 40)
+    overflowed, optimizer = mixed_precision_step(mixed, start, initial_scale=2.0 ** 40)
     assert float(optimizer.loss_scale) == 2.0 ** 39
-    assert all(np.array_equal(w, v.numpy()) for w, v in zip(initial, overflowed.trainable_variables))
+    assert all(np.array_equal(w, v) for w, v in zip(initial, overflowed))
 
 
 # ---- (e): synchronised BatchNorm --------------------------------------------------------------------------
-
-def test_sync_batchnorm_conversion_trains_like_one_device(mirrored):
-    found = mirrored["sync_bn"]
-    assert found["bn_layers"] == found["synchronized"] == 6
-    assert found["finite"]
-    # With global batch statistics the 2-replica step is the one-device step (surgery none) ...
-    assert found["synchronized_vs_single"]["update_rel"] < UPDATE_RTOL
-    # ... while per-replica statistics give another step (measured ~10 %).
-    assert found["local_bn_vs_single"]["update_rel"] > 100 * UPDATE_RTOL
-
 
 def test_sync_batchnorm_copies_weights_and_refuses_subclassed_models():
     network = build_gsmorph_unet((16, 16), features=(4, 8))
@@ -299,3 +338,105 @@ def test_sync_batchnorm_copies_weights_and_refuses_subclassed_models():
 
     with pytest.raises(ValueError, match="subclassed"):
         distribute.synchronize_batch_norm(Subclassed())
+
+
+# ---- results of the subprocess cases (started at the module's first test) ----------------------------------
+
+# ---- the whole run on 2 replicas ----------------------------------------------------------------------------
+
+def test_a_whole_run_on_two_mirrored_replicas(mirrored):
+    """train_and_evaluate with strategy=mirrored, cpu_replicas=2 on the tiny phantom: trains, evaluates,
+    checkpoints and exports like a one-device run."""
+    found, run_dir = mirrored
+    run = found["run"]
+    assert run["replicas"] == 2 and run["chief"] and run["epochs_run"] == 1
+    assert all(np.isfinite(v[0]) for v in run["history"].values())
+    assert run["history"]["val_sim_loss"][0] == pytest.approx(run["history"]["val_mse"][0], rel=1e-3)
+    assert json.loads((run_dir / "config.json").read_text())["strategy"] == "mirrored"
+    report = json.loads((run_dir / "evaluation.json").read_text())
+    assert np.isfinite(report["methods"]["Model"]["summary"]["dice_mean"]["mean"])
+    assert run["export_dir"] == str(run_dir / "export" / "gsmorph" / "1")
+    assert (run_dir / "export" / "gsmorph" / "1" / "saved_model.pb").exists()
+    assert (run_dir / "checkpoints" / "chief" / "ckpt-1.index").exists()
+
+
+# ---- (a), (b): gradient surgery on the global gradients ---------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["layerwise", "pcgrad", "none"])
+def test_mirrored_step_equals_single_device_step(mirrored, mode):
+    found = mirrored[0]
+    assert found["replicas"] == 2
+    for path in ("global", "traced") if mode == "layerwise" else ("global",):
+        step = found["modes"][mode][path]
+        assert step["step_rel"] > 1e-2  # the step is large enough for the comparison to mean something
+        assert step["weights_rel"] < WEIGHTS_RTOL, path
+        assert step["update_rel"] < UPDATE_RTOL, path
+
+
+@pytest.mark.parametrize("mode", ["layerwise", "pcgrad"])
+def test_per_replica_projection_would_be_caught(mirrored, mode):
+    """Projecting each replica's gradients and summing (even with correctly scaled losses) is a different
+    step (measured: ~10 % of the step, ~6e-3 of the weights): the test above can fail."""
+    naive = mirrored[0]["modes"][mode]["per_replica"]
+    assert naive["weights_rel"] > 100 * WEIGHTS_RTOL
+    assert naive["update_rel"] > 100 * UPDATE_RTOL
+
+
+def test_hypermorph_step_is_scaled_to_the_global_batch(mirrored):
+    """One backward pass per replica, summed by the optimizer: same step as one device (a missing 1/2 would
+    double it, update_rel = 1)."""
+    assert mirrored[0]["hypermorph"]["update_rel"] < UPDATE_RTOL
+
+
+def test_sync_batchnorm_conversion_trains_like_one_device(mirrored):
+    found = mirrored[0]["sync_bn"]
+    assert found["bn_layers"] == found["synchronized"] == 6
+    assert found["finite"]
+    # With global batch statistics the 2-replica step is the one-device step (surgery none) ...
+    assert found["synchronized_vs_single"]["update_rel"] < UPDATE_RTOL
+    # ... while per-replica statistics give another step (measured ~10 %).
+    assert found["local_bn_vs_single"]["update_rel"] > 100 * UPDATE_RTOL
+
+
+# ---- (c): two workers on localhost ------------------------------------------------------------------------
+
+def files_under(path):
+    return sorted(os.path.relpath(os.path.join(d, f), path) for d, _, files in os.walk(path) for f in files)
+
+
+def test_two_workers_train_write_only_on_the_chief_and_resume(launched):
+    """Two runs of the whole pipeline (a two-level GSMorph U-Net) on a 2-worker cluster; see
+    tests/distributed_cases.py case_multi_worker."""
+    processes, folder = launched["multi_worker"]
+    done = processes.wait(timeout=300)
+    for i, (code, output) in enumerate(done):
+        assert code == 0, "worker %d failed:\n%s" % (i, output[-3000:])
+    chief, worker = [result_of(output, "worker %d" % i) for i, (_, output) in enumerate(done)]
+    run_dir, own_dir = folder / "run", folder / "worker1_disk"
+    for key in ("first", "second"):
+        assert (chief[key]["chief"], worker[key]["chief"]) == (True, False)
+        assert chief[key]["replicas"] == worker[key]["replicas"] == 2
+        # Every worker evaluates the same network: same weights everywhere.
+        assert chief[key]["model_mse"] == worker[key]["model_mse"]
+        # The logged validation loss is the MSE of the validation pairs, as the callback measures it (Keras'
+        # default reduction would multiply it by the number of workers).
+        history = chief[key]["history"]
+        assert history["val_sim_loss"][0] == pytest.approx(history["val_mse"][0], rel=1e-3)
+    # The first run: 2 steps; the non-chief worker, given a folder of its own, left no file in it.
+    assert chief["first"]["epochs_run"] == 1 and files_under(own_dir) == []
+    # The second run (same folder, 2 epochs) restored the chief's checkpoint and trained epoch 2 only.
+    assert chief["second"]["epochs_run"] == worker["second"]["epochs_run"] == 1
+    assert chief["second"]["history"]["sim_loss"] != chief["first"]["history"]["sim_loss"]
+    train = EventAccumulator(str(run_dir / "tensorboard" / "train"), size_guidance={"tensors": 0}).Reload()
+    assert sorted({event.step for event in train.Tensors("step/sim_loss")}) == [0, 1, 2, 3]  # steps continued
+
+    # Only the chief's files are in the run folder: its TensorBoard events (named with its process id), one
+    # checkpoint folder, the evaluation and one SavedModel per run; no worker's temporary folder.
+    files = files_under(run_dir)
+    events = [f for f in files if "tfevents" in f]
+    assert events and all(".%d." % chief["first"]["pid"] in f for f in events)
+    assert not [f for f in files if "workertemp" in f or "nonchief" in f]
+    assert sorted({f.split(os.sep)[1] for f in files if f.startswith("checkpoints")}) == ["chief"]
+    assert {"config.json", "evaluation.json", "evaluation.md"} <= set(files)
+    assert sorted(os.listdir(run_dir / "export" / "tiny")) == ["1", "2"]
+    assert chief["second"]["export_dir"] == str(run_dir / "export" / "tiny" / "2")

@@ -45,6 +45,7 @@ class HyperMorphModel(tf.keras.Model):
         self.loss_tracker = tf.keras.metrics.Mean(name="loss")
         self.sim_tracker = tf.keras.metrics.Mean(name="sim_loss")
         self.reg_tracker = tf.keras.metrics.Mean(name="reg_loss")
+        self.distribute_reduction_method = "first"  # tracker results are global already (see GradientSurgeryModel)
 
     @property
     def metrics(self):
