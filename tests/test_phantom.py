@@ -1,14 +1,18 @@
-"""Tests of the synthetic cine-MRI phantom (gsmorph_tf.data.phantom): ACDC layout, geometry, motion, safety."""
+"""Tests of the synthetic cine-MRI phantom (gsmorph_tf.data.phantom): ACDC layout, geometry, motion, what makes
+its pairs hard (through-plane motion, papillary muscles, partial volume, blood signal, contrast), safety."""
+import dataclasses
 import json
 
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from gsmorph_tf import metrics
-from gsmorph_tf.data import phantom
 from gsmorph_tf.data.preprocessing import crop_or_pad, label_centroid
-from gsmorph_tf.data.phantom import generate_phantom_dataset
+from gsmorph_tf.data.phantom import PHANTOM_FORMAT_VERSION, generate_phantom_dataset, storage
+from gsmorph_tf.data.phantom.anatomy import draw_subject, subject_generators
+from gsmorph_tf.data.phantom.render import Renderer, contraction_curve, material_long_axis, slab_positions
 
 # Tiny but not degenerate: 4 slices so that slices 1-2 are "mid" slices, 6 frames so ES is frame 3.
 TINY = dict(n_subjects=3, n_slices=4, image_size=96, n_frames=6, seed=3)
@@ -115,22 +119,24 @@ def test_cine_frames_equal_the_ed_and_es_files(subjects):
 
 
 def test_labels_match_bright_blood_and_dark_myocardium(subjects):
-    # bSSFP contrast, at ED and after the ES motion: labels and image moved together.
+    # bSSFP contrast, at ED and after the ES motion: labels and image moved together. At ES the LV label also
+    # holds the papillary muscles and trabeculae pressed against the wall (labelled LV, as in ACDC), so its
+    # mean is lower.
     for s in subjects:
-        for image, labels in ((s["ed_image"], s["ed_labels"]), (s["es_image"], s["es_labels"])):
+        for image, labels, ratio in ((s["ed_image"], s["ed_labels"], 2.5), (s["es_image"], s["es_labels"], 2.0)):
             myo = image[labels == MYO].mean()
-            assert image[labels == LV].mean() > 2.5 * myo
-            assert image[labels == RV].mean() > 2.5 * myo
+            assert image[labels == LV].mean() > ratio * myo
+            assert image[labels == RV].mean() > ratio * myo
 
 
 def test_systole_shrinks_the_lv_cavity_and_thickens_the_wall(subjects):
+    # Mid slices (1 and 2 of 4): the cavity loses area while the myocardium keeps at least its area (it
+    # thickens; the ES slice also shows slightly more basal, wider anatomy, see the through-plane test).
     for s in subjects:
-        ed, es = s["ed_labels"], s["es_labels"]
-        lv_ratio = np.sum(es == LV) / np.sum(ed == LV)
-        assert 0.5 <= lv_ratio <= 0.7  # ACDC-like 30-50 % loss of cavity area
-        # The myocardium keeps its area while the cavity shrinks, so the wall thickens (not a scaling).
-        assert 0.9 <= np.sum(es == MYO) / np.sum(ed == MYO) <= 1.1
-        assert np.sum(es == RV) < 0.9 * np.sum(ed == RV)
+        ed, es = s["ed_labels"][..., 1:3], s["es_labels"][..., 1:3]
+        assert 0.55 <= np.sum(es == LV) / np.sum(ed == LV) <= 0.8
+        assert 1.0 <= np.sum(es == MYO) / np.sum(ed == MYO) <= 1.3
+        assert np.sum(s["es_labels"] == RV) < np.sum(s["ed_labels"] == RV)
 
 
 def test_identity_dice_leaves_room_for_registration(subjects):
@@ -144,16 +150,20 @@ def test_identity_dice_leaves_room_for_registration(subjects):
     assert 0.5 <= np.mean(dices) <= 0.7
 
 
-def test_cycle_contracts_to_es_then_relaxes(subjects):
-    # Bright blood inside the ED heart, per frame: falls from ED to ES, then rises back towards ED.
+def test_contraction_curve_rises_to_es_then_relaxes():
+    c = contraction_curve(10, 4)
+    assert c[0] == 0.0 and c[4] == 1.0
+    assert np.all(np.diff(c[:5]) > 0) and np.all(np.diff(c[4:]) < 0) and c[-1] > 0.0
+
+
+def test_cycle_moves_away_from_ed_until_es_then_back(subjects):
+    # Mean absolute change from the ED frame inside the ED heart: grows until ES, then shrinks.
     for s in subjects:
         cine = s["cine"].astype(float)
         heart = s["ed_labels"] > 0
-        blood_level = 0.6 * cine[..., 0][s["ed_labels"] == LV].mean()
-        counts = [np.sum(cine[..., t][heart] > blood_level) for t in range(cine.shape[3])]
+        change = [np.abs(cine[..., t] - cine[..., 0])[heart].mean() for t in range(cine.shape[3])]
         es = s["es"] - 1
-        assert np.all(np.diff(counts[:es + 1]) < 0) and np.all(np.diff(counts[es:]) > 0), counts
-        assert counts[es] < 0.85 * counts[0]
+        assert np.all(np.diff(change[:es + 1]) > 0) and np.all(np.diff(change[es:]) < 0), change
 
 
 def test_surroundings_move_much_less_than_the_heart(subjects):
@@ -163,8 +173,138 @@ def test_surroundings_move_much_less_than_the_heart(subjects):
         i, j = np.indices(change.shape[:2])
         distance_mm = np.hypot(i - centre[0], j - centre[1]) * s["pixel_mm"]
         near, far = change[distance_mm < 40.0], change[distance_mm > 100.0]
-        # Far from the heart only the noise differs between frames.
+        # Far from the heart only the noise (and a global intensity drift of a few %) differs between frames.
         assert far.mean() < 0.5 * near.mean()
+
+
+def _drawn_subject(seed=1, index=0, n_slices=6, image_size=128, n_frames=6):
+    return draw_subject(subject_generators(seed, index + 1)[index], n_slices, image_size, n_frames)
+
+
+def test_base_descends_towards_the_apex_and_the_apex_barely_moves():
+    s = _drawn_subject()
+    descent, apex = s.base_descent, s.apex_mm
+    assert 8.0 <= descent <= 15.0
+    z = np.linspace(-20.0, apex + 10.0, 50)
+    np.testing.assert_allclose(material_long_axis(s, z, 0.0), z)  # ED: every slice shows its own position
+    # At ES the valve plane (material s = 0) lies `descent` mm towards the apex, the apex only
+    # apex_descent * descent mm (<= 1.5 mm): a fixed slice shows material up to `descent` mm more basal.
+    np.testing.assert_allclose(material_long_axis(s, descent, 1.0), 0.0, atol=1e-9)
+    np.testing.assert_allclose(material_long_axis(s, apex + s.apex_descent * descent, 1.0), apex, atol=1e-9)
+    assert np.all(np.diff(material_long_axis(s, z, 1.0)) > 0)  # no folding along the long axis
+    ventricles = np.linspace(descent, apex, 20)  # ES positions of the valve plane ... apex
+    shift = ventricles - material_long_axis(s, ventricles, 1.0)
+    assert np.all(np.diff(shift) < 0) and shift[-1] <= 1.5
+
+
+def test_slabs_average_planes_through_the_slice_thickness():
+    s = _drawn_subject()
+    planes = slab_positions(s)
+    assert planes.shape == (6, 5)
+    centres = s.first_slice_mm + s.slice_mm * np.arange(6)
+    np.testing.assert_allclose(planes.mean(axis=1), centres)
+    np.testing.assert_allclose(planes[:, -1] - planes[:, 0], 0.8 * s.slice_mm)  # 5 planes, thickness / 5 apart
+    np.testing.assert_allclose(planes[:, 2], centres)  # labels come from the central plane
+
+
+def test_basal_slice_shows_less_ventricle_at_es(subjects):
+    # The base descends 8-15 mm: the most basal slice (8-13 mm below the ED valve plane) reaches the atria
+    # at ES and loses much of its labelled ventricle, while mid slices keep most of theirs.
+    for s in subjects:
+        ed, es = s["ed_labels"] > 0, s["es_labels"] > 0
+        assert es[..., 0].sum() < 0.75 * ed[..., 0].sum()
+        for z in (1, 2):
+            assert es[..., z].sum() >= 0.75 * ed[..., z].sum()
+
+
+def _dark_islands(image, labels):
+    """Dark (below halfway between the Myo and LV medians) connected regions of >= 5 pixels that lie wholly
+    inside the LV label, i.e. surrounded by blood; and the fraction of the LV label that is dark."""
+    dark = image < 0.5 * (np.median(image[labels == LV]) + np.median(image[labels == MYO]))
+    regions, count = ndimage.label(dark)
+    islands = [r for r in range(1, count + 1)
+               if np.all(labels[regions == r] == LV) and np.sum(regions == r) >= 5]
+    return len(islands), dark[labels == LV].mean()
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_papillary_muscles_stand_in_the_ed_pool_and_merge_with_the_wall_at_es(index):
+    s = _drawn_subject(index=index)
+    renderer = Renderer(s)
+    # A slice whose central plane shows the middle of the muscles at ED and at ES.
+    centres = slab_positions(s)[:, 2]
+    middle = 0.5 * sum(s.papillary_range)
+    z = np.argmin(np.maximum(np.abs(centres - middle), np.abs(material_long_axis(s, centres, 1.0) - middle)))
+    ed_image, ed_labels = renderer.render(0.0, True)
+    es_image, es_labels = renderer.render(1.0, True)
+    ed_islands, _ = _dark_islands(ed_image[..., z], ed_labels[..., z])
+    es_islands, es_dark = _dark_islands(es_image[..., z], es_labels[..., z])
+    assert ed_islands >= 1  # dark muscle cross-sections with bright blood all around
+    assert es_islands == 0  # every dark region of the LV touches the wall...
+    assert es_dark >= 0.1  # ...and at least 10 % of the ES LV label is dark muscle
+
+
+def test_partial_volume_where_the_cavity_ends_inside_the_slab():
+    # The cavity ends exactly at the last slice's centre: the central plane (labels) has no cavity, but 2 of
+    # the 5 planes averaged into the slice do, so the LV axis pixel is ~40 % of the way from myocardium to
+    # blood, labelled Myo.
+    s = _drawn_subject()
+    last = slab_positions(s)[-1, 2]
+    s = dataclasses.replace(s, cavity_tip_mm=float(last), apex_mm=float(last) + 8.0)
+    image, labels = Renderer(s).render(0.0, True)
+    i, j = np.rint(s.cross_sections(np.array([last])).centre[0] / s.pixel_mm).astype(int)
+    assert labels[i, j, -1] == MYO and not np.any(labels[..., -1] == LV)
+    myo = np.median(image[..., -1][labels[..., -1] == MYO])
+    blood = np.median(image[..., -2][labels[..., -2] == LV])
+    fraction = (image[i - 1:i + 2, j - 1:j + 2, -1].mean() - myo) / (blood - myo)
+    assert 0.15 < fraction < 0.75
+
+
+def test_blood_signal_and_global_intensity_change_between_frames():
+    s = _drawn_subject()
+    still = dataclasses.replace(s, flow_amplitude=0.0, blood_es_change=0.0, intensity_drift=0.0,
+                                bias_es_coefficients=np.zeros(6))
+    z = 2
+
+    def frames(subject):
+        renderer = Renderer(subject)
+        (ed, ed_labels), (es, es_labels) = renderer.render(0.0, True), renderer.render(1.0, True)
+        # Blood in both frames, away from edges and muscles.
+        pool = ndimage.binary_erosion((ed_labels[..., z] == LV) & (es_labels[..., z] == LV), iterations=2)
+        pool &= (ed[..., z] > 0.8 * np.median(ed[..., z][pool])) & (es[..., z] > 0.8 * np.median(es[..., z][pool]))
+        return ed[..., z], es[..., z], pool
+
+    # ES blood 20 % darker (slower flow): the pool's median drops by ~20 %.
+    ed, es, pool = frames(dataclasses.replace(still, blood_es_change=-0.2))
+    assert abs(np.median(es[pool]) / np.median(ed[pool]) - 0.8) < 0.06
+    # Flow inhomogeneity fixed in the image, different at ED and ES: the ES/ED ratio varies across the pool.
+    ed, es, pool = frames(still)
+    steady = np.std(np.log(es[pool] / ed[pool]))
+    ed, es, pool = frames(dataclasses.replace(still, flow_amplitude=0.15))
+    assert np.std(np.log(es[pool] / ed[pool])) > 2 * steady
+    # Global drift: far from the heart (which barely moves), ES = ED x (1 + intensity_drift).
+    renderer = Renderer(dataclasses.replace(still, intensity_drift=0.05))
+    (ed, labels), (es, _) = renderer.render(0.0, True), renderer.render(1.0, False)
+    i, j = np.indices(ed.shape[:2])
+    centre = np.argwhere(labels[..., z] > 0).mean(axis=0)
+    far = (np.hypot(i - centre[0], j - centre[1]) * s.pixel_mm > 100.0) & (ed[..., z] > 0.2)
+    np.testing.assert_allclose(np.median(es[..., z][far] / ed[..., z][far]), 1.05, atol=0.002)
+
+
+def _myocardium_to_blood(subject):
+    """Median Myo / median LV intensity of the noise-free ED frame with the flow inhomogeneity switched off."""
+    image, labels = Renderer(dataclasses.replace(subject, flow_amplitude=0.0)).render(0.0, True)
+    return np.median(image[labels == MYO]) / np.median(image[labels == LV])
+
+
+def test_contrast_differs_between_subjects():
+    # Each subject draws its own tissue contrast (x 0.85-1.15 per tissue around myocardium 0.26, blood 1.1):
+    # the myocardium-to-blood ratio differs between subjects; with the contrast fixed it is ~one value.
+    drawn = [_drawn_subject(index=index) for index in range(3)]
+    ratios = [_myocardium_to_blood(s) for s in drawn]
+    fixed = [_myocardium_to_blood(dataclasses.replace(s, tissue_jitter=np.ones(8))) for s in drawn]
+    assert max(ratios) - min(ratios) > 0.025, ratios
+    assert max(fixed) - min(fixed) < 0.015, fixed
 
 
 def test_same_seed_same_arrays_other_seed_other_arrays(tiny_root, tmp_path):
@@ -190,7 +330,7 @@ def test_second_call_returns_without_rewriting(tmp_path):
     assert generate_phantom_dataset(str(root), **TINY) == root
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == before
     manifest = json.loads((root / "phantom.json").read_text())
-    assert manifest["parameters"] == TINY
+    assert manifest["parameters"] == TINY and manifest["format_version"] == PHANTOM_FORMAT_VERSION
     assert sorted(p.name for p in tmp_path.iterdir()) == ["phantom"]  # no temporary directory left
 
 
@@ -234,8 +374,8 @@ def test_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         original(folder, name, subject)
 
-    original = phantom._write_subject
-    monkeypatch.setattr(phantom, "_write_subject", fail_on_second_subject)
+    original = storage._write_subject
+    monkeypatch.setattr(storage, "_write_subject", fail_on_second_subject)
     with pytest.raises(KeyboardInterrupt):
         generate_phantom_dataset(tmp_path / "phantom", **TINY)
     assert calls == ["patient001", "patient002"]
