@@ -92,17 +92,23 @@ def config_from_flags():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
+    try:
+        config = config_from_flags().validate()  # before TensorFlow loads: a bad setting fails at once
+    except ConfigError as error:
+        return fail(error)
     from gsmorph_tf.training import train_and_evaluate  # after flag parsing: --help stays fast
 
     quiet_logs(FLAGS["verbosity"].present)
 
     try:
-        config = config_from_flags().validate()
         outcome = train_and_evaluate(config)
     except (ConfigError, DatasetError, FileExistsError) as error:
         return fail(error)
     print("\nTest split:\n")
     print(outcome["table"])
+    if not outcome["chief"]:
+        print("\nThis worker is not the chief: the chief writes the outputs into its %s" % config.output_dir)
+        return 0
     print("\nOutputs in %s:" % config.output_dir)
     print("  evaluation: %s (and evaluation.md)" % outcome["evaluation_json"])
     print("  SavedModel: %s" % outcome["export_dir"])

@@ -34,10 +34,11 @@ METRIC_PROTOCOLS = ("volume", "paper")
 #: logical CPUs) of one machine; ``multi_worker``, the machines that ``TF_CONFIG`` lists.
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
-#: Settings that may change between an interrupted run and its resumption: more epochs, another place, other
-#: devices (a checkpoint restores under any strategy; synchronised BatchNorm has the same weights). Not
-#: ``mixed_precision``: its loss-scale optimizer keeps other state in the checkpoint.
-RESUMABLE_CHANGES = ("epochs", "output_dir", "strategy", "cpu_replicas", "sync_batchnorm")
+#: Settings that may change between an interrupted run and its resumption: more epochs, another place, another
+#: number of logical CPU devices (as the number of GPUs may change). Not ``strategy``, ``sync_batchnorm`` or
+#: ``mixed_precision``: they change what a step computes (which examples BatchNorm's statistics see, float16),
+#: so a run resumes under the settings it started with.
+RESUMABLE_CHANGES = ("epochs", "output_dir", "cpu_replicas")
 
 __all__ = ["ConfigError", "GROUPINGS", "METRIC_PROTOCOLS", "REG_PENALTIES", "RESUMABLE_CHANGES", "STRATEGIES",
            "SURGERY_MODES", "TrainConfig"]
@@ -181,6 +182,9 @@ class TrainConfig:
         if self.cpu_replicas and self.strategy != "mirrored":
             raise ConfigError("cpu_replicas=%d splits the CPU for strategy=mirrored; strategy=%s does not use it: "
                               "set strategy=mirrored or cpu_replicas=0" % (self.cpu_replicas, self.strategy))
+        if self.cpu_replicas and self.batch_size % self.cpu_replicas:
+            raise ConfigError("batch_size=%d is the global batch, split evenly over the cpu_replicas=%d replicas: "
+                              "use a multiple of %d" % (self.batch_size, self.cpu_replicas, self.cpu_replicas))
         if self.sync_batchnorm and self.strategy == "default":
             raise ConfigError("sync_batchnorm synchronises BatchNorm across replicas; strategy=default has one: "
                               "set strategy=mirrored or multi_worker, or sync_batchnorm=False")

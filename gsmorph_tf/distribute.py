@@ -158,13 +158,17 @@ def configure_cpu_replicas(n):
         The names of the ``n`` logical CPU devices (``/device:CPU:0`` ...).
 
     Raises:
-        ValueError: ``n < 1``.
+        ValueError: ``n < 1``, or the machine has GPUs (mirror over them instead).
         RuntimeError: TensorFlow already initialised its devices with another CPU layout.
     """
     if int(n) < 1:
         raise ValueError("cpu_replicas must be >= 1, got %r" % (n,))
     n = int(n)
     tf = _tensorflow()
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        raise ValueError("cpu_replicas=%d splits the CPU for machines without GPUs, but this one has %d GPU(s) (%s): "
+                         "drop cpu_replicas to mirror over the GPUs" % (n, len(gpus), ", ".join(g.name for g in gpus)))
     cpu = tf.config.list_physical_devices("CPU")[0]
     try:
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
@@ -196,8 +200,8 @@ def create_strategy(name="default", cpu_replicas=0):
     their collective operations and mix them up.
 
     Raises:
-        ValueError: unknown ``name``, ``cpu_replicas`` with another strategy than ``mirrored``, or a missing or
-            malformed ``TF_CONFIG`` for ``multi_worker``.
+        ValueError: unknown ``name``, ``cpu_replicas`` with another strategy than ``mirrored`` or on a machine
+            with GPUs, or a missing or malformed ``TF_CONFIG`` for ``multi_worker``.
         RuntimeError: ``cpu_replicas`` asked for after TensorFlow initialised its devices.
     """
     if name not in STRATEGIES:

@@ -164,14 +164,15 @@ def evaluate(network, subjects, batch_size=32, show_progress=True, protocol="vol
 
 def check_batches(config, splits, replicas=1):
     """Raise ConfigError when ``drop_last`` would leave no training batch (fewer pairs than ``batch_size``),
-    or when a batch cannot give each of the strategy's ``replicas`` an example."""
+    when ``batch_size`` is not a multiple of the strategy's ``replicas`` (each replica gets an equal share), or
+    when there are fewer training pairs than replicas."""
     pairs = sum(len(p.moving) for p in splits["train"])
     if config.drop_last and pairs < config.batch_size:
         raise ConfigError("batch_size=%d is larger than the %d training pairs, and drop_last drops the partial "
                           "batch: lower batch_size or set drop_last=False" % (config.batch_size, pairs))
-    if config.batch_size < replicas:
-        raise ConfigError("batch_size=%d is smaller than the %d replicas of strategy=%s (the batch is split over "
-                          "them): use batch_size >= %d" % (config.batch_size, replicas, config.strategy, replicas))
+    if config.batch_size % replicas:
+        raise ConfigError("batch_size=%d is the global batch, split evenly over the %d replicas of strategy=%s: "
+                          "use a multiple of %d" % (config.batch_size, replicas, config.strategy, replicas))
     if pairs < replicas:
         raise ConfigError("the %d training pairs cannot give each of the %d replicas of strategy=%s an example"
                           % (pairs, replicas, config.strategy))
