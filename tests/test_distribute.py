@@ -392,7 +392,8 @@ def test_mirrored_step_equals_single_device_step(mirrored, mode):
 @pytest.mark.parametrize("mode", ["layerwise", "pcgrad"])
 def test_per_replica_projection_would_be_caught(mirrored, mode):
     """Projecting each replica's gradients and summing (even with correctly scaled losses) is a different
-    step (measured: ~10 % of the step, ~6e-3 of the weights): the test above can fail."""
+    step (measured: 13 % of the step for layerwise, 11 % for pcgrad; ~6e-3 of the weights): the test above
+    can fail."""
     naive = mirrored[0]["modes"][mode]["per_replica"]
     assert naive["weights_rel"] > 100 * WEIGHTS_RTOL
     assert naive["update_rel"] > 100 * UPDATE_RTOL
@@ -410,7 +411,7 @@ def test_sync_batchnorm_conversion_trains_like_one_device(mirrored):
     assert found["finite"]
     # With global batch statistics the 2-replica step is the one-device step (surgery none) ...
     assert found["synchronized_vs_single"]["update_rel"] < UPDATE_RTOL
-    # ... while per-replica statistics give another step (measured ~10 %).
+    # ... while per-replica statistics give another step (measured: 23 % of the step).
     assert found["local_bn_vs_single"]["update_rel"] > 100 * UPDATE_RTOL
 
 
