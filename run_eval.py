@@ -1,7 +1,7 @@
 """Evaluate a trained model on a dataset split with the paper's metrics.
 
     python run_eval.py --run_dir=runs/acdc_gsmorph                       # checkpoint of a run, its own data/split
-    python run_eval.py --saved_model=runs/demo/export/gsmorph/1 --dataset=acdc --data_dir=/data/ACDC
+    python run_eval.py --saved_model=runs/demo/export/gsmorph_phantom/1 --dataset=acdc --data_dir=/data/ACDC
     python run_eval.py --run_dir=runs/demo --split=val --output_dir=eval/demo_val
 
 Writes to ``--output_dir`` (default ``<run_dir>/eval_<split>`` or ``eval/``): ``per_subject.csv`` (one row per
@@ -21,12 +21,12 @@ import os
 from absl import app, flags
 
 from gsmorph_tf.cli import fail, quiet_logs, run_app
-from gsmorph_tf.config import METRIC_PROTOCOLS, TrainConfig
+from gsmorph_tf.config import CROP_CENTERS, METRIC_PROTOCOLS, TrainConfig
 from gsmorph_tf.errors import ConfigError, DatasetError
 from gsmorph_tf.registry import DATASETS
 
 flags.DEFINE_string("run_dir", None, "Output dir of run_train.py: evaluates its last checkpoint.")
-flags.DEFINE_string("saved_model", None, "A SavedModel version folder (…/export/<model>/<N>).")
+flags.DEFINE_string("saved_model", None, "A SavedModel version folder (…/export/<model>_<dataset>/<N>).")
 flags.mark_flags_as_mutual_exclusive(["run_dir", "saved_model"], required=True)
 flags.DEFINE_enum("dataset", None, DATASETS.names(), "Dataset (default: the run's).")
 flags.DEFINE_string("data_dir", None, "Dataset root (default: the run's).")
@@ -36,6 +36,10 @@ flags.DEFINE_integer("seed", None, "Split seed (default: the run's, else 0).")
 flags.DEFINE_integer("batch_size", 32, "Pairs per inference batch.", lower_bound=1)
 flags.DEFINE_enum("metric_protocol", None, METRIC_PROTOCOLS, "volume (a row per subject) or paper (a row per 2D "
                   "slice pair); default: the run's, else volume.")
+flags.DEFINE_enum("crop_center", None, CROP_CENTERS, "Where the crop is centred: labels (ED label centroid, the "
+                  "paper protocol), motion (smoothed temporal std of the cine: label-free, as deployed) or image "
+                  "(image centre); default: the run's, else labels. Per-subject crop coverage goes to "
+                  "evaluation.json.")
 flags.DEFINE_string("output_dir", None, "Where the tables go (default <run_dir>/eval_<split>, else eval/).")
 FLAGS = flags.FLAGS
 
@@ -43,7 +47,8 @@ FLAGS = flags.FLAGS
 def data_config(run_config):
     """The TrainConfig used to read the data: the run's, overridden by the flags given."""
     config = run_config or TrainConfig(data_dir="")
-    overrides = {name: getattr(FLAGS, name) for name in ("dataset", "data_dir", "crop_size", "seed", "metric_protocol")
+    overrides = {name: getattr(FLAGS, name) for name in ("dataset", "data_dir", "crop_size", "seed", "metric_protocol",
+                                                        "crop_center")
                  if getattr(FLAGS, name) is not None}
     if overrides.get("dataset", config.dataset) != config.dataset:
         overrides["dataset_options"] = {}  # another dataset: its own default settings
@@ -105,11 +110,16 @@ def main(argv):
     table = (evaluation.protocol_caption(config.metric_protocol, results[name]["subjects"]) + "\n\n"
              + evaluation.format_table({method: result["summary"] for method, result in results.items()}))
 
+    crop = evaluation.crop_report(subjects, config.crop_center)
     atomic_write_text(os.path.join(output_dir, "per_subject.csv"), per_subject_csv(results))
     atomic_write_text(os.path.join(output_dir, "summary.md"), table + "\n")
     evaluation.write_json(os.path.join(output_dir, "evaluation.json"),
                           {"source": source, "split": FLAGS.split, "data": json.loads(json.dumps(config.to_dict())),
-                           "metric_protocol": config.metric_protocol, "methods": results})
+                           "metric_protocol": config.metric_protocol, "methods": results,
+                           "crop": crop})
+    if crop is not None:
+        print("Crops (crop_center=%s): %d of %d subjects keep >= %.0f %% of their ED label voxels"
+              % (crop["rule"], crop["good"], crop["subjects"], 100 * crop["good_threshold"]))
     print("\n%s split, %d subjects:\n\n%s\n" % (FLAGS.split, len(subjects), table))
     print("Wrote per_subject.csv, summary.md and evaluation.json to %s" % output_dir)
     return 0

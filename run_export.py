@@ -3,7 +3,8 @@
     python run_export.py --run_dir=runs/demo --export_base=models
 
 writes ``models/<model_name>/<version>/`` (``saved_model.pb`` + ``variables/``; signatures
-``serving_default`` and ``warp``, see :mod:`gsmorph_tf.export`) through a temp folder and a rename. An
+``serving_default`` (raw input), ``register_crop`` and ``warp``, see :mod:`gsmorph_tf.export`; the provenance
+asset ``assets/provenance.json``, printed, and TF Serving's warm-up file) through a temp folder and a rename. An
 existing version is never overwritten. The only place that reads these flags; the work is
 :func:`gsmorph_tf.export.export_run`.
 """
@@ -16,7 +17,8 @@ from gsmorph_tf.cli import fail, quiet_logs, run_app
 flags.DEFINE_string("run_dir", None, "output_dir of a run_train.py run (holds config.json and checkpoints/).")
 flags.DEFINE_string("export_base", None, "Folder of TF Serving base paths: the model goes to "
                     "<export_base>/<model_name>/<version>/.")
-flags.DEFINE_string("model_name", None, "TF Serving model name (a folder name); default: the run's --model.")
+flags.DEFINE_string("model_name", None, "TF Serving model name (a folder name); default: <model>_<dataset> of the "
+                    "run, e.g. gsmorph_acdc.")
 flags.DEFINE_integer("version", None, "Integer version to write; default: the next after the highest existing "
                      "one (1 for a new model). An existing version is never overwritten.", lower_bound=0)
 
@@ -30,6 +32,7 @@ def main(argv):
         raise app.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
     from gsmorph_tf.errors import ConfigError
     from gsmorph_tf.export import export_run  # after flag parsing: --help stays fast
+    from gsmorph_tf.provenance import format_provenance, read_provenance
 
     quiet_logs(FLAGS["verbosity"].present)
     try:
@@ -37,6 +40,7 @@ def main(argv):
     except (ConfigError, FileNotFoundError, FileExistsError) as error:
         return fail(error)
     print("SavedModel: %s" % path)
+    print(format_provenance(read_provenance(path)))
     print("  inspect: saved_model_cli show --all --dir %s" % path)
     return 0
 

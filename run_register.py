@@ -3,7 +3,7 @@
 One pair::
 
     python run_register.py --saved_model=models/gsmorph/1 --moving=patient001_ES.nii.gz \\
-        --fixed=patient001_ED.nii.gz [--moving_labels=patient001_ES_gt.nii.gz] [--center=92,100] \\
+        --fixed=patient001_ED.nii.gz [--moving_labels=patient001_ES_gt.nii.gz] [--center=92,100 | --crop_center=image] \\
         --output_dir=registered
 
 A folder of pairs, matched by file name (every pair is validated before the first registration)::
@@ -32,12 +32,16 @@ flags.DEFINE_string("fixed_dir", None, "Folder mode: folder of fixed images with
 flags.DEFINE_string("moving_labels_dir", None, "Folder mode: optional folder of moving label maps, same names.")
 flags.DEFINE_string("output_dir", None, "Where the outputs are written (created if needed).")
 flags.DEFINE_string("center", None, "Crop centre in voxels: r,c (2D models: array axes 0 and 1, every slice) "
-                    "or r,c,s (3D models); default: the image centre.")
+                    "or r,c,s (3D models); default: placed by --crop_center.")
+flags.DEFINE_enum("crop_center", None, ["motion", "image"], "Where the crop goes without --center: motion = maximum "
+                  "of the smoothed motion between moving and fixed (label-free, as the exported serving_default); "
+                  "image = the image centre. Default: motion for 2D models, image for 3D models.")
 
 flags.mark_flags_as_required(["saved_model", "output_dir"])
 flags.mark_flags_as_mutual_exclusive(["moving", "moving_dir"], required=True)
 flags.mark_flags_as_mutual_exclusive(["fixed", "fixed_dir"], required=True)
 flags.mark_flags_as_mutual_exclusive(["moving_labels", "moving_dir"])
+flags.mark_flags_as_mutual_exclusive(["center", "crop_center"])
 flags.mark_flags_as_mutual_exclusive(["moving_labels_dir", "moving"])
 flags.register_multi_flags_validator(
     ["moving", "fixed"], lambda values: (values["moving"] is None) == (values["fixed"] is None),
@@ -74,21 +78,25 @@ def main(argv):
     mode = "folder" if FLAGS.moving_dir is not None else "pair"  # the validators above allow one of the two
     center = parse_center(FLAGS.center)
     from gsmorph_tf.errors import DatasetError
+    from gsmorph_tf.provenance import format_provenance
     from gsmorph_tf.register import RegistrationModel, SavedModelError, register_files, register_folder
 
     quiet_logs(FLAGS["verbosity"].present)
     try:
         model = RegistrationModel(FLAGS.saved_model)
+        print(format_provenance(model.provenance))
         if mode == "pair":
             written = [register_files(model, FLAGS.moving, FLAGS.fixed, FLAGS.output_dir, FLAGS.moving_labels,
-                                      center)]
+                                      center, FLAGS.crop_center)]
         else:
             written = register_folder(model, FLAGS.moving_dir, FLAGS.fixed_dir, FLAGS.output_dir,
-                                      FLAGS.moving_labels_dir, center, show_progress=True)
+                                      FLAGS.moving_labels_dir, center, show_progress=True,
+                                      crop_center=FLAGS.crop_center)
     except (DatasetError, SavedModelError) as error:
         return fail(error)
-    print("Registered %d pair(s) with %s (%dD model, input %s); outputs in %s:"
-          % (len(written), model.path, model.ndim, "x".join(map(str, model.inshape)), FLAGS.output_dir))
+    rule = "--center" if center else FLAGS.crop_center or ("motion" if model.ndim == 2 else "image")
+    print("Registered %d pair(s) with %s (%dD model, input %s, crop placed by %s); outputs in %s:"
+          % (len(written), model.path, model.ndim, "x".join(map(str, model.inshape)), rule, FLAGS.output_dir))
     for paths in written:
         for path in paths.values():
             print("  %s" % path)

@@ -9,7 +9,8 @@ import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 from absl import app, flags
 
 from gsmorph_tf.cli import dataset_options_from_flags, define_dataset_options, fail, quiet_logs, run_app
-from gsmorph_tf.config import GROUPINGS, METRIC_PROTOCOLS, REG_PENALTIES, STRATEGIES, SURGERY_MODES, TrainConfig
+from gsmorph_tf.config import (CROP_CENTERS, GROUPINGS, METRIC_PROTOCOLS, REG_PENALTIES, STRATEGIES,
+                               SURGERY_MODES, TrainConfig, check_profile_batch)
 from gsmorph_tf.errors import ConfigError, DatasetError
 from gsmorph_tf.registry import DATASETS, MODELS, SIMILARITIES
 
@@ -56,11 +57,17 @@ flags.DEFINE_enum("metric_protocol", _DEFAULTS.metric_protocol, METRIC_PROTOCOLS
                   "slice pair as the GSMorph reference code (NJD det < 0).")
 flags.DEFINE_integer("crop_size", _DEFAULTS.crop_size, "Square crop around the heart (pixels, multiple of 16).",
                      lower_bound=16)
+flags.DEFINE_enum("crop_center", _DEFAULTS.crop_center, CROP_CENTERS,
+                  "Where the crop is centred: labels = centroid of the ED labels (the paper protocol); motion = "
+                  "maximum of the smoothed temporal std of the cine (label-free, as run_register and the exported "
+                  "model do); image = the image centre.")
 flags.DEFINE_boolean("conflict_diagnostics", _DEFAULTS.conflict_diagnostics,
                      "With --surgery=none, also compute the two gradients separately to log their conflict "
                      "(one extra backward pass); other modes always log it.")
 flags.DEFINE_integer("log_every_n_steps", _DEFAULTS.log_every_n_steps,
                      "Write per-step TensorBoard summaries every N steps.", lower_bound=1)
+flags.DEFINE_list("profile_batch", None, "Training steps TensorBoard's profiler traces: 'first,last' (1-based, e.g. "
+                  "10,12) or one step; the trace is in the TensorBoard Profile tab (tensorboard-plugin-profile).")
 flags.DEFINE_enum("strategy", _DEFAULTS.strategy, STRATEGIES,
                   "Devices: default = one device; mirrored = every GPU of this machine (or --cpu_replicas logical "
                   "CPUs); multi_worker = the machines in the TF_CONFIG environment variable (start the same command "
@@ -81,11 +88,25 @@ flags.register_validator("ncc_windows", lambda windows: all(w.strip().isdigit() 
 FLAGS = flags.FLAGS
 
 
+def _valid_profile_batch(steps):
+    try:
+        check_profile_batch(steps)
+    except ConfigError:
+        return False
+    return True
+
+
+flags.register_validator("profile_batch", _valid_profile_batch,
+                         "--profile_batch takes one training step or a range first,last of steps (positive integers, "
+                         "first <= last, e.g. --profile_batch=10,12)")
+
+
 def config_from_flags():
     """The run's settings, read from the parsed flags once."""
     values = {name: getattr(FLAGS, name) for name in TrainConfig.__dataclass_fields__
               if name != "dataset_options" and FLAGS[name].value is not None}
     values["ncc_windows"] = tuple(int(v) for v in values["ncc_windows"])
+    values["profile_batch"] = check_profile_batch(values.get("profile_batch"))
     return TrainConfig(**values, dataset_options=dataset_options_from_flags(FLAGS, FLAGS.dataset))
 
 

@@ -7,6 +7,7 @@ setup(
     description="GSMorph (gradient surgery) and ULAE-net deformable registration in TensorFlow/Keras",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
+    license="Apache-2.0",  # as TensorFlow and voxelmorph; the text is in LICENSE
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["gsmorph_tf", "gsmorph_tf.*", "ulae_tf", "ulae_tf.*"]),
     py_modules=["run_train", "run_eval", "run_benchmark", "run_export", "run_register", "run_study"],
@@ -22,6 +23,8 @@ setup(
         "scipy>=1.11,<2",
         "matplotlib>=3.7,<4",
         "tqdm>=4.60,<5",
+        # SavedModel warm-up file (PredictionLog protos) and the gRPC client; pure Python, needs only TF + grpcio.
+        "tensorflow-serving-api==2.21.*",
     ],
     extras_require={
         "test": ["pytest>=8,<10"],

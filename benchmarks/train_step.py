@@ -6,11 +6,20 @@ Prints, for the paper's network at 128x128 with batch 32 (flags change both):
 - ms spent in the projection alone (``project_gradients`` + conflict statistics on real gradients) and its
   share of the GSMorph step;
 - inference ms per pair (batch 1 and per pair at batch 32);
-- the machine it ran on.
+- the machine it ran on (CPU model and its vector extensions);
+- with ``--reference_dir`` (a checkout of wulalago/GSMorph) and ``--reference_python`` (a Python with PyTorch),
+  the reference's own LayerWise step (``benchmarks/reference_step.py``) timed right after ours, same size,
+  batch and thread count, and the ratio: absolute figures differ several-fold between machines, so compare
+  only figures from one run.
 
-Usage: ``python benchmarks/train_step.py [--size=128] [--batch_size=32] [--steps=10]``
+Usage: ``python benchmarks/train_step.py [--size=128] [--batch_size=32] [--steps=10]
+[--reference_dir=/path/GSMorph --reference_python=/path/to/python]``
 """
 import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
+
+import os
+import subprocess
+import sys
 
 import numpy as np
 import tensorflow as tf
@@ -24,6 +33,11 @@ from gsmorph_tf.surgery import group_cosines, project_gradients
 flags.DEFINE_integer("size", 128, "Image side (pixels).")
 flags.DEFINE_integer("batch_size", 32, "Pairs per training step.")
 flags.DEFINE_integer("steps", 10, "Timed steps per measurement (after 3 warm-up steps).")
+flags.DEFINE_string("reference_dir", None, "Checkout of wulalago/GSMorph: also time the reference's step.")
+flags.DEFINE_string("reference_python", None, "Python interpreter with PyTorch for --reference_dir.")
+flags.register_multi_flags_validator(
+    ["reference_dir", "reference_python"], lambda f: (f["reference_dir"] is None) == (f["reference_python"] is None),
+    "--reference_dir and --reference_python go together")
 FLAGS = flags.FLAGS
 
 
@@ -70,6 +84,19 @@ def inference_ms(network, batch, steps):
     return one, full / int(batch["moving"].shape[0])
 
 
+def reference_ms():
+    """Median ms of the reference's LayerWise step (``benchmarks/reference_step.py`` in a subprocess)."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference_step.py")
+    command = [FLAGS.reference_python, script, "--ref", FLAGS.reference_dir, "--size", str(FLAGS.size),
+               "--batch", str(FLAGS.batch_size), "--steps", str(FLAGS.steps), "--threads", str(os.cpu_count())]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        sys.exit("the reference step failed (%s):\n%s" % (" ".join(command), result.stderr[-2000:]))
+    figures = dict(line.split(": ", 1) for line in result.stdout.splitlines() if ": " in line)
+    print("reference (PyTorch %s)" % figures["reference_torch"])
+    return float(figures["reference_layerwise_ms"])
+
+
 def main(argv):
     del argv
     rng = np.random.default_rng(0)
@@ -89,6 +116,10 @@ def main(argv):
           % (project, 100.0 * project / layerwise_ms))
     print("inference, batch 1            : %8.1f ms per pair" % one)
     print("inference, batch %-3d          : %8.1f ms per pair" % (FLAGS.batch_size, per_pair))
+    if FLAGS.reference_dir:
+        reference = reference_ms()
+        print("reference LayerWise step      : %8.1f ms" % reference)
+        print("ours / reference (layerwise)  : %8.2f" % (layerwise_ms / reference))
 
 
 if __name__ == "__main__":

@@ -15,16 +15,15 @@ its x, so its displacement components are (col, row) and are reversed here; ANTs
 the FIRST array axis its x, so its components are already (row, col). Both libraries' forward transforms map
 a fixed-image point to the moving-image point it samples, the same direction as ``flow``.
 
-SimpleITK and antspyx are an optional extra (``pip install "gsmorph-tf[baselines]"``), imported only when a
-method runs.
+SimpleITK and antspyx are the optional ``baselines`` extra (``pip install -e ".[baselines]"`` in the source
+checkout), imported only when a method runs (:func:`gsmorph_tf.extras.import_extra`).
 """
-import importlib
 import os
 import tempfile
 
 import numpy as np
 
-INSTALL_HINT = 'pip install "gsmorph-tf[baselines]"'
+from gsmorph_tf.extras import import_extra
 
 #: Demons defaults: iterations (single resolution; SimpleITK's default is 10, too few for cardiac motion of
 #: several pixels) and the std in pixels of the Gaussian that smooths the whole displacement field after
@@ -43,20 +42,13 @@ LIBRARIES = {"demons": ("SimpleITK", "SimpleITK"), "syn": ("ants", "antspyx")}
 
 
 def require(method):
-    """Import the library ``method`` needs, or raise the ImportError naming the package and the extra.
-    Call it before long work so a missing extra fails at once."""
+    """Import the library ``method`` needs, or raise :class:`~gsmorph_tf.extras.MissingExtraError` (an
+    ImportError) naming the package and the install command. Call it before long work so a missing extra
+    fails at once."""
     if method not in LIBRARIES:
         raise ValueError(f"unknown baseline method {method!r}; expected one of {sorted(LIBRARIES)}")
-    return _import_extra(*LIBRARIES[method])
-
-
-def _import_extra(module, package):
-    """Import ``module`` of the optional ``baselines`` extra, or say how to install it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as error:
-        raise ImportError(f"the classical baselines need the {package} package (Python module '{module}'), "
-                          f"which is not installed; install it with: {INSTALL_HINT}") from error
+    module, package = LIBRARIES[method]
+    return import_extra(module, "baselines", package, "the classical baselines")
 
 
 def _check_pair(moving, fixed):

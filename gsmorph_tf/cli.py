@@ -6,7 +6,9 @@ Light to import (no TensorFlow), so ``--help`` answers at once:
   looked up in the project's ``flags/`` folder (``--flagfile=acdc.flags`` from anywhere), and a console
   script (``gsmorph-train --help``) lists the entry point's flags as ``python run_train.py --help`` does;
 - :func:`define_dataset_options`: the datasets' own settings (:mod:`gsmorph_tf.registry`) as flags;
-- :func:`fail`, :func:`quiet_logs`: one ``error: ...`` line for user errors, TensorFlow's INFO lines hidden.
+- :func:`fail`, :func:`quiet_logs`: one ``error: ...`` line for user errors, TensorFlow's INFO lines hidden;
+  :func:`run_app` prints a missing optional dependency (:mod:`gsmorph_tf.extras`) that way too, wherever it
+  is imported.
 """
 import os
 import pathlib
@@ -16,6 +18,7 @@ from absl import app, flags
 from absl.flags import _exceptions as flag_exceptions
 
 from gsmorph_tf.errors import ConfigError
+from gsmorph_tf.extras import MissingExtraError
 from gsmorph_tf.registry import DATASETS
 
 #: The project's flagfiles (``flags/`` next to the package).
@@ -70,7 +73,20 @@ def run_app(main, module_name):
     _install_flagfile_lookup()
     for flag in flags.FLAGS.get_flags_for_module(module_name):
         flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-    app.run(main)
+    app.run(reporting_missing_extras(main))
+
+
+def reporting_missing_extras(main):
+    """``main`` that reports a missing optional dependency (:class:`~gsmorph_tf.extras.MissingExtraError`,
+    raised wherever the extra is first imported) as one ``error: ...`` line with the install command, and
+    returns exit status 2, instead of a traceback."""
+    def guarded(argv):
+        try:
+            return main(argv)
+        except MissingExtraError as error:
+            return fail(error)
+
+    return guarded
 
 
 def define_dataset_options():

@@ -34,14 +34,44 @@ METRIC_PROTOCOLS = ("volume", "paper")
 #: logical CPUs) of one machine; ``multi_worker``, the machines that ``TF_CONFIG`` lists.
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
-#: Settings that may change between an interrupted run and its resumption: more epochs, another place, another
-#: number of logical CPU devices (as the number of GPUs may change). Not ``strategy``, ``sync_batchnorm`` or
-#: ``mixed_precision``: they change what a step computes (which examples BatchNorm's statistics see, float16),
-#: so a run resumes under the settings it started with.
-RESUMABLE_CHANGES = ("epochs", "output_dir", "cpu_replicas")
+#: Where 2D cardiac crops are centred (gsmorph_tf.data.preprocessing): ``labels``, the centroid of the ED labels
+#: (the paper protocol); ``motion``, the maximum of the smoothed temporal standard deviation of the cine
+#: (label-free, as at deployment); ``image``, the image centre.
+CROP_CENTERS = ("labels", "motion", "image")
 
-__all__ = ["ConfigError", "GROUPINGS", "METRIC_PROTOCOLS", "REG_PENALTIES", "RESUMABLE_CHANGES", "STRATEGIES",
-           "SURGERY_MODES", "TrainConfig"]
+#: Settings that may change between an interrupted run and its resumption: more epochs, another place, what to
+#: profile, another number of logical CPU devices (as the number of GPUs may change). Not ``strategy``,
+#: ``sync_batchnorm`` or ``mixed_precision``: they change what a step computes (which examples BatchNorm's
+#: statistics see, float16), so a run resumes under the settings it started with.
+RESUMABLE_CHANGES = ("epochs", "output_dir", "profile_batch", "cpu_replicas")
+
+__all__ = ["CROP_CENTERS", "ConfigError", "GROUPINGS", "METRIC_PROTOCOLS", "REG_PENALTIES", "RESUMABLE_CHANGES",
+           "STRATEGIES", "SURGERY_MODES", "TrainConfig", "check_profile_batch"]
+
+
+def check_profile_batch(steps):
+    """``steps`` as ``(first, last)`` profiled steps, or ``()`` for none.
+
+    Takes ``()`` / None, one step ``N`` (a ``(N, N)`` range) or ``(first, last)``, each a positive integer or
+    its string (as ``--profile_batch=10,12`` gives them), ``first <= last``.
+
+    Raises:
+        ConfigError: naming the value and what is expected.
+    """
+    if steps is None or steps == () or steps == []:
+        return ()
+    values = (steps,) if isinstance(steps, (int, str)) else tuple(steps)
+    expected = ("profile_batch takes one training step or a range 'first,last' of steps (positive integers, "
+                "first <= last, e.g. 10,12), got %r" % (steps,))
+    try:
+        numbers = tuple(int(str(value).strip()) for value in values)
+    except ValueError:
+        raise ConfigError(expected) from None
+    if len(numbers) == 1:
+        numbers = numbers * 2
+    if len(numbers) != 2 or min(numbers) < 1 or numbers[0] > numbers[1]:
+        raise ConfigError(expected)
+    return numbers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +86,9 @@ class TrainConfig:
     machines ``TF_CONFIG`` lists); ``batch_size`` is the global batch, split over the replicas.
     ``sync_batchnorm`` makes BatchNorm use the global batch's statistics; ``mixed_precision`` computes the
     network body in float16 with loss scaling (GPUs).
+
+    ``profile_batch``: ``(first, last)`` training steps (1-based, counted from the start of this process's
+    ``fit``) that TensorBoard's profiler traces; ``()`` traces none.
 
     ``dataset_options`` holds the chosen dataset's own settings (declared by its registry entry, e.g.
     ``phantom_subjects`` or ``brain_shape``); missing ones take the entry's defaults.
@@ -82,15 +115,21 @@ class TrainConfig:
     drop_last: bool = True
     metric_protocol: str = "volume"
     crop_size: int = 128
+    crop_center: str = "labels"
     conflict_diagnostics: bool = True
     log_every_n_steps: int = 1
     strategy: str = "default"
     cpu_replicas: int = 0
     sync_batchnorm: bool = False
     mixed_precision: bool = False
+    profile_batch: tuple = ()
     dataset_options: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
+        try:  # one form, (first, last), whatever form it was given in; validate() reports a bad one
+            object.__setattr__(self, "profile_batch", check_profile_batch(self.profile_batch))
+        except ConfigError:
+            pass
         # Fill in the dataset's defaults so every run records all of its dataset's settings.
         if self.dataset in DATASETS:
             options = {option.name: option.default for option in DATASETS[self.dataset].options}
@@ -123,7 +162,7 @@ class TrainConfig:
         """Raise :class:`ConfigError` for the first invalid setting; return ``self``."""
         choices = {"dataset": DATASETS.names(), "model": MODELS.names(), "surgery": SURGERY_MODES,
                    "grouping": GROUPINGS, "similarity": SIMILARITIES.names(), "reg_penalty": REG_PENALTIES,
-                   "metric_protocol": METRIC_PROTOCOLS, "strategy": STRATEGIES}
+                   "metric_protocol": METRIC_PROTOCOLS, "crop_center": CROP_CENTERS, "strategy": STRATEGIES}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ConfigError("%s=%r is not one of: %s" % (name, getattr(self, name), ", ".join(valid)))
@@ -149,6 +188,7 @@ class TrainConfig:
             raise ConfigError("ncc_windows must be positive integers, got %r" % (self.ncc_windows,))
         if not (math.isfinite(self.ncc_gamma) and self.ncc_gamma > 0):
             raise ConfigError("ncc_gamma must be > 0, got %r" % self.ncc_gamma)
+        check_profile_batch(self.profile_batch)
         known = {option.name: option for option in dataset.options}
         unknown = sorted(set(self.dataset_options) - set(known))
         if unknown:
@@ -159,6 +199,9 @@ class TrainConfig:
                 option.check(self.dataset_options[name])
             except ValueError as error:
                 raise ConfigError(str(error)) from None
+        if self.crop_center != "labels" and dataset.ndim != 2:
+            raise ConfigError("crop_center=%s places the crop of 2D cardiac slices; dataset=%s is %dD and is not "
+                              "cropped: leave crop_center=labels" % (self.crop_center, self.dataset, dataset.ndim))
         if self.metric_protocol == "paper" and dataset.ndim != 2:
             raise ConfigError("metric_protocol=paper scores 2D slice pairs; dataset=%s is %dD: use volume"
                               % (self.dataset, dataset.ndim))

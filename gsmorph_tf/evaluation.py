@@ -36,6 +36,7 @@ import voxelmorph as vxm
 from gsmorph_tf import metrics
 from gsmorph_tf.config import METRIC_PROTOCOLS
 from gsmorph_tf.fileio import atomic_write_text
+from gsmorph_tf.data.preprocessing import GOOD_CROP_COVERAGE
 from gsmorph_tf.data.subjects import reporting_order
 
 #: Column order of the summary tables: (key in the per-subject rows, header).
@@ -80,14 +81,16 @@ def keras_predictor(network, batch_size=32):
 
 
 def savedmodel_predictor(path, batch_size=32):
-    """A predictor (as :func:`keras_predictor`) running the ``serving_default`` signature of a SavedModel.
+    """A predictor (as :func:`keras_predictor`) running a SavedModel on the subjects' crops: its
+    ``register_crop`` signature, or ``serving_default`` in exports older than ``register_crop`` (same contract).
 
     Raises:
         FileNotFoundError: ``path`` holds no ``saved_model.pb``.
     """
     if not os.path.exists(os.path.join(path, "saved_model.pb")):
         raise FileNotFoundError("no SavedModel at %s (expected %s)" % (path, os.path.join(path, "saved_model.pb")))
-    serve = tf.saved_model.load(path).signatures["serving_default"]
+    signatures = tf.saved_model.load(path).signatures
+    serve = signatures.get("register_crop") or signatures["serving_default"]
 
     def predict(moving, fixed):
         moved, flow = [], []
@@ -269,6 +272,25 @@ def evaluate_against_initial(predict, subjects, name, progress=None, protocol="v
     return results_by_method({"Initial": evaluate_identity(subjects, protocol), name: rows})
 
 
+def crop_report(subjects, rule):
+    """How well the crops of ``subjects`` hold their hearts, for the results JSON (``crop`` key).
+
+    Args:
+        subjects: :class:`~gsmorph_tf.data.subjects.SubjectPairs` (their ``crop_coverage``).
+        rule: the ``crop_center`` rule that placed the crops.
+
+    Returns:
+        ``{"rule": rule, "coverage": {subject: fraction of its ED label voxels inside the crop}, "good": number of
+        subjects with coverage >= GOOD_CROP_COVERAGE, "subjects": number of subjects}``; None when nothing was
+        cropped (3D tasks).
+    """
+    coverage = {p.subject: p.crop_coverage for p in subjects if p.crop_coverage is not None}
+    if not coverage:
+        return None
+    return {"rule": rule, "coverage": coverage, "good_threshold": GOOD_CROP_COVERAGE,
+            "good": sum(value >= GOOD_CROP_COVERAGE for value in coverage.values()), "subjects": len(coverage)}
+
+
 def summarize(rows):
     """Mean and std over the rows (subjects, or slice pairs) of every numeric column:
     ``{key: {"mean": m, "std": s}}`` (NaN-aware)."""
@@ -308,8 +330,8 @@ def format_table(summaries):
     return "\n".join(lines)
 
 
-def write_json(path, data):
-    """Write JSON atomically (temp file, then rename). NaN is written as null."""
+def to_json(data):
+    """``data`` as JSON text (indented), NaN written as null, NumPy floats as floats."""
     def clean(value):
         if isinstance(value, dict):
             return {k: clean(v) for k, v in value.items()}
@@ -319,4 +341,9 @@ def write_json(path, data):
             return None if np.isnan(value) else float(value)
         return value
 
-    atomic_write_text(path, json.dumps(clean(data), indent=2) + "\n")
+    return json.dumps(clean(data), indent=2)
+
+
+def write_json(path, data):
+    """Write :func:`to_json` of ``data`` atomically (temp file, then rename)."""
+    atomic_write_text(path, to_json(data) + "\n")

@@ -6,7 +6,9 @@
   with folding (det <= 0) in red; plus a histogram ``flow_magnitude`` (voxels) of those pairs' fields.
 - :func:`log_hparams`: the run's settings (surgery mode, lam, learning rate, model, ...) and its final test
   metrics in TensorBoard's HParams dashboard, so a lambda sweep and GSMorph compare side by side when
-  ``tensorboard --logdir`` points at the folder holding the runs.
+  ``tensorboard --logdir`` points at the folder holding the runs; with the dashboard's declared
+  configuration (:func:`hparams_domains`, the same in every run, and the test metrics; TensorBoard uses the
+  first declaration it finds under ``--logdir``, which describes every run of one dataset).
 
 3D pairs are shown by their middle slice along the first axis.
 """
@@ -20,10 +22,17 @@ from matplotlib import colors
 from tensorboard.plugins.hparams import api as hparams_api
 
 from gsmorph_tf import evaluation, metrics
+from gsmorph_tf.config import GROUPINGS, METRIC_PROTOCOLS, REG_PENALTIES, SURGERY_MODES
+from gsmorph_tf.registry import DATASETS, MODELS, SIMILARITIES
 
 #: Settings shown as HParams columns (those a comparison varies).
 HPARAM_KEYS = ("model", "surgery", "lam", "grouping", "similarity", "reg_penalty", "learning_rate", "batch_size",
-               "epochs", "int_steps", "dataset", "seed")
+               "epochs", "int_steps", "dataset", "seed", "metric_protocol")
+
+#: Test metrics logged as HParams metrics: ``summary`` key -> (tag, what the column shows).
+TEST_METRICS = (("dice_mean", "test/dice", "Dice % (mean over structures)"), ("hd95_mean", "test/hd95", "HD95 mm"),
+                ("mse", "test/mse", "MSE of [0, 1] intensities"), ("njd", "test/njd", "% folding voxels"),
+                ("epe_mm", "test/epe_mm", "end-point error mm (known deformation)"))
 
 
 def flow_to_rgb(flow, max_magnitude=None):
@@ -94,23 +103,50 @@ class RegistrationImages(tf.keras.callbacks.Callback):
         self.writer.flush()
 
 
+def hparams_domains():
+    """The :data:`HPARAM_KEYS` as ``hparams_api.HParam`` objects with the values each can take.
+
+    Choices (the flags' enums and the registries' names) are ``Discrete`` domains. The numbers are bounded
+    below only (``lam >= 0``, ``learning_rate > 0``, ``batch_size``, ``epochs >= 1``, ``int_steps >= 0``),
+    and an interval needs both ends, the dashboard's filter starting at them: they are declared without a
+    domain (the dashboard lists their values as logged).
+    """
+    choices = {"model": MODELS.names(), "surgery": SURGERY_MODES, "grouping": GROUPINGS,
+               "similarity": SIMILARITIES.names(), "reg_penalty": REG_PENALTIES, "dataset": DATASETS.names(),
+               "metric_protocol": METRIC_PROTOCOLS}
+    return [hparams_api.HParam(key, hparams_api.Discrete(list(choices[key])) if key in choices else None)
+            for key in HPARAM_KEYS]
+
+
+def _test_scalars(summary):
+    """``{tag: (value, description)}`` of the test metrics in ``summary`` (see :func:`log_hparams`)."""
+    scalars = {tag: (summary[key]["mean"], text) for key, tag, text in TEST_METRICS if key in summary}
+    for key in summary:
+        if key.startswith("dice_") and key != "dice_mean":
+            scalars["test/%s" % key] = (summary[key]["mean"], "Dice %% of %s" % key[len("dice_"):])
+    return scalars
+
+
 def log_hparams(log_dir, config, summary):
     """Record the run's settings and final test metrics for TensorBoard's HParams dashboard.
+
+    Writes the dashboard's configuration (``hparams_config``: :func:`hparams_domains` and the test metrics
+    below), the run's values of :data:`HPARAM_KEYS` and the metrics. Called once per run, when it is
+    evaluated, by the process that writes the run's files (a re-run of a finished run writes them again).
 
     Args:
         log_dir: the run's TensorBoard folder (a subfolder ``hparams`` is written).
         config: the run's :class:`~gsmorph_tf.config.TrainConfig`.
         summary: test-split summary ``{metric: {"mean", "std"}}`` (see :func:`gsmorph_tf.evaluation.summarize`);
-            logged as scalars ``test/dice``, ``test/hd95``, ``test/mse``, ``test/njd`` (and per structure).
+            logged as scalars ``test/dice``, ``test/hd95``, ``test/mse``, ``test/njd`` (``test/epe_mm`` where
+            known) and ``test/dice_<structure>`` per structure, at step 0.
     """
     values = config.to_dict()
-    hparams = {key: values[key] for key in HPARAM_KEYS}
+    scalars = _test_scalars(summary)
     with tf.summary.create_file_writer(os.path.join(log_dir, "hparams")).as_default():
-        hparams_api.hparams(hparams, trial_id=os.path.basename(os.path.normpath(config.output_dir)))
-        for key, name in (("dice_mean", "dice"), ("hd95_mean", "hd95"), ("mse", "mse"), ("njd", "njd"),
-                          ("epe_mm", "epe_mm")):
-            if key in summary:
-                tf.summary.scalar("test/%s" % name, summary[key]["mean"], step=0)
-        for key in summary:
-            if key.startswith("dice_") and key != "dice_mean":
-                tf.summary.scalar("test/%s" % key, summary[key]["mean"], step=0)
+        hparams_api.hparams_config(hparams=hparams_domains(), metrics=[
+            hparams_api.Metric(tag, display_name=tag, description=text) for tag, (_, text) in scalars.items()])
+        hparams_api.hparams({key: values[key] for key in HPARAM_KEYS},
+                            trial_id=os.path.basename(os.path.normpath(config.output_dir)))
+        for tag, (value, _) in scalars.items():
+            tf.summary.scalar(tag, value, step=0)

@@ -5,13 +5,17 @@ called on its own from a test; :func:`train_and_evaluate` chains them. The datas
 up by name in :mod:`gsmorph_tf.registry`; nothing here knows which ones exist. A run's output directory
 holds::
 
+    run.lock               held by the run using the directory (a second run on it is refused; see
+                           :mod:`gsmorph_tf.rundir`)
     config.json            the settings (a re-run must match them to resume)
     tensorboard/           event files: per-step losses and conflict statistics, per-epoch validation metrics,
                            images/ (registration panels, flow histogram), hparams/ (settings + test metrics)
     checkpoints/           model + optimizer + epoch after every epoch (Keras BackupAndRestore): re-running
                            the same command after an interruption resumes from the last completed epoch
     evaluation.json/.md    test-split metrics per subject and mean +- std, with the Initial (identity) row
-    export/<model>/<N>/    SavedModel for TF Serving (serving_default: moving, fixed -> moved, flow)
+    export/<model>_<dataset>/<N>/  SavedModel for TF Serving (serving_default: raw moving, fixed -> moved, flow
+                           on the input grid; register_crop; warp), with assets/provenance.json and the warm-up
+    export.json            which version holds this run's export (a re-run never exports a second one)
 
 Several devices or machines (``config.strategy``, :mod:`gsmorph_tf.distribute`): the strategy is created
 first, before any tensor exists, and the network and its training model are built in its scope. In a
@@ -22,17 +26,19 @@ the same for their files).
 """
 from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
 
+import json
 import os
 import sys
 
 import tensorflow as tf
 
-from gsmorph_tf import distribute, evaluation, monitoring
+from gsmorph_tf import distribute, evaluation, monitoring, rundir
 from gsmorph_tf.data.pipeline import make_dataset
 from gsmorph_tf.data.subjects import reporting_order
-from gsmorph_tf.export import export_saved_model
+from gsmorph_tf.export import export_saved_model, run_provenance
 from gsmorph_tf.errors import ConfigError
 from gsmorph_tf.fileio import atomic_write_text
+from gsmorph_tf.provenance import default_model_name
 from gsmorph_tf.registry import DATASETS, MODELS
 
 
@@ -109,6 +115,23 @@ def drop_remainder(config, pairs, replicas=1):
     return config.drop_last or 0 < pairs % config.batch_size < replicas
 
 
+def checkpoint_dir(output_dir):
+    """The folder of a run's ``BackupAndRestore`` checkpoints."""
+    return os.path.join(output_dir, "checkpoints")
+
+
+def completed_epochs(output_dir):
+    """How many epochs the run in ``output_dir`` has completed, by its last checkpoint (0 without one).
+
+    ``BackupAndRestore`` keeps the index of the last completed epoch in the checkpoint (``ckpt_saved_epoch``)
+    in its ``chief/`` subfolder; training resumes after it.
+    """
+    latest = tf.train.latest_checkpoint(os.path.join(checkpoint_dir(output_dir), "chief"))
+    if latest is None:
+        return 0
+    return int(tf.train.load_checkpoint(latest).get_tensor("ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE")) + 1
+
+
 def fit(model, splits, config, output_dir, verbose=None, write_dir=None):
     """Train ``model`` for ``config.epochs`` epochs, resuming from ``output_dir/checkpoints`` if present.
 
@@ -140,8 +163,9 @@ def fit(model, splits, config, output_dir, verbose=None, write_dir=None):
         # before TensorBoard: it adds to the logs TensorBoard writes
         ValidationMetrics(network, splits["val"], config.batch_size, config.metric_protocol),
         monitoring.RegistrationImages(network, splits["val"], os.path.join(log_dir, "images")),
-        tf.keras.callbacks.TensorBoard(log_dir, update_freq=config.log_every_n_steps),
-        tf.keras.callbacks.BackupAndRestore(os.path.join(output_dir, "checkpoints"), delete_checkpoint=False),
+        tf.keras.callbacks.TensorBoard(log_dir, update_freq=config.log_every_n_steps,
+                                       profile_batch=config.profile_batch or 0),
+        tf.keras.callbacks.BackupAndRestore(checkpoint_dir(output_dir), delete_checkpoint=False),
     ]
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2  # a progress bar on a terminal, a line per epoch in logs
@@ -193,36 +217,46 @@ def prepare_output_dir(config, write_dir=None):
 def train_and_evaluate(config, verbose=None, log=print, export=True):
     """The whole run: validate settings and data, train (or resume), evaluate the test split, export.
 
-    Everything that can be wrong with the settings or the data fails before the output dir is touched.
+    Everything that can be wrong with the settings or the data fails before the output dir is touched,
+    and so does a run directory that another live run holds (:mod:`gsmorph_tf.rundir`): this run holds its
+    lock from then on. Re-run after an interruption (``SIGKILL`` included), it resumes after the last
+    completed epoch, and exports the SavedModel only if no earlier run exported this trained state.
     ``export=False`` skips the SavedModel (studies that only need the scores).
 
     Under ``strategy=multi_worker`` every worker calls this with the same config; only the chief writes into
     ``config.output_dir`` (the others' ``config.json``, TensorBoard events, evaluation and export go to a
     temporary directory that is deleted when the run ends).
 
+    Raises:
+        ConfigError: invalid settings, settings that differ from the run already in the output dir, or an
+            output dir in use by another run (naming it and the holder's pid and host).
+        DatasetError: unreadable or inconsistent data.
+
     Returns:
         dict with ``history`` (Keras history dict of this call), ``results`` (see :func:`evaluate`),
-        ``table`` (Markdown), ``export_dir`` (None without export), the output paths (in ``config.output_dir``,
+        ``table`` (Markdown), ``export_dir`` (None without export, and on the other workers of a multi-worker
+        run), the output paths (in ``config.output_dir``,
         where the chief writes them), ``replicas`` (the strategy's replica count) and ``chief`` (whether this
         process wrote them).
     """
     config.validate()
     strategy = create_strategy(config)  # first: before anything initialises TensorFlow's devices
+    chief = distribute.is_chief(strategy)
+    if chief:  # the other workers of a multi-worker run write elsewhere (and the chief holds this lock)
+        rundir.check_not_in_use(config.output_dir)  # a busy run directory is refused before the data is read
     splits = load_data(config)
     check_batches(config, splits, strategy.num_replicas_in_sync)
-    with distribute.chief_write_dir(config.output_dir, strategy) as write_dir:
+    with distribute.chief_write_dir(config.output_dir, strategy) as write_dir, rundir.locked(write_dir):
         prepare_output_dir(config, write_dir)
         outcome = _train_and_evaluate(config, strategy, splits, write_dir, verbose, log, export)
-    if outcome["export_dir"] is not None:
-        outcome["export_dir"] = os.path.join(config.output_dir, os.path.relpath(outcome["export_dir"], write_dir))
-    outcome.update(replicas=strategy.num_replicas_in_sync, chief=distribute.is_chief(strategy),
+    outcome.update(replicas=strategy.num_replicas_in_sync, chief=chief,
                    tensorboard_dir=os.path.join(config.output_dir, "tensorboard"),
                    evaluation_json=os.path.join(config.output_dir, "evaluation.json"))
     return outcome
 
 
 def _train_and_evaluate(config, strategy, splits, write_dir, verbose, log, export):
-    """:func:`train_and_evaluate` after the checks, writing into ``write_dir``."""
+    """:func:`train_and_evaluate` after the checks, writing into ``write_dir`` and holding its lock."""
     inshape = splits["train"][0].moving.shape[1:]
     model_entry = MODELS.load(config.model)
     # Seed before the weights are drawn: the same seed gives the same initial network (and, with fit's
@@ -238,6 +272,11 @@ def _train_and_evaluate(config, strategy, splits, write_dir, verbose, log, expor
     log("Training %s (surgery=%s)%s on %d/%d/%d train/val/test subjects (%d training pairs), output in %s"
         % (config.model, config.surgery, devices, len(splits["train"]), len(splits["val"]), len(splits["test"]),
            sum(len(p.moving) for p in splits["train"]), config.output_dir))
+    done = completed_epochs(config.output_dir)
+    if done:
+        log("Resuming %s: %d of %d epochs completed%s" % (
+            config.output_dir, done, config.epochs, ", training epochs %d-%d" % (done + 1, config.epochs)
+            if done < config.epochs else ", nothing left to train"))
     history = fit(model, splits, config, config.output_dir, verbose=verbose, write_dir=write_dir)
 
     network, chosen = model_entry.finalize(config, network, splits, log=log)
@@ -248,13 +287,23 @@ def _train_and_evaluate(config, strategy, splits, write_dir, verbose, log, expor
     caption = evaluation.protocol_caption(config.metric_protocol, results["Model"]["subjects"])
     table = caption + "\n\n" + evaluation.format_table({"Initial": results["Initial"]["summary"],
                                                          name: results["Model"]["summary"]})
-    evaluation.write_json(os.path.join(write_dir, "evaluation.json"),
-                          {"config": config.to_dict(), "structures": reporting_order(splits["test"][0].label_values),
-                           "method": model_entry.method_name(config), "chosen": chosen,
-                           "metric_protocol": config.metric_protocol, "methods": results})
+    record = {"config": config.to_dict(), "structures": reporting_order(splits["test"][0].label_values),
+              "method": model_entry.method_name(config), "chosen": chosen, "metric_protocol": config.metric_protocol,
+              "methods": results, "crop": evaluation.crop_report(splits["test"], config.crop_center)}
+    evaluation.write_json(os.path.join(write_dir, "evaluation.json"), record)
     atomic_write_text(os.path.join(write_dir, "evaluation.md"), table + "\n")
     monitoring.log_hparams(os.path.join(write_dir, "tensorboard"), config, results["Model"]["summary"])
     export_dir = None
     if export:
-        export_dir = export_saved_model(network, os.path.join(write_dir, "export", config.model))
+        model_name = default_model_name(config)
+        provenance = run_provenance(config, list(inshape), model_name, json.loads(evaluation.to_json(record)))
+        base_dir = os.path.join(config.output_dir, "export", model_name)
+        if write_dir == config.output_dir:
+            export_dir = rundir.export_once(
+                config.output_dir, base_dir, config.epochs,
+                lambda version: export_saved_model(network, base_dir, version, provenance=provenance))
+        elif rundir.previous_export(config.output_dir, base_dir, config.epochs) is None:
+            # Another worker of a multi-worker run saves exactly when the chief does (saving reads BatchNorm's
+            # on-read statistics, a collective every worker joins), into its temporary folder.
+            export_saved_model(network, os.path.join(write_dir, "export", model_name), 1, provenance=provenance)
     return {"history": history.history, "results": results, "table": table, "export_dir": export_dir}

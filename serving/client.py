@@ -1,28 +1,36 @@
-"""Send a moving/fixed pair to a TF Serving registration model over REST and write what it returns.
+"""Send a moving/fixed pair to a TF Serving registration model (REST or gRPC) and write what it returns.
 
-    python serving/client.py --moving=moving.nii.gz --fixed=fixed.nii.gz --output_dir=out \\
-        [--server=http://localhost:8501] [--model_name=gsmorph] [--model_version=N] [--ndim=2]
+    python serving/client.py --moving=ES.nii.gz --fixed=ED.nii.gz --output_dir=out \\
+        [--protocol=rest|grpc] [--server=localhost:8501 | localhost:8500] [--model_name=gsmorph_acdc] \\
+        [--model_version=N] [--signature=serving_default|register_crop] [--ndim=2]
 
-Needs only the Python standard library, numpy and nibabel (no TensorFlow): it can run anywhere that
+REST needs only the Python standard library, numpy and nibabel (no TensorFlow): it can run anywhere that
 reaches the server. The request is TF Serving's columnar REST form::
 
-    POST <server>/v1/models/<model_name>[/versions/<N>]:predict
+    POST http://<server>/v1/models/<model_name>[/versions/<N>]:predict
     {"signature_name": "serving_default", "inputs": {"moving": [...], "fixed": [...]}}
 
-and the answer ``{"outputs": {"moved": [...], "flow": [...]}}`` (signatures: ``gsmorph_tf/export.py``).
+and the answer ``{"outputs": {"moved": [...], "flow": [...], ...}}`` (signatures: ``gsmorph_tf/export.py``).
+JSON spells every voxel as text; for large (3D) inputs use ``--protocol=grpc``: a
+``tensorflow_serving.apis.predict_pb2.PredictRequest`` with binary tensors, sent to
+``PredictionService/Predict`` (needs ``tensorflow-serving-api``, hence TensorFlow, and ``grpcio``).
 
-Inputs (NIfTI or ``.npy``) must already be preprocessed as in training, because the model sees exactly
-what is sent: cut to the model's input size and scaled to [0, 1] with one range for the pair (minimum of
-both images -> 0, their 99.5th percentile -> 1, clipped). ``run_register.py`` does this preprocessing (and
-pastes the result back into the full image) where TensorFlow is installed. Layouts:
+Signatures (``--signature``):
 
-- 2D model (``--ndim=2``): ``[H, W]`` (one slice) or ``[H, W, Z]`` (a stack, sent as a batch of Z slices);
-- 3D model (``--ndim=3``): ``[H, W, D]``.
+- ``serving_default`` (2D models): **raw** images, scanner intensities, any in-plane size at least the model's
+  crop. The model scales, finds the heart by the motion between the two images, crops, registers and answers
+  on the input's grid (identity outside its window). One request = one subject.
+- ``register_crop``: images already preprocessed as in training (cut to the model's input size, scaled to
+  [0, 1] with one range for the pair: minimum of both -> 0, their 99.5th percentile -> 1, clipped);
+  ``run_register.py`` does this where TensorFlow is installed. 3D models' ``serving_default`` takes the same.
+
+Layouts: 2D model (``--ndim=2``): ``[X, Y]`` (one slice) or ``[X, Y, Z]`` (a stack, sent as a batch of Z
+slices); 3D model (``--ndim=3``): ``[X, Y, Z]``. Inputs are NIfTI or ``.npy``.
 
 Outputs in ``--output_dir``, in the input's layout: ``moved`` (same shape, [0, 1] units) and ``flow`` (the
 input shape plus a last axis of ``ndim`` components: displacement in voxels along the model's array axes,
 ``moved(x) = moving(x + flow(x))``); ``.nii.gz`` with the fixed image's affine and header when the fixed
-image is NIfTI, else ``.npy``.
+image is NIfTI, else ``.npy``. The window centre that ``serving_default`` chose is printed.
 """
 import argparse
 import json
@@ -52,16 +60,23 @@ def read_array(path):
                           % (path, type(error).__name__, error)) from error
 
 
-def check_model_input(array, ndim, path):
-    """Raise ClientError naming ``path`` unless ``array`` fits an ``ndim``-D model and lies in [0, 1]."""
+#: Signatures the client sends to, and whether they take raw scanner intensities.
+RAW_INPUT = {"serving_default": True, "register_crop": False}
+
+
+def check_model_input(array, ndim, path, raw=False):
+    """Raise ClientError naming ``path`` unless ``array`` fits an ``ndim``-D model, is finite and, unless
+    ``raw`` (the 2D ``serving_default``), lies in [0, 1]."""
     allowed = (2, 3) if ndim == 2 else (3,)
     if array.ndim not in allowed:
         raise ClientError("%s: shape %s; a %dD model takes %s" % (
-            path, array.shape, ndim, "[H, W] or [H, W, Z]" if ndim == 2 else "[H, W, D]"))
-    if not np.all(np.isfinite(array)) or array.min() < 0 or array.max() > 1:
-        raise ClientError("%s: intensities span [%g, %g]; the model expects finite values in [0, 1] (scale the "
-                          "pair jointly: minimum -> 0, 99.5th percentile -> 1, clipped)"
-                          % (path, np.nanmin(array), np.nanmax(array)))
+            path, array.shape, ndim, "[X, Y] or [X, Y, Z]" if ndim == 2 else "[X, Y, Z]"))
+    if not np.all(np.isfinite(array)):
+        raise ClientError("%s: holds NaN or infinite values" % path)
+    if not raw and (array.min() < 0 or array.max() > 1):
+        raise ClientError("%s: intensities span [%g, %g]; register_crop expects values in [0, 1] (scale the "
+                          "pair jointly: minimum -> 0, 99.5th percentile -> 1, clipped), or send raw images to "
+                          "serving_default" % (path, array.min(), array.max()))
 
 
 def to_batch(volume, ndim):
@@ -94,6 +109,57 @@ def build_request(moving, fixed, signature_name="serving_default"):
     return json.dumps(body).encode("utf-8")
 
 
+def build_grpc_request(moving, fixed, model_name, signature_name="serving_default", model_version=None):
+    """The gRPC ``PredictRequest`` for batches ``moving`` and ``fixed`` ``[B, *vol, 1]`` (binary float32 tensors).
+
+    Needs ``tensorflow-serving-api`` (and so TensorFlow), imported here only.
+
+    Raises:
+        ClientError: tensorflow-serving-api is not installed.
+    """
+    try:
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2
+    except ImportError as error:
+        raise ClientError("--protocol=grpc needs tensorflow-serving-api (%s): pip install "
+                          "\"tensorflow-serving-api==2.21.*\", or use --protocol=rest" % error) from error
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model_name
+    request.model_spec.signature_name = signature_name
+    if model_version is not None:
+        request.model_spec.version.value = model_version
+    for name, value in (("moving", moving), ("fixed", fixed)):
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(np.asarray(value, np.float32)))
+    return request
+
+
+def parse_grpc_response(response):
+    """``{output name: array}`` from a ``PredictResponse`` (float outputs as float32)."""
+    import tensorflow as tf
+
+    return {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
+
+
+def predict_grpc(server, request, timeout=600):
+    """Send ``request`` to ``PredictionService/Predict`` at ``server`` (``host:port``); returns the response.
+
+    Raises:
+        ClientError: the call fails (server unreachable, unknown model, bad input), with gRPC's message.
+    """
+    import grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    # Large 3D pairs exceed gRPC's default 4 MB message limit.
+    options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+    with grpc.insecure_channel(server, options=options) as channel:
+        try:
+            return prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=timeout)
+        except grpc.RpcError as error:
+            raise ClientError("gRPC predict at %s failed (%s): %s; is tensorflow_model_server running with "
+                              "--port?" % (server, error.code().name, error.details())) from error
+
+
 def parse_response(body):
     """``{output name: float32 array}`` from a TF Serving columnar predict answer ``{"outputs": {...}}``.
 
@@ -110,8 +176,9 @@ def parse_response(body):
 
 
 def predict_url(server, model_name, model_version=None):
-    """``<server>/v1/models/<model_name>[/versions/<N>]:predict``."""
+    """``<server>/v1/models/<model_name>[/versions/<N>]:predict`` (``http://`` added to a bare ``host:port``)."""
     version = "" if model_version is None else "/versions/%d" % model_version
+    server = server if "://" in server else "http://" + server
     return "%s/v1/models/%s%s:predict" % (server.rstrip("/"), model_name, version)
 
 
@@ -143,37 +210,60 @@ def write_array(array, path_stem, like):
     return path
 
 
-def register(moving_path, fixed_path, output_dir, server, model_name, model_version=None, ndim=2):
-    """Read, check and send one pair; write ``moved`` and ``flow`` to ``output_dir``. Returns their paths."""
+def register(moving_path, fixed_path, output_dir, server, model_name, model_version=None, ndim=2,
+             signature="serving_default", protocol="rest"):
+    """Read, check and send one pair; write ``moved`` and ``flow`` to ``output_dir``.
+
+    Returns:
+        ``(paths of the written files, the window centre [row, col] serving_default chose or None)``.
+    """
+    raw = RAW_INPUT[signature] and ndim == 2
     moving, _ = read_array(moving_path)
     fixed, fixed_image = read_array(fixed_path)
-    check_model_input(moving, ndim, moving_path)
-    check_model_input(fixed, ndim, fixed_path)
+    check_model_input(moving, ndim, moving_path, raw)
+    check_model_input(fixed, ndim, fixed_path, raw)
     if moving.shape != fixed.shape:
         raise ClientError("%s: shape %s differs from %s %s" % (moving_path, moving.shape, fixed_path, fixed.shape))
-    body = build_request(to_batch(moving, ndim), to_batch(fixed, ndim))
-    outputs = parse_response(post(predict_url(server, model_name, model_version), body))
+    if protocol == "grpc":
+        request = build_grpc_request(to_batch(moving, ndim), to_batch(fixed, ndim), model_name, signature,
+                                     model_version)
+        outputs = parse_grpc_response(predict_grpc(server, request))
+    else:
+        body = build_request(to_batch(moving, ndim), to_batch(fixed, ndim), signature)
+        outputs = parse_response(post(predict_url(server, model_name, model_version), body))
     os.makedirs(output_dir, exist_ok=True)
-    return [write_array(from_batch(outputs[name], ndim, fixed.shape), os.path.join(output_dir, name), fixed_image)
-            for name in ("moved", "flow")]
+    paths = [write_array(from_batch(outputs[name], ndim, fixed.shape), os.path.join(output_dir, name), fixed_image)
+             for name in ("moved", "flow")]
+    center = outputs.get("crop_center")
+    return paths, None if center is None else [int(c) for c in np.asarray(center)[0]]
+
+
+DEFAULT_SERVERS = {"rest": "localhost:8501", "grpc": "localhost:8500"}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--moving", required=True, help="moving image (.nii/.nii.gz/.npy), preprocessed")
+    parser.add_argument("--moving", required=True, help="moving image (.nii/.nii.gz/.npy)")
     parser.add_argument("--fixed", required=True, help="fixed image, same shape")
     parser.add_argument("--output_dir", required=True, help="where moved and flow are written")
-    parser.add_argument("--server", default="http://localhost:8501", help="TF Serving REST address")
-    parser.add_argument("--model_name", default="gsmorph", help="model name in models.config")
+    parser.add_argument("--protocol", choices=sorted(DEFAULT_SERVERS), default="rest",
+                        help="rest (JSON, no TensorFlow needed) or grpc (binary tensors: large 3D inputs)")
+    parser.add_argument("--server", default=None, help="TF Serving address host:port (default localhost:8501 for "
+                        "REST, localhost:8500 for gRPC)")
+    parser.add_argument("--model_name", default="gsmorph_acdc", help="model name in models.config")
     parser.add_argument("--model_version", type=int, default=None, help="version to ask for (default: served)")
+    parser.add_argument("--signature", choices=sorted(RAW_INPUT), default="serving_default",
+                        help="serving_default: raw images (2D models); register_crop: preprocessed crops")
     parser.add_argument("--ndim", type=int, choices=(2, 3), default=2, help="2D (slices) or 3D model")
     args = parser.parse_args(argv)
     try:
-        paths = register(args.moving, args.fixed, args.output_dir, args.server, args.model_name,
-                         args.model_version, args.ndim)
+        paths, center = register(args.moving, args.fixed, args.output_dir, args.server or DEFAULT_SERVERS[args.protocol],
+                                 args.model_name, args.model_version, args.ndim, args.signature, args.protocol)
     except ClientError as error:
         print("error: %s" % error, file=sys.stderr)
         return 2
+    if center is not None:
+        print("window centre (row, col): %d, %d" % tuple(center))
     print("\n".join(paths))
     return 0
 

@@ -267,3 +267,15 @@ def test_load_nifti_returns_array_zooms_affine(flat_tree):
     assert labels.dtype == np.uint8   # label maps keep their stored integer type
     assert zooms == ZOOMS
     np.testing.assert_array_equal(affine, np.diag([*ZOOMS, 1.0]))
+
+
+def test_motion_crop_reads_the_4d_cine_and_names_it_when_missing(flat_tree):
+    folder = flat_tree / "patient001"
+    with raises_naming(folder / "patient001_4d.nii.gz", "4D cine not found"):
+        load_acdc_subject(folder, (8, 8), "motion")
+    cine = np.full(SHAPE + (4,), BACKGROUND, np.float32)
+    cine[20, 18, :, 1::2] = 900.0  # motion at the ED label centroid (19.5, 17.5), rounded (20, 18)
+    save_nifti(cine, folder / "patient001_4d.nii.gz")
+    pairs = load_acdc_subject(folder, (16, 16), "motion")
+    assert pairs.crop_coverage == 1.0
+    assert np.array_equal(pairs.fixed_labels, load_acdc_subject(folder, (16, 16), "labels").fixed_labels)

@@ -159,7 +159,7 @@ def test_baseline_is_scored_like_a_network(smooth_pair):
 def test_missing_library_names_the_extra(monkeypatch, module, package, method):
     monkeypatch.setitem(sys.modules, module, None)   # makes `import module` raise ImportError
     image = np.zeros((8, 8), np.float32)
-    expected = rf"{package} package .*'{module}'.*pip install \"gsmorph-tf\[baselines\]\""
+    expected = rf"needs {package} \(Python module '{module}'\).*install the baselines extra with: .*pip install -e \"\.\[baselines\]\""
     with pytest.raises(ImportError, match=expected):
         baselines.METHODS[method](image, image)
     with pytest.raises(ImportError, match=expected):  # the up-front check a long run makes first

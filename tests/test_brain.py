@@ -15,6 +15,7 @@ from gsmorph_tf.data.brain import (BRAIN_LABELS, load_brain, load_mni152, make_b
 from gsmorph_tf.data.pipeline import make_dataset
 from gsmorph_tf.data.subjects import split_subjects
 from gsmorph_tf.evaluation import warp_labels
+from gsmorph_tf.extras import MissingExtraError
 
 SMALL = (32, 40, 32)
 DEFAULT = (80, 96, 80)
@@ -68,7 +69,7 @@ def test_template_spacing_is_isotropic_and_brain_fills_90_percent_of_the_tightes
 def test_missing_nilearn_names_the_extra(monkeypatch):
     brain._template_1mm.cache_clear()
     monkeypatch.setitem(sys.modules, "nilearn", None)
-    with pytest.raises(ImportError, match=r'pip install "gsmorph-tf\[brain\]"'):
+    with pytest.raises(MissingExtraError, match=r'the brain task .*needs nilearn.*pip install -e "\.\[brain\]"'):
         load_mni152(SMALL)
 
 

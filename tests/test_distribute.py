@@ -371,8 +371,8 @@ def test_a_whole_run_on_two_mirrored_replicas(mirrored):
     assert json.loads((run_dir / "config.json").read_text())["strategy"] == "mirrored"
     report = json.loads((run_dir / "evaluation.json").read_text())
     assert np.isfinite(report["methods"]["Model"]["summary"]["dice_mean"]["mean"])
-    assert run["export_dir"] == str(run_dir / "export" / "tiny" / "1")
-    assert (run_dir / "export" / "tiny" / "1" / "saved_model.pb").exists()
+    assert run["export_dir"] == str(run_dir / "export" / "tiny_phantom" / "1")
+    assert (run_dir / "export" / "tiny_phantom" / "1" / "saved_model.pb").exists()
     assert (run_dir / "checkpoints" / "chief" / "ckpt-1.index").exists()
 
 
@@ -455,6 +455,6 @@ def test_two_workers_train_write_only_on_the_chief_and_resume(launched):
     assert not [f for f in files if "workertemp" in f or "nonchief" in f]
     assert sorted({f.split(os.sep)[1] for f in files if f.startswith("checkpoints")}) == ["chief"]
     assert {"config.json", "evaluation.json", "evaluation.md"} <= set(files)
-    assert os.listdir(run_dir / "export" / "tiny") == ["1"]
-    assert chief["second"]["export_dir"] == str(run_dir / "export" / "tiny" / "1")
-    assert worker["second"]["export_dir"] == chief["second"]["export_dir"]  # where the chief wrote it
+    assert os.listdir(run_dir / "export" / "tiny_phantom") == ["1"]
+    assert chief["second"]["export_dir"] == str(run_dir / "export" / "tiny_phantom" / "1")
+    assert worker["second"]["export_dir"] is None  # it saved too, into a temporary folder

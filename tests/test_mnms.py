@@ -4,6 +4,7 @@ import gsmorph_tf  # noqa: F401  (selects legacy Keras before TensorFlow is impo
 import logging
 import pathlib
 
+import nibabel as nib
 import numpy as np
 import pytest
 from absl import flags
@@ -14,6 +15,7 @@ from gsmorph_tf.data.acdc import ACDC_LABELS, load_acdc_subject
 from gsmorph_tf.data.mnms import (MNMS_CSV_NAME, MNMS_LABELS, find_mnms_subjects, load_mnms, load_mnms_subject,
                                   read_mnms_csv)
 from gsmorph_tf.data.nifti import DatasetError
+from gsmorph_tf.data.preprocessing import crop_coverage, crop_or_pad, motion_center
 
 SHAPE = (40, 36, 3)           # [X, Y, Z]; cines are [X, Y, Z, T]
 N_FRAMES = 5
@@ -311,3 +313,13 @@ def test_flagfile_selects_mnms_with_the_acdc_settings(monkeypatch):
     assert values["output_dir"] == "runs/mnms_gsmorph"
     assert (values["model"], values["surgery"], values["learning_rate"], values["crop_size"]) == (
         "gsmorph", "layerwise", "5e-3", "128")
+
+
+def test_motion_crop_is_centred_on_the_whole_cine(tree):
+    folder = subject_dir(tree)
+    pairs = load_mnms_subject(folder, ED_FRAME, ES_FRAME, crop_size=(16, 16), crop_center="motion")
+    cine = np.asanyarray(nib.load(str(folder / f"{folder.name}_sa.nii.gz")).dataobj)
+    center = motion_center(np.transpose(cine, (3, 2, 0, 1)), (16, 16))   # all 5 frames, not only ED and ES
+    ed = np.transpose(_label_map("ED", MNMS_LABELS), (2, 0, 1))
+    np.testing.assert_array_equal(pairs.fixed_labels, crop_or_pad(ed, center, (16, 16)))
+    assert pairs.crop_coverage == crop_coverage(ed, center, (16, 16)) and 0.5 < pairs.crop_coverage <= 1.0

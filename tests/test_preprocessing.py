@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from gsmorph_tf.data.preprocessing import crop_or_pad, label_centroid, make_pairs, scale_to_unit
+from gsmorph_tf.data.preprocessing import (crop_coverage, crop_or_pad, label_centroid, make_pairs, motion_center,
+                                          scale_to_unit)
 from gsmorph_tf.data.subjects import SubjectPairs
 from gsmorph_tf.errors import DatasetError
 
@@ -128,3 +129,59 @@ def test_make_pairs_rejects_empty_ed_labels_and_shape_mismatch():
         make_pairs("s1", es_image, ed_image, es_labels, 0 * ed_labels, (1.0, 1.0, 1.0), LABELS)
     with pytest.raises(DatasetError, match="s2: expected"):
         make_pairs("s2", es_image[:, :, :2], ed_image, es_labels, ed_labels, (1.0, 1.0, 1.0), LABELS)
+
+
+# --- label-free localisation (crop_center=motion) and crop coverage ----------------------------------------
+
+def _beating_cine(shape=(64, 48, 2), centre=(40, 30), frames=6):
+    """[X, Y, Z, T] cine: a bright disc around ``centre`` whose radius beats 8 -> 5 -> 8 px, plus a static
+    brighter block in a corner (bright but still: it must not attract the crop)."""
+    rows, cols = np.mgrid[:shape[0], :shape[1]]
+    cine = np.full(shape + (frames,), 10.0, np.float32)
+    cine[:12, :12] = 300.0
+    for t in range(frames):
+        radius = 8.0 - 3.0 * np.sin(np.pi * t / (frames - 1))
+        disc = (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= radius ** 2
+        cine[disc, :, t] = 200.0
+    return cine
+
+
+def test_motion_centre_finds_the_moving_disc_not_the_bright_still_block():
+    cine = _beating_cine()
+    frames = np.transpose(cine, (3, 2, 0, 1))  # [T, Z, X, Y]
+    assert motion_center(frames, (64, 64)) == (40.0, 30.0)  # the disc centre: its ring of motion, smoothed
+    # two frames (ED and the most contracted one) find it too
+    assert motion_center(frames[[0, 3]], (64, 64)) == (40.0, 30.0)
+    # no motion at all: the image centre, not the corner argmax of a flat map
+    assert motion_center(frames[[0, 0]], (16, 16)) == (32.0, 24.0)
+
+
+def test_crop_coverage_counts_ed_label_voxels_inside_the_crop():
+    labels = np.zeros((2, 20, 20), np.uint8)
+    labels[:, 2:6, 2:6] = 1          # 32 voxels around (3.5, 3.5)
+    assert crop_coverage(labels, (3.5, 3.5), (4, 4)) == 1.0
+    # a 4x4 crop centred at (2, 4) takes rows 0..3 and cols 2..5: rows 2, 3 of the block, 16 of 32 voxels
+    assert crop_coverage(labels, (2, 4), (4, 4)) == 0.5
+    assert crop_coverage(np.zeros((1, 5, 5)), (2, 2), (2, 2)) == 1.0
+
+
+@pytest.mark.parametrize("rule, centre", [("labels", (10, 8)), ("motion", (10, 8)), ("image", (10, 8))])
+def test_make_pairs_crop_rules_and_coverage(rule, centre):
+    es_image, ed_image, es_labels, ed_labels = _volumes()
+    es_image[10, 8, :] = 30.0  # the only voxel that changes between ES and ED besides (2, 2)
+    ed_image[2, 2, :] = 50.0   # (2, 2) changes less: the motion maximum is at the ED foreground
+    pairs = make_pairs("s1", es_image, ed_image, es_labels, ed_labels, (1.0, 1.0, 1.0), LABELS, (8, 8), rule)
+    assert np.argwhere(pairs.fixed_labels[1] == 3).tolist() == [[10 - centre[0] + 4, 8 - centre[1] + 4]]
+    assert pairs.crop_coverage == 1.0
+
+
+def test_make_pairs_motion_uses_the_cine_and_checks_its_shape():
+    es_image, ed_image, es_labels, ed_labels = _volumes()
+    cine = np.zeros((20, 16, 3, 4), np.float32)
+    cine[3, 12, :, 1] = 500.0   # the cine moves at (3, 12); the ES/ED frames alone would not say so
+    pairs = make_pairs("s1", es_image, ed_image, es_labels, ed_labels, (1.0, 1.0, 1.0), LABELS, (4, 4), "motion",
+                       cine=cine)
+    assert pairs.crop_coverage == 0.0   # ED foreground (10, 8) is outside a 4x4 crop around (3, 12)
+    with pytest.raises(DatasetError, match="s1: cine has shape"):
+        make_pairs("s1", es_image, ed_image, es_labels, ed_labels, (1.0, 1.0, 1.0), LABELS, (4, 4), "motion",
+                   cine=cine[:, :, :2])

@@ -1,5 +1,6 @@
 """Registering NIfTI files with an exported SavedModel: training's preprocessing, outputs on the fixed grid,
-units of the field, labels, bad inputs (nothing written), folder mode, run_register.py, a 3D model."""
+units of the field, labels, the motion-placed window (the same as the SavedModel's raw serving_default), bad
+inputs (nothing written), folder mode, run_register.py, a 3D model."""
 import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 
 import os
@@ -13,10 +14,11 @@ import tensorflow as tf
 
 from gsmorph_tf import evaluation
 from gsmorph_tf.data.nifti import DatasetError
-from gsmorph_tf.data.preprocessing import crop_or_pad, scale_to_unit
+from gsmorph_tf.data.preprocessing import crop_or_pad, motion_center, scale_to_unit
 from gsmorph_tf.export import export_saved_model
 from gsmorph_tf.networks import build_gsmorph_unet
-from gsmorph_tf.register import (OUTPUTS, RegistrationModel, SavedModelError, register_files, register_folder)
+from gsmorph_tf.register import (OUTPUTS, RegistrationModel, SavedModelError, register_files, register_folder,
+                                 register_volumes)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPACING = (1.5, 1.5, 8.0)
@@ -84,8 +86,8 @@ def pair(tmp_path):
 
 
 def signature_on(model, moving_crop, fixed_crop):
-    """``serving_default`` called directly on ``[B, *vol]`` crops: ``(moved [B, *vol], flow [B, *vol, ndim])``."""
-    serve = tf.saved_model.load(model.path).signatures["serving_default"]
+    """``register_crop`` called directly on ``[B, *vol]`` crops: ``(moved [B, *vol], flow [B, *vol, ndim])``."""
+    serve = tf.saved_model.load(model.path).signatures["register_crop"]
     out = serve(moving=tf.constant(moving_crop[..., None]), fixed=tf.constant(fixed_crop[..., None]))
     return out["moved"].numpy()[..., 0], out["flow"].numpy()
 
@@ -96,7 +98,8 @@ def load(path):
 
 
 def test_2d_outputs_on_the_fixed_grid_match_the_signature_on_the_crop(model_2d, pair):
-    paths = register_files(model_2d, pair["moving"], pair["fixed"], str(pair["out"]), pair["labels"])
+    paths = register_files(model_2d, pair["moving"], pair["fixed"], str(pair["out"]), pair["labels"],
+                           crop_center="image")
     assert sorted(os.listdir(pair["out"])) == ["moving_flow_mm.nii.gz", "moving_flow_vox.nii.gz",
                                                "moving_moved.nii.gz", "moving_moved_labels.nii.gz"]
     moved, moved_image = load(paths["moved"])
@@ -110,7 +113,7 @@ def test_2d_outputs_on_the_fixed_grid_match_the_signature_on_the_crop(model_2d, 
         assert image.header["descrip"].item().decode() == OUTPUTS[key][1]
     assert moved_image.get_data_dtype() == np.float32 and flow_image.get_data_dtype() == np.float32
 
-    # Training's preprocessing by hand: joint scaling, then the default window around (20, 18): rows 4-35,
+    # Training's preprocessing by hand: joint scaling, then the window around the image centre (20, 18): rows 4-35,
     # columns 2-33 of every slice; slices are the batch.
     scaled_moving, scaled_fixed = scale_to_unit(load(pair["moving"])[0], load(pair["fixed"])[0])
     window = (slice(4, 36), slice(2, 34))
@@ -130,7 +133,8 @@ def test_2d_outputs_on_the_fixed_grid_match_the_signature_on_the_crop(model_2d, 
 
 
 def test_labels_are_warped_nearest_keeping_only_label_values(model_2d, pair):
-    paths = register_files(model_2d, pair["moving"], pair["fixed"], str(pair["out"]), pair["labels"])
+    paths = register_files(model_2d, pair["moving"], pair["fixed"], str(pair["out"]), pair["labels"],
+                           crop_center="image")
     warped, image = load(paths["moved_labels"])
     labels = stack_labels((40, 36, 3))
     assert image.get_data_dtype() == np.uint8
@@ -141,6 +145,24 @@ def test_labels_are_warped_nearest_keeping_only_label_values(model_2d, pair):
     expected = evaluation.warp_labels(np.transpose(labels[window], (2, 0, 1)).astype(np.int32),
                                       np.transpose(flow[window][..., :2], (2, 0, 1, 3)))
     np.testing.assert_array_equal(warped[window], np.transpose(expected, (1, 2, 0)))
+
+
+def test_default_window_follows_the_motion_as_the_raw_serving_signature_does(model_2d):
+    shape = (48, 44, 3)
+    moving, fixed = blobs(shape, 1), blobs(shape, 1)
+    fixed[29:38, 27:36] += 400.0  # the only change between the frames, centred on (33, 31): the window goes there
+    result = register_volumes(model_2d, moving, fixed)
+    scaled = scale_to_unit(moving, fixed)
+    assert result.center == motion_center(np.transpose(np.stack(scaled), (0, 3, 1, 2)), (32, 32))
+    assert result.center == (33.0, 31.0)  # not the image centre (24, 22)
+    # The exported model's serving_default does the same in its graph, on the raw slices.
+    serve = tf.saved_model.load(model_2d.path).signatures["serving_default"]
+    out = serve(moving=tf.constant(np.transpose(moving, (2, 0, 1))[..., None]),
+                fixed=tf.constant(np.transpose(fixed, (2, 0, 1))[..., None]))
+    assert tuple(out["crop_center"].numpy()[0]) == result.center
+    np.testing.assert_allclose(np.transpose(out["moved"].numpy()[..., 0], (1, 2, 0)), result.moved, atol=1e-5)
+    np.testing.assert_allclose(np.transpose(out["flow"].numpy(), (1, 2, 0, 3)), result.flow_voxels[..., :2],
+                               atol=1e-5)
 
 
 def test_window_at_the_border_is_zero_padded_like_training(model_2d, pair):
@@ -258,6 +280,7 @@ def test_run_register_cli_folder_mode_and_one_line_errors(model_2d, tmp_path):
                         "--moving_labels_dir=ES_gt", "--output_dir=out", "--center=20,18")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Registered 2 pair(s)" in done.stdout and "2D model, input 32x32" in done.stdout
+    assert "Provenance (provenance.json):" in done.stdout and "crop placed by --center" in done.stdout
     assert sorted(os.listdir(tmp_path / "out")) == sorted(
         "%s%s" % (stem, suffix) for stem in ("a", "b") for suffix, _ in OUTPUTS.values())
     (tmp_path / "ED" / "b.nii").write_bytes(b"garbage")

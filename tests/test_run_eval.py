@@ -40,7 +40,9 @@ def test_checkpoint_and_savedmodel_reproduce_the_runs_evaluation(run):
         done = run_eval(tmp, *args)
         assert done.returncode == 0, done.stderr[-2000:]
         with open(os.path.join(out, "evaluation.json")) as f:
-            methods = json.load(f)["methods"]
+            report = json.load(f)
+        methods = report["methods"]
+        assert report["crop"]["rule"] == "labels" and report["crop"]["subjects"] == 1  # the run's crop rule
         assert list(methods)[0] == "Initial"
         summary = list(methods.values())[1]["summary"]
         for key in ("dice_mean", "dice_LV", "hd95_mean", "mse", "njd"):

@@ -47,8 +47,8 @@ def test_hypermorph_run_is_served_at_its_chosen_lambda(tmp_path):
     path = export_run(str(tmp_path), str(tmp_path / "models"))
     rng = np.random.default_rng(5)
     moving, fixed = rng.random((2, 2, 32, 32, 1), np.float32)
-    served = tf.saved_model.load(path).signatures["serving_default"](moving=tf.constant(moving),
-                                                                       fixed=tf.constant(fixed))
+    served = tf.saved_model.load(path).signatures["register_crop"](moving=tf.constant(moving),
+                                                                     fixed=tf.constant(fixed))
     outputs = {lam: hypermorph.fixed_lambda_network(network, lam).predict({"moving": moving, "fixed": fixed},
                                                                           verbose=0)
                for lam in (0.3, 0.9)}

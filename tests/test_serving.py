@@ -1,5 +1,6 @@
-"""serving/: the REST client's request and response against the SavedModel signature (no TF Serving server
-can be installed here), the client end to end against a stand-in endpoint, and models.config."""
+"""serving/: the client's REST and gRPC requests and responses against the SavedModel signature (no TF Serving
+server can be installed here), the client end to end against stand-in REST and gRPC endpoints, and
+models.config."""
 import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 
 import http.server
@@ -11,12 +12,16 @@ import subprocess
 import sys
 import textwrap
 import threading
+from concurrent import futures
 
+import grpc
 import nibabel as nib
 import numpy as np
 import pytest
 import tensorflow as tf
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
+from google.protobuf import text_format
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.config import model_server_config_pb2
 
 from gsmorph_tf.export import export_saved_model
 from gsmorph_tf.networks import build_gsmorph_unet
@@ -37,7 +42,7 @@ client = load_client()
 
 @pytest.fixture(scope="module")
 def serve(tmp_path_factory):
-    """The exported model's ``serving_default`` (flow head ~ N(0, 0.05): not the identity)."""
+    """The exported model's ``serving_default`` (raw input; flow head ~ N(0, 0.05): not the identity)."""
     network = build_gsmorph_unet((32, 32))
     head = network.get_layer("flow").kernel
     head.assign(np.random.default_rng(0).normal(0, 0.05, head.shape).astype(np.float32))
@@ -52,7 +57,7 @@ def call(serve, moving, fixed):
 
 def test_request_json_round_trips_through_the_signature(serve):
     rng = np.random.default_rng(1)
-    moving, fixed = rng.random((2, 3, 32, 32, 1), np.float32)
+    moving, fixed = (800 * rng.random((2, 3, 40, 36, 1))).astype(np.float32)  # raw: any size >= the crop
     request = json.loads(client.build_request(moving, fixed).decode("utf-8"))
     assert request["signature_name"] == "serving_default" and sorted(request["inputs"]) == ["fixed", "moving"]
     from_json = call(serve, np.array(request["inputs"]["moving"], np.float32),
@@ -64,10 +69,73 @@ def test_request_json_round_trips_through_the_signature(serve):
     # The answer as TF Serving's REST API writes it (columnar "outputs"), parsed by the client.
     answer = json.dumps({"outputs": {name: value.tolist() for name, value in direct.items()}})
     parsed = client.parse_response(answer.encode("utf-8"))
-    assert sorted(parsed) == ["flow", "moved"]
-    for name in ("moved", "flow"):
+    assert sorted(parsed) == ["crop_center", "flow", "moved"]
+    for name in ("moved", "flow", "crop_center"):
         assert parsed[name].dtype == np.float32 and parsed[name].shape == direct[name].shape
         assert np.abs(parsed[name] - direct[name]).max() <= 1e-6
+
+
+def test_grpc_request_round_trips_through_the_signature(serve):
+    rng = np.random.default_rng(5)
+    moving, fixed = (800 * rng.random((2, 2, 40, 36, 1))).astype(np.float32)  # raw: any size >= the crop
+    request = client.build_grpc_request(moving, fixed, "gsmorph_acdc", model_version=3)
+    request = predict_pb2.PredictRequest.FromString(request.SerializeToString())  # as it travels
+    assert request.model_spec.name == "gsmorph_acdc" and request.model_spec.signature_name == "serving_default"
+    assert request.model_spec.version.value == 3 and sorted(request.inputs) == ["fixed", "moving"]
+    out = serve(**{name: tf.constant(tf.make_ndarray(value)) for name, value in request.inputs.items()})
+    response = predict_pb2.PredictResponse()
+    for name, value in out.items():  # what TF Serving answers: the signature's outputs as TensorProtos
+        response.outputs[name].CopyFrom(tf.make_tensor_proto(value.numpy()))
+    parsed = client.parse_grpc_response(predict_pb2.PredictResponse.FromString(response.SerializeToString()))
+    direct = call(serve, moving, fixed)
+    assert sorted(parsed) == ["crop_center", "flow", "moved"] and np.abs(direct["flow"]).max() > 1e-3
+    for name in ("moved", "flow", "crop_center"):
+        assert parsed[name].dtype == direct[name].dtype and parsed[name].shape == direct[name].shape
+        np.testing.assert_array_equal(parsed[name], direct[name])
+
+
+class StandInPredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """Answers ``PredictionService/Predict`` for model ``gsmorph_acdc`` like TF Serving, with the SavedModel."""
+
+    def __init__(self, serve):
+        self.serve = serve
+
+    def Predict(self, request, context):
+        if request.model_spec.name != "gsmorph_acdc":
+            context.abort(grpc.StatusCode.NOT_FOUND, "Servable not found for request: Latest(%s)"
+                          % request.model_spec.name)
+        out = self.serve(**{name: tf.constant(tf.make_ndarray(value)) for name, value in request.inputs.items()})
+        response = predict_pb2.PredictResponse()
+        for name, value in out.items():
+            response.outputs[name].CopyFrom(tf.make_tensor_proto(value.numpy()))
+        return response
+
+
+def test_client_grpc_end_to_end_on_a_raw_stack(serve, tmp_path, capsys):
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(StandInPredictionService(serve), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        rng = np.random.default_rng(6)
+        moving, fixed = (900 * rng.random((2, 40, 36, 2))).astype(np.float32)  # raw [X, Y, Z] stacks
+        np.save(tmp_path / "moving.npy", moving)
+        np.save(tmp_path / "fixed.npy", fixed)
+        arguments = ["--moving=%s" % (tmp_path / "moving.npy"), "--fixed=%s" % (tmp_path / "fixed.npy"),
+                     "--protocol=grpc", "--server=127.0.0.1:%d" % port]
+        status = client.main(arguments + ["--output_dir=%s" % (tmp_path / "out")])
+        assert status == 0, capsys.readouterr().err
+        direct = call(serve, np.moveaxis(moving, -1, 0)[..., None], np.moveaxis(fixed, -1, 0)[..., None])
+        assert "window centre (row, col): %d, %d" % tuple(direct["crop_center"][0]) in capsys.readouterr().out
+        np.testing.assert_allclose(np.load(tmp_path / "out" / "flow.npy"), np.moveaxis(direct["flow"], 0, -2),
+                                   atol=1e-6)
+        np.testing.assert_allclose(np.load(tmp_path / "out" / "moved.npy"),
+                                   np.moveaxis(direct["moved"][..., 0], 0, -1), atol=1e-6)
+        status = client.main(arguments + ["--output_dir=%s" % (tmp_path / "out2"), "--model_name=other"])
+        assert status == 2 and "NOT_FOUND" in capsys.readouterr().err
+        assert not os.path.exists(tmp_path / "out2")
+    finally:
+        server.stop(None)
 
 
 def test_error_answers_raise_with_the_servers_message():
@@ -96,7 +164,7 @@ class StandInServing(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self):
         request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        if self.path != "/v1/models/gsmorph:predict":
+        if self.path != "/v1/models/gsmorph_acdc:predict":
             status, answer = 404, {"error": "Servable not found for request: %s" % self.path}
         else:
             out = call(self.serve, *(np.array(request["inputs"][k], np.float32) for k in ("moving", "fixed")))
@@ -153,7 +221,8 @@ def test_client_refuses_unscaled_images_naming_the_file(tmp_path, capsys):
     np.save(tmp_path / "moving.npy", raw)
     np.save(tmp_path / "fixed.npy", raw / 1000)
     status = client.main(["--moving=%s" % (tmp_path / "moving.npy"), "--fixed=%s" % (tmp_path / "fixed.npy"),
-                          "--output_dir=%s" % (tmp_path / "out"), "--server=http://127.0.0.1:9"])
+                          "--output_dir=%s" % (tmp_path / "out"), "--server=http://127.0.0.1:9",
+                          "--signature=register_crop"])
     err = capsys.readouterr().err
     assert status == 2 and "error: %s: intensities span [650, 650]" % (tmp_path / "moving.npy") in err
     assert not os.path.exists(tmp_path / "out")
@@ -176,33 +245,13 @@ def test_client_needs_no_tensorflow(tmp_path):
     assert "--moving" in done.stdout and "--server" in done.stdout
 
 
-def model_server_config_class():
-    """``tensorflow.serving.ModelServerConfig`` with the fields models.config uses (TF Serving's protos are
-    not installable here; names and nesting as in tensorflow_serving/config/model_server_config.proto)."""
-    proto = descriptor_pb2.FileDescriptorProto(name="model_server_config_subset.proto", package="tensorflow.serving",
-                                               syntax="proto3")
-    field = descriptor_pb2.FieldDescriptorProto
-    config = proto.message_type.add(name="ModelConfig")
-    for number, name in ((1, "name"), (2, "base_path"), (4, "model_platform")):
-        config.field.add(name=name, number=number, type=field.TYPE_STRING, label=field.LABEL_OPTIONAL)
-    config_list = proto.message_type.add(name="ModelConfigList")
-    config_list.field.add(name="config", number=1, type=field.TYPE_MESSAGE, label=field.LABEL_REPEATED,
-                          type_name=".tensorflow.serving.ModelConfig")
-    server = proto.message_type.add(name="ModelServerConfig")
-    server.field.add(name="model_config_list", number=1, type=field.TYPE_MESSAGE, label=field.LABEL_OPTIONAL,
-                     type_name=".tensorflow.serving.ModelConfigList")
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(proto)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.ModelServerConfig"))
-
-
 def test_models_config_is_a_model_server_config():
     with open(os.path.join(ROOT, "serving", "models.config"), encoding="utf-8") as f:
         text = f.read()
-    assert "tensorflow_model_server --rest_api_port=8501 --model_config_file=serving/models.config" in text
-    parsed = text_format.Parse(text, model_server_config_class()())
+    assert "tensorflow_model_server --port=8500 --rest_api_port=8501 --model_config_file=serving/models.config" in text
+    parsed = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
     (config,) = parsed.model_config_list.config
-    assert config.name == "gsmorph" and config.model_platform == "tensorflow"
+    assert config.name == "gsmorph_acdc" and config.model_platform == "tensorflow"
     # TF Serving needs an absolute base path that ends in the model's folder (run_export.py's layout).
-    assert os.path.isabs(config.base_path) and config.base_path.endswith("/gsmorph")
-    assert re.search(r"/v1/models/gsmorph:predict", text)
+    assert os.path.isabs(config.base_path) and config.base_path.endswith("/gsmorph_acdc")
+    assert re.search(r"/v1/models/gsmorph_acdc:predict", text)

@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from conftest import PHANTOM
-from gsmorph_tf.config import ConfigError, TrainConfig
+from gsmorph_tf.config import SURGERY_MODES, ConfigError, TrainConfig, check_profile_batch
 from gsmorph_tf.data.nifti import DatasetError
 from gsmorph_tf.data.subjects import STRUCTURES
-from gsmorph_tf.training import train_and_evaluate
+from gsmorph_tf.provenance import read_provenance
+from gsmorph_tf.training import load_data, train_and_evaluate
 
 
 def tiny_config(tmp_path, **overrides):
@@ -33,10 +35,13 @@ def quiet(config):
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    """One 2-epoch run, then the same command again with --epochs=3 (resumes: exactly one more epoch)."""
+    """One 2-epoch run, then the same command again with --epochs=3 (resumes: exactly one more epoch), its
+    first step profiled (--profile_batch=1,1)."""
     tmp_path = tmp_path_factory.mktemp("pipeline")
     first = quiet(tiny_config(tmp_path, epochs=2))
-    second = quiet(tiny_config(tmp_path, epochs=3))
+    lines = []
+    second = train_and_evaluate(tiny_config(tmp_path, epochs=3, profile_batch=(1, 1)), verbose=0, log=lines.append)
+    second["log"] = lines
     return tmp_path, first, second
 
 
@@ -53,8 +58,18 @@ def test_run_writes_evaluation_checkpoints_and_savedmodel(finished_run):
         assert len(report["methods"][method]["subjects"]) == 1  # 4 subjects -> 2/1/1
     assert report["methods"]["Initial"]["summary"]["njd"]["mean"] == 0.0  # identity never folds
     assert "| Initial |" in (run / "evaluation.md").read_text()
-    assert first["export_dir"] == str(run / "export" / "gsmorph" / "1")
+    assert first["export_dir"] == str(run / "export" / "gsmorph_phantom" / "1")
     assert os.path.exists(os.path.join(first["export_dir"], "saved_model.pb"))
+    # crop coverage per test subject, and the export's provenance carries the run's settings and test metrics
+    assert report["crop"]["rule"] == "labels" and report["crop"]["subjects"] == 1
+    (coverage,) = report["crop"]["coverage"].values()
+    assert 0.0 <= coverage <= 1.0 and report["crop"]["good"] == int(coverage >= 0.99)
+    provenance = read_provenance(first["export_dir"])
+    assert provenance["model_name"] == "gsmorph_phantom" and provenance["dataset"] == "phantom"
+    stored = json.loads((run / "config.json").read_text())  # written again by the resumed run (epochs 3)
+    assert provenance["training"] == dict(stored, epochs=2)
+    assert provenance["test_metrics"]["summaries"]["Model"]["dice_mean"]["mean"] == pytest.approx(
+        report["methods"]["Model"]["summary"]["dice_mean"]["mean"])
     assert os.listdir(run / "checkpoints")
     assert json.loads((run / "config.json").read_text())["surgery"] == "layerwise"
 
@@ -63,8 +78,9 @@ def test_rerun_resumes_from_last_completed_epoch(finished_run):
     _, first, second = finished_run
     assert len(first["history"]["sim_loss"]) == 2
     assert len(second["history"]["sim_loss"]) == 1  # epochs 1-2 restored, only epoch 3 trained
+    assert "Resuming %s: 2 of 3 epochs completed, training epochs 3-3" % (finished_run[0] / "run") in second["log"]
     # Each run exports a new version; none is overwritten.
-    assert second["export_dir"].endswith(os.path.join("gsmorph", "2"))
+    assert second["export_dir"].endswith(os.path.join("gsmorph_phantom", "2"))
 
 
 def test_tensorboard_has_per_step_and_per_epoch_tags(finished_run):
@@ -98,7 +114,7 @@ def test_bad_data_fails_before_output_dir_is_written(tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     (dict(surgery="gradnorm"), "surgery"), (dict(crop_size=40), "multiple of 16"), (dict(lam=-1.0), "lam"),
-    (dict(data_dir=""), "data_dir"), (dict(batch_size=0), "batch_size")])
+    (dict(data_dir=""), "data_dir"), (dict(batch_size=0), "batch_size"), (dict(profile_batch=(3, 2)), "profile_batch")])
 def test_invalid_settings_fail_before_anything_is_written(tmp_path, change, message):
     config = dataclasses.replace(tiny_config(tmp_path), **change)
     with pytest.raises(ConfigError, match=message):
@@ -117,7 +133,7 @@ def test_a_batch_larger_than_the_training_pairs_fails_early(tmp_path):
 def test_exported_model_reproduces_network(finished_run):
     tmp_path, _, second = finished_run
     loaded = tf.saved_model.load(second["export_dir"])
-    serve = loaded.signatures["serving_default"]
+    serve = loaded.signatures["register_crop"]
     rng = np.random.default_rng(0)
     moving = rng.random((2, 32, 32, 1), np.float32)
     fixed = rng.random((2, 32, 32, 1), np.float32)
@@ -143,6 +159,43 @@ def test_tensorboard_shows_the_registration_and_hparams(finished_run):
     assert {"test/dice", "test/hd95", "test/mse", "test/njd", "test/dice_LV"} <= set(hparams.Tags()["tensors"])
 
 
+def test_hparams_dashboard_has_a_declared_config(finished_run):
+    """The experiment config the HParams plugin reads: each setting's domain and the list of test metrics."""
+    tmp_path, _, _ = finished_run
+    hparams = EventAccumulator(str(tmp_path / "run" / "tensorboard" / "hparams"),
+                               size_guidance={"tensors": 0}).Reload()
+    events = hparams.Tensors(hparams_metadata.EXPERIMENT_TAG)
+    assert len(events) == 2  # one per run of the fixture (the first, then the resumed one)
+    content = hparams.SummaryMetadata(hparams_metadata.EXPERIMENT_TAG).plugin_data.content
+    experiment = hparams_metadata.parse_experiment_plugin_data(content)
+    domains = {info.name: info for info in experiment.hparam_infos}
+    assert [v.string_value for v in domains["surgery"].domain_discrete.values] == sorted(SURGERY_MODES)
+    assert "phantom" in [v.string_value for v in domains["dataset"].domain_discrete.values]
+    assert not domains["lam"].HasField("domain_interval") and not domains["lam"].HasField("domain_discrete")
+    tags = [info.name.tag for info in experiment.metric_infos]
+    assert tags == ["test/dice", "test/hd95", "test/mse", "test/njd", "test/dice_LV", "test/dice_Myo",
+                    "test/dice_RV"]
+
+
+def test_profile_batch_traces_the_steps_asked_for(finished_run):
+    tmp_path, _, _ = finished_run
+    traces = glob.glob(str(tmp_path / "run" / "tensorboard" / "plugins" / "profile" / "*" / "*.xplane.pb"))
+    assert len(traces) == 1  # only the resumed run profiled (step 1)
+
+
+@pytest.mark.parametrize("steps, expected", [((), ()), (None, ()), (5, (5, 5)), (("10", "12"), (10, 12)),
+                                             ([3, 3], (3, 3))])
+def test_profile_batch_forms(steps, expected):
+    assert check_profile_batch(steps) == expected
+    assert TrainConfig(profile_batch=steps).profile_batch == expected
+
+
+@pytest.mark.parametrize("steps", [(12, 10), (0, 2), ("a", "b"), (1, 2, 3), -1])
+def test_bad_profile_batch_is_refused(steps):
+    with pytest.raises(ConfigError, match=r"profile_batch takes one training step or a range 'first,last'"):
+        check_profile_batch(steps)
+
+
 def test_same_seed_same_run(tmp_path):
     """The seed fixes the initial weights too, so two runs of one config agree (methods start alike)."""
     results = []
@@ -151,3 +204,19 @@ def test_same_seed_same_run(tmp_path):
         results.append(outcome["results"]["Model"]["summary"])
     for key in ("dice_mean", "mse", "hd95_mean"):
         assert results[0][key]["mean"] == pytest.approx(results[1][key]["mean"], rel=1e-4, abs=1e-6), key
+
+
+def test_crop_center_is_validated_and_motion_crops_the_phantom_from_its_cine(tmp_path):
+    with pytest.raises(ConfigError, match="crop_center='heart' is not one of: labels, motion, image"):
+        tiny_config(tmp_path, crop_center="heart").validate()
+    with pytest.raises(ConfigError, match="crop_center=motion places the crop of 2D cardiac slices; dataset=brain"):
+        TrainConfig(dataset="brain", model="ulae", crop_center="motion").validate()
+    config = tiny_config(tmp_path, crop_center="motion")
+    splits = load_data(config)
+    subjects = splits["train"] + splits["val"] + splits["test"]
+    assert all(0.0 <= subject.crop_coverage <= 1.0 for subject in subjects)
+    labelled = {s.subject: s for split in load_data(dataclasses.replace(config, crop_center="labels")).values()
+                for s in split}
+    assert all(labelled[s.subject].crop_coverage == 1.0 for s in subjects)  # the labels' own centre
+    # the motion crops are not the label crops: another centre, the same anatomy around it
+    assert any(not np.array_equal(s.fixed_labels, labelled[s.subject].fixed_labels) for s in subjects)

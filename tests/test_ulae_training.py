@@ -43,7 +43,7 @@ def test_ulae_with_gradient_surgery_on_the_cardiac_phantom(tmp_path):
                          dataset_options=PHANTOM, crop_size=32, batch_size=4,
                          epochs=1)
     outcome = quiet(config)
-    assert outcome["export_dir"].endswith(os.path.join("export", "ulae", "1"))
+    assert outcome["export_dir"].endswith(os.path.join("export", "ulae_phantom", "1"))
     assert "conflict_fraction" in outcome["history"]  # surgery ran: the diagnostics are logged
     assert "ULAE-net + gradient surgery (layerwise)" in outcome["table"]
 

@@ -2,8 +2,9 @@
 
 Layout: ``<root>/[training|testing]/patientNNN/`` holding ``Info.cfg`` (``ED: 1``, ``ES: 12``, ...) and, for
 the ED and ES frames, ``patientNNN_frameXX.nii.gz`` with its label map ``patientNNN_frameXX_gt.nii.gz``
-(``XX`` the 1-based frame number, two digits). Volumes are ``[X, Y, Z]`` short-axis stacks. Labels:
-1 = RV, 2 = Myo, 3 = LV. The project's synthetic phantom is written in the same layout.
+(``XX`` the 1-based frame number, two digits), and the whole cine ``patientNNN_4d.nii.gz`` ``[X, Y, Z, T]``
+(read only to centre the crop on the motion, ``crop_center="motion"``). Volumes are ``[X, Y, Z]`` short-axis
+stacks. Labels: 1 = RV, 2 = Myo, 3 = LV. The project's synthetic phantom is written in the same layout.
 """
 import pathlib
 import re
@@ -90,12 +91,14 @@ def _load_frame(patient_dir, frame):
     return image, zooms, labels, label_path
 
 
-def load_acdc_subject(patient_dir, crop_size=(128, 128)):
+def load_acdc_subject(patient_dir, crop_size=(128, 128), crop_center="labels"):
     """Load one ACDC patient as ES->ED slice pairs (ES frame = moving, ED frame = fixed).
 
     Args:
         patient_dir: a ``patientNNN`` folder.
         crop_size: ``(h, w)`` in-plane size of the slices in pixels.
+        crop_center: ``labels``, ``motion`` (reads ``patientNNN_4d.nii.gz``) or ``image``; see
+            :mod:`gsmorph_tf.data.preprocessing`.
 
     Returns:
         :class:`~gsmorph_tf.data.subjects.SubjectPairs` with ``[Z, h, w]`` arrays, ``spacing_mm = (z, x, y)`` from
@@ -104,7 +107,8 @@ def load_acdc_subject(patient_dir, crop_size=(128, 128)):
     Raises:
         DatasetError: naming the file, for a missing or bad Info.cfg, a missing/unreadable/non-finite frame
             image or label file, a label volume whose shape differs from its image, ES and ED volumes of
-            different shapes, or ED labels without foreground.
+            different shapes, or ED labels without foreground; with ``motion`` also for a missing, unreadable
+            or mis-shaped cine.
     """
     patient_dir = pathlib.Path(patient_dir)
     if not patient_dir.is_dir():
@@ -117,11 +121,21 @@ def load_acdc_subject(patient_dir, crop_size=(128, 128)):
                            f"{info['ED']} has {ed_image.shape}; expected one stack geometry")
     if not ed_labels.any():
         raise DatasetError(f"{ed_label_path}: ED label map has no foreground; the crop is centred on it")
+    cine = None
+    if crop_center == "motion":
+        cine_path = patient_dir / f"{patient_dir.name}_4d.nii.gz"
+        if not cine_path.is_file():
+            raise DatasetError(f"{cine_path}: 4D cine not found; crop_center=motion centres the crop on the "
+                               "cine's motion (use crop_center=labels or image without it)")
+        cine, _, _ = load_nifti(cine_path, expected_ndim=4)
+        if cine.shape[:3] != ed_image.shape:
+            raise DatasetError(f"{cine_path}: cine has shape {cine.shape}; expected [X, Y, Z, T] with the frames' "
+                               f"[X, Y, Z] = {ed_image.shape}")
     return make_pairs(patient_dir.name, es_image, ed_image, es_labels, ed_labels, ed_zooms, ACDC_LABELS,
-                      crop_size)
+                      crop_size, crop_center, cine)
 
 
-def load_acdc(root, crop_size=(128, 128), fractions=(0.75, 0.05, 0.20), seed=0):
+def load_acdc(root, crop_size=(128, 128), fractions=(0.75, 0.05, 0.20), seed=0, crop_center="labels"):
     """Load and validate every ACDC patient under ``root``, split by subject.
 
     All patients are loaded before anything is returned, so bad data stops the run before training. The
@@ -142,7 +156,7 @@ def load_acdc(root, crop_size=(128, 128), fractions=(0.75, 0.05, 0.20), seed=0):
     # Gather every problem first: one run tells the user about all bad files, not just the first.
     for folder in folders:
         try:
-            subjects.append(load_acdc_subject(folder, crop_size))
+            subjects.append(load_acdc_subject(folder, crop_size, crop_center))
         except DatasetError as error:
             problems.append(str(error))
     if problems:
@@ -152,14 +166,16 @@ def load_acdc(root, crop_size=(128, 128), fractions=(0.75, 0.05, 0.20), seed=0):
 
 
 class CardiacDataset(DatasetPlugin):
-    """A 2D cardiac dataset of ES->ED slice pairs cropped to ``config.crop_size`` around the heart, read by
-    ``loader(root, crop_size, seed=...)`` (``load_acdc``, ``load_mnms``)."""
+    """A 2D cardiac dataset of ES->ED slice pairs cropped to ``config.crop_size`` around the heart (placed by
+    ``config.crop_center``), read by ``loader(root, crop_size, seed=..., crop_center=...)`` (``load_acdc``,
+    ``load_mnms``)."""
 
     def __init__(self, loader):
         self.loader = loader
 
     def load(self, config, generate=True):
-        return self.loader(config.data_dir, crop_size=self.network_shape(config), seed=config.data_seed)
+        return self.loader(config.data_dir, crop_size=self.network_shape(config), seed=config.data_seed,
+                           crop_center=config.crop_center)
 
     def network_shape(self, config):
         return (config.crop_size, config.crop_size)

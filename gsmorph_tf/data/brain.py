@@ -35,6 +35,7 @@ from scipy import ndimage
 
 from gsmorph_tf import compat  # noqa: F401  (legacy Keras must be selected before TensorFlow loads)
 from gsmorph_tf.data.subjects import SubjectPairs, split_subjects
+from gsmorph_tf.extras import import_extra
 from gsmorph_tf.flows import compose_flows
 from gsmorph_tf.plugins import DatasetPlugin
 
@@ -61,12 +62,7 @@ _NOISE_SIGMA = 0.02
 
 
 def _import_nilearn_datasets():
-    try:
-        from nilearn import datasets
-    except ImportError as error:
-        raise ImportError('the brain task needs nilearn, which ships the MNI152 template; install it with '
-                          'pip install "gsmorph-tf[brain]"') from error
-    return datasets
+    return import_extra("nilearn.datasets", "brain", "nilearn", "the brain task (MNI152 template)")
 
 
 @functools.lru_cache(maxsize=1)
@@ -106,7 +102,8 @@ def load_mni152(shape=(80, 96, 80)):
         bool, equal to ``labels > 0``; ``spacing_mm`` the ``(d, h, w)`` voxel size in mm (all equal).
 
     Raises:
-        ImportError: nilearn is not installed (names the ``brain`` extra).
+        gsmorph_tf.extras.MissingExtraError: nilearn is not installed (an ImportError naming the ``brain``
+            extra's install command).
         ValueError: ``shape`` is not three positive sizes.
     """
     shape = tuple(int(s) for s in shape)

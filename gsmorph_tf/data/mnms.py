@@ -129,13 +129,15 @@ def _frame(volume, frame, key, path):
     return volume[..., frame]
 
 
-def load_mnms_subject(subject_dir, ed, es, crop_size=(128, 128)):
+def load_mnms_subject(subject_dir, ed, es, crop_size=(128, 128), crop_center="labels"):
     """Load one M&Ms subject as ES->ED slice pairs (ES frame = moving, ED frame = fixed).
 
     Args:
         subject_dir: a ``<CODE>`` folder holding ``<CODE>_sa.nii.gz`` and ``<CODE>_sa_gt.nii.gz``.
         ed, es: 0-based frame indices into the T axis (the CSV's ``ED`` and ``ES``).
         crop_size: ``(h, w)`` in-plane size of the slices in pixels.
+        crop_center: ``labels``, ``motion`` (on the whole cine) or ``image``; see
+            :mod:`gsmorph_tf.data.preprocessing`.
 
     Returns:
         :class:`~gsmorph_tf.data.subjects.SubjectPairs` named by the code, with ``[Z, h, w]`` arrays,
@@ -166,10 +168,11 @@ def load_mnms_subject(subject_dir, ed, es, crop_size=(128, 128)):
             raise DatasetError(f"{label_path}: {key} frame {index} (0-based, from the CSV) has no labels; "
                                f"labels are in frame(s) {labelled}")
     (ed_image, ed_labels), (es_image, es_labels) = frames["ED"], frames["ES"]
-    return make_pairs(code, es_image, ed_image, es_labels, ed_labels, zooms[:3], MNMS_LABELS, crop_size)
+    return make_pairs(code, es_image, ed_image, es_labels, ed_labels, zooms[:3], MNMS_LABELS, crop_size,
+                      crop_center, image if crop_center == "motion" else None)
 
 
-def load_mnms(root, crop_size=(128, 128), fractions=(0.75, 0.05, 0.20), seed=0):
+def load_mnms(root, crop_size=(128, 128), fractions=(0.75, 0.05, 0.20), seed=0, crop_center="labels"):
     """Load and validate every labelled M&Ms subject under ``root``, split by subject.
 
     Training/Labeled, Validation and Testing subjects are pooled and split by
@@ -206,7 +209,7 @@ def load_mnms(root, crop_size=(128, 128), fractions=(0.75, 0.05, 0.20), seed=0):
                             "frames are unknown")
             continue
         try:
-            subjects.append(load_mnms_subject(folder, row["ED"], row["ES"], crop_size))
+            subjects.append(load_mnms_subject(folder, row["ED"], row["ES"], crop_size, crop_center))
         except DatasetError as error:
             problems.append(str(error))
     if problems:

@@ -34,6 +34,8 @@ class SubjectPairs:
         label_values: structure name -> integer in the label maps, e.g. ACDC ``{"RV": 1, "Myo": 2, "LV": 3}``.
         true_flow: optional ground-truth displacement of moving -> fixed (voxels, same layout as a predicted
             flow), for synthetic tasks with a known answer; None for real data.
+        crop_coverage: fraction of the ED (fixed) label voxels that the in-plane crop kept (1.0: the whole
+            heart is in the crop), or None where nothing was cropped.
 
     3D tasks use the same class with one volume per item: arrays ``[N, D, H, W]`` and ``spacing_mm`` the
     ``(d, h, w)`` spacing of each volume (len(spacing_mm) == array rank - 1).
@@ -46,6 +48,7 @@ class SubjectPairs:
     spacing_mm: tuple[float, float, float]
     label_values: dict[str, int]
     true_flow: np.ndarray | None = None
+    crop_coverage: float | None = None
 
     @property
     def volumes_per_item(self):

@@ -2,8 +2,12 @@
 
 Preprocessing is training's (:func:`gsmorph_tf.data.preprocessing.make_pairs`): the whole moving and fixed volumes
 are scaled to [0, 1] with one shared range (:func:`~gsmorph_tf.data.preprocessing.scale_to_unit`), then a window of
-the model's input size is cut around a centre (given in voxels, or the image centre ``(X // 2, Y // 2[,
-Z // 2])``) with :func:`~gsmorph_tf.data.preprocessing.crop_or_pad`, zero-padded where it leaves the image.
+the model's input size is cut around a centre with :func:`~gsmorph_tf.data.preprocessing.crop_or_pad`,
+zero-padded where it leaves the image. The centre is given in voxels, or placed by a rule (``crop_center``):
+``motion`` (the default for 2D models: the maximum of the smoothed motion between the two images,
+:func:`~gsmorph_tf.data.preprocessing.motion_center`, as the exported model's ``serving_default`` does) or
+``image`` (the image centre ``(X // 2, Y // 2[, Z // 2])``, the default for 3D models, whose volumes are
+not cropped in training).
 
 - 2D models (signature input ``[None, H, W, 1]``, rank read from the SavedModel) register ``X x Y x Z``
   short-axis stacks slice by slice, slices along the last axis: slice z of the moving stack to slice z of
@@ -39,15 +43,15 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from gsmorph_tf.data.preprocessing import scale_to_unit
+from gsmorph_tf.data.preprocessing import image_center, motion_center, scale_to_unit
 from gsmorph_tf.errors import SavedModelError
 from gsmorph_tf.register.files import OUTPUTS, PairInputs, load_pair, nifti_stem, write_registration
 from gsmorph_tf.register.folders import find_pairs
 from gsmorph_tf.register.savedmodel import RegistrationModel
-from gsmorph_tf.register.window import crop_indices, default_center, paste, take
+from gsmorph_tf.register.window import crop_indices, paste, take
 
-__all__ = ["OUTPUTS", "PairInputs", "Registration", "RegistrationModel", "SavedModelError", "find_pairs",
-           "load_pair", "register_files", "register_folder", "register_volumes", "write_registration"]
+__all__ = ["OUTPUTS", "PairInputs", "REGISTER_CROP_CENTERS", "Registration", "RegistrationModel", "SavedModelError", "find_pairs",
+           "load_pair", "register_files", "register_folder", "register_volumes", "window_center", "write_registration"]
 
 
 @dataclasses.dataclass
@@ -58,19 +62,42 @@ class Registration:
         moved: ``[X, Y, Z]`` float32 in [0, 1] units.
         flow_voxels: ``[X, Y, Z, 3]`` float32, displacement in voxels along the voxel axes i, j, k.
         moved_labels: ``[X, Y, Z]`` warped label map, or None.
+        center: the window's centre in voxels.
     """
     moved: np.ndarray
     flow_voxels: np.ndarray
     moved_labels: np.ndarray | None = None
+    center: tuple = ()
 
 
-def register_volumes(model, moving, fixed, center=None, moving_labels=None, batch_size=32):
+#: Window placement rules of :func:`register_volumes` (None: the model's default, see the module docstring).
+REGISTER_CROP_CENTERS = ("motion", "image")
+
+
+def window_center(model, moving, fixed, crop_center=None):
+    """The window centre (voxels) that ``crop_center`` gives for scaled ``[X, Y, Z]`` volumes: ``motion``,
+    ``image``, or None for the model's default (``motion`` for 2D models, ``image`` for 3D ones)."""
+    if crop_center is None:
+        crop_center = "motion" if model.ndim == 2 else "image"
+    if crop_center == "image":
+        return image_center(fixed.shape[:model.ndim])
+    if crop_center != "motion":
+        raise ValueError("crop_center must be one of %s, got %r" % (", ".join(REGISTER_CROP_CENTERS), crop_center))
+    frames = np.stack([moving, fixed])
+    if model.ndim == 2:
+        frames = np.transpose(frames, (0, 3, 1, 2))  # [2, Z, X, Y]: slices averaged
+    return motion_center(frames, model.inshape, model.ndim)
+
+
+def register_volumes(model, moving, fixed, center=None, moving_labels=None, batch_size=32, crop_center=None):
     """Register ``moving`` to ``fixed`` (both ``[X, Y, Z]``, scanner intensities) with ``model``.
 
     Args:
         model: :class:`RegistrationModel`.
         moving, fixed: ``[X, Y, Z]`` arrays of one shape (short-axis stacks for 2D models).
-        center: window centre in voxels (see :func:`crop_indices`); None takes :func:`default_center`.
+        center: window centre in voxels (see :func:`crop_indices`); None places it by ``crop_center``
+            (:func:`window_center`).
+        crop_center: ``motion``, ``image`` or None (the model's default), when ``center`` is None.
         moving_labels: optional ``[X, Y, Z]`` integer label map of ``moving``.
         batch_size: slices per call for 2D models.
 
@@ -79,7 +106,7 @@ def register_volumes(model, moving, fixed, center=None, moving_labels=None, batc
     """
     moving, fixed = scale_to_unit(moving, fixed)
     if center is None:
-        center = default_center(fixed.shape, model.ndim)
+        center = window_center(model, moving, fixed, crop_center)
     index = crop_indices(fixed.shape, center, model.inshape)
     batch_shape = (-1, *model.inshape, 1)
     moved_crop, flow_crop = model.register(take(moving, index).reshape(batch_shape),
@@ -88,7 +115,7 @@ def register_volumes(model, moving, fixed, center=None, moving_labels=None, batc
     components = [paste(np.zeros(fixed.shape, np.float32), index, flow_crop[..., k].reshape(index.shape))
                   for k in range(model.ndim)]
     components += [np.zeros(fixed.shape, np.float32)] * (3 - model.ndim)  # no motion across slices (2D)
-    result = Registration(moved=moved, flow_voxels=np.stack(components, axis=-1))
+    result = Registration(moved=moved, flow_voxels=np.stack(components, axis=-1), center=tuple(center))
     if moving_labels is not None:
         labels_crop = take(np.asarray(moving_labels), index).astype(np.float32).reshape(batch_shape)
         _, nearest = model.warp(labels_crop, flow_crop, batch_size)
@@ -97,8 +124,10 @@ def register_volumes(model, moving, fixed, center=None, moving_labels=None, batc
     return result
 
 
-def register_files(model, moving_path, fixed_path, output_dir, moving_labels_path=None, center=None):
+def register_files(model, moving_path, fixed_path, output_dir, moving_labels_path=None, center=None,
+                   crop_center=None):
     """Register one NIfTI pair and write its outputs to ``output_dir`` (named after the moving file).
+    ``center`` and ``crop_center``: see :func:`register_volumes`.
 
     Returns:
         ``{key: path}`` of the written files.
@@ -107,16 +136,18 @@ def register_files(model, moving_path, fixed_path, output_dir, moving_labels_pat
         DatasetError: see :func:`load_pair`; raised before anything is written.
     """
     inputs = load_pair(model, moving_path, fixed_path, moving_labels_path, center)
-    result = register_volumes(model, inputs.moving, inputs.fixed, inputs.center, inputs.moving_labels)
+    result = register_volumes(model, inputs.moving, inputs.fixed, inputs.center, inputs.moving_labels,
+                              crop_center=crop_center)
     return write_registration(result, inputs, output_dir, nifti_stem(moving_path))
 
 
 def register_folder(model, moving_dir, fixed_dir, output_dir, moving_labels_dir=None, center=None,
-                    show_progress=True):
+                    show_progress=True, crop_center=None):
     """Register every pair of :func:`find_pairs` into ``output_dir``, with a Keras progress bar.
 
     Every pair is read and validated first (:func:`load_pair`); one bad file stops the run before any
-    output is written. ``center`` applies to every pair.
+    output is written. ``center`` applies to every pair; without it each pair's window is placed by
+    ``crop_center`` (:func:`register_volumes`).
 
     Returns:
         List of ``{key: path}``, one per pair, in file-name order.
@@ -127,7 +158,7 @@ def register_folder(model, moving_dir, fixed_dir, output_dir, moving_labels_dir=
     bar = tf.keras.utils.Progbar(len(pairs), unit_name="pair") if show_progress else None
     written = []
     for done, (moving_path, fixed_path, labels_path) in enumerate(pairs, 1):
-        written.append(register_files(model, moving_path, fixed_path, output_dir, labels_path, center))
+        written.append(register_files(model, moving_path, fixed_path, output_dir, labels_path, center, crop_center))
         if bar is not None:
             bar.update(done)
     return written

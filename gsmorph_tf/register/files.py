@@ -9,7 +9,6 @@ import nibabel as nib
 import numpy as np
 
 from gsmorph_tf.data.nifti import DatasetError, load_nifti
-from gsmorph_tf.register.window import default_center
 
 
 #: Output files of one pair: key -> (file-name suffix, NIfTI description, at most 80 characters).
@@ -26,7 +25,8 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 @dataclasses.dataclass
 class PairInputs:
-    """A validated pair as read from disk: arrays ``[X, Y, Z]``, the fixed image's geometry, the centre."""
+    """A validated pair as read from disk: arrays ``[X, Y, Z]``, the fixed image's geometry, the centre given
+    (voxels, or None: placed by a rule when registering)."""
     moving: np.ndarray
     fixed: np.ndarray
     moving_labels: np.ndarray | None
@@ -52,7 +52,7 @@ def load_pair(model, moving_path, fixed_path, moving_labels_path=None, center=No
         model: :class:`RegistrationModel` (its dimension decides what a valid image is).
         moving_path, fixed_path: NIfTI files, ``X x Y x Z``, one shape and voxel size.
         moving_labels_path: optional integer label map of the moving image, same shape.
-        center: window centre in voxels, ``ndim`` values inside the image; None for the image centre.
+        center: window centre in voxels, ``ndim`` values inside the image; None: placed when registering.
 
     Returns:
         :class:`PairInputs`.
@@ -94,10 +94,10 @@ def load_pair(model, moving_path, fixed_path, moving_labels_path=None, center=No
             if not np.all(labels == np.rint(labels)):
                 raise DatasetError("%s: label map holds non-integer values; expected integer labels" % path)
             labels = labels.astype(np.int32)
-    if center is None:
-        center = default_center(fixed.shape, model.ndim)
-    center = tuple(float(c) for c in center)
-    if len(center) != model.ndim or not all(0 <= c <= s - 1 for c, s in zip(center, fixed.shape)):
+    if center is not None:
+        center = tuple(float(c) for c in center)
+    if center is not None and (len(center) != model.ndim
+                               or not all(0 <= c <= s - 1 for c, s in zip(center, fixed.shape))):
         raise DatasetError("center %s does not fit %s of shape %s: expected %d voxel coordinates inside the "
                            "image for this %dD model" % (center, fixed_path, fixed.shape, model.ndim, model.ndim))
     return PairInputs(moving=arrays["moving"][1], fixed=fixed, moving_labels=labels, zooms=fixed_zooms,

@@ -8,11 +8,19 @@ import tensorflow as tf
 from google.protobuf.message import DecodeError
 
 from gsmorph_tf.errors import SavedModelError
-from gsmorph_tf.export import SERVING_SIGNATURE, WARP_SIGNATURE, existing_versions
+from gsmorph_tf.export import CROP_SIGNATURE, SERVING_SIGNATURE, WARP_SIGNATURE, existing_versions
+from gsmorph_tf.provenance import read_provenance
+
+
+def crop_signature(loaded):
+    """The signature of ``loaded`` (a loaded SavedModel) that takes cropped, scaled ``[None, *vol, 1]`` pairs:
+    ``register_crop``, or ``serving_default`` in exports written before it existed (their contract)."""
+    return loaded.signatures.get(CROP_SIGNATURE) or loaded.signatures[SERVING_SIGNATURE]
 
 
 class RegistrationModel:
-    """An exported registration SavedModel, called through its ``serving_default`` and ``warp`` signatures.
+    """An exported registration SavedModel, called through its ``register_crop`` and ``warp`` signatures
+    (``serving_default`` in exports older than ``register_crop``, whose ``serving_default`` had its contract).
 
     Args:
         export_dir: a version folder (holding ``saved_model.pb``) or a model's base path (its highest
@@ -21,6 +29,7 @@ class RegistrationModel:
     Attributes:
         path: the version folder loaded.
         inshape: spatial input shape, e.g. ``(128, 128)``; ndim: 2 or 3.
+        provenance: the export's provenance dict (:mod:`gsmorph_tf.provenance`), or None for older exports.
 
     Raises:
         SavedModelError: naming ``export_dir``, if no SavedModel is there, it cannot be loaded, or it lacks
@@ -39,21 +48,22 @@ class RegistrationModel:
             raise SavedModelError("%s: no signature %s; expected a registration model written by "
                                   "run_export.py / gsmorph_tf.export" % (self.path, ", ".join(missing)))
         self._loaded = loaded  # the signatures need their module alive
-        self._serve = loaded.signatures[SERVING_SIGNATURE]
+        self._serve = crop_signature(loaded)
         self._warp = loaded.signatures[WARP_SIGNATURE]
+        name = CROP_SIGNATURE if CROP_SIGNATURE in loaded.signatures else SERVING_SIGNATURE
         inputs = self._serve.structured_input_signature[1]
         if "moving" not in inputs or "fixed" not in inputs:
-            raise SavedModelError("%s: serving_default takes %s; expected inputs moving and fixed"
-                                  % (self.path, sorted(inputs)))
+            raise SavedModelError("%s: %s takes %s; expected inputs moving and fixed" % (self.path, name, sorted(inputs)))
         shape = inputs["moving"].shape
         self.inshape = tuple(shape[1:-1])
         self.ndim = len(self.inshape)
         if self.ndim not in (2, 3) or None in self.inshape:
-            raise SavedModelError("%s: serving_default input moving has shape %s; expected [None, H, W, 1] "
-                                  "or [None, H, W, D, 1] with fixed sizes" % (self.path, shape))
+            raise SavedModelError("%s: %s input moving has shape %s; expected [None, H, W, 1] or [None, H, W, D, 1] "
+                                  "with fixed sizes" % (self.path, name, shape))
+        self.provenance = read_provenance(self.path)
 
     def register(self, moving, fixed, batch_size=32):
-        """Run ``serving_default`` on ``[B, *inshape, 1]`` float32 pairs in [0, 1], ``batch_size`` at a time.
+        """Run ``register_crop`` on ``[B, *inshape, 1]`` float32 pairs in [0, 1], ``batch_size`` at a time.
 
         Returns:
             ``(moved [B, *inshape, 1], flow [B, *inshape, ndim])``, flow in voxels ('ij').

@@ -44,7 +44,3 @@ def paste(volume, index, values):
     out.reshape(-1)[index[inside]] = values[inside]
     return out
 
-
-def default_center(shape, ndim):
-    """The image centre ``(X // 2, Y // 2)`` (2D models) or ``(X // 2, Y // 2, Z // 2)`` (3D), voxels."""
-    return tuple(float(s // 2) for s in shape[:ndim])
