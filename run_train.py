@@ -9,8 +9,8 @@ import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 from absl import app, flags
 
 from gsmorph_tf.cli import dataset_options_from_flags, define_dataset_options, fail, quiet_logs, run_app
-from gsmorph_tf.config import (CROP_CENTERS, GROUPINGS, METRIC_PROTOCOLS, REG_PENALTIES, SURGERY_MODES,
-                               TrainConfig, check_profile_batch)
+from gsmorph_tf.config import (CROP_CENTERS, GROUPINGS, METRIC_PROTOCOLS, REG_PENALTIES, STRATEGIES,
+                               SURGERY_MODES, TrainConfig, check_profile_batch)
 from gsmorph_tf.errors import ConfigError, DatasetError
 from gsmorph_tf.registry import DATASETS, MODELS, SIMILARITIES
 
@@ -68,6 +68,16 @@ flags.DEFINE_integer("log_every_n_steps", _DEFAULTS.log_every_n_steps,
                      "Write per-step TensorBoard summaries every N steps.", lower_bound=1)
 flags.DEFINE_list("profile_batch", None, "Training steps TensorBoard's profiler traces: 'first,last' (1-based, e.g. "
                   "10,12) or one step; the trace is in the TensorBoard Profile tab (tensorboard-plugin-profile).")
+flags.DEFINE_enum("strategy", _DEFAULTS.strategy, STRATEGIES,
+                  "Devices: default = one device; mirrored = every GPU of this machine (or --cpu_replicas logical "
+                  "CPUs); multi_worker = the machines in the TF_CONFIG environment variable (start the same command "
+                  "on each). --batch_size is the global batch, split over the replicas.")
+flags.DEFINE_integer("cpu_replicas", _DEFAULTS.cpu_replicas, "With --strategy=mirrored: split the CPU into this many "
+                     "logical devices (to try distributed training without GPUs; not faster). 0: off.", lower_bound=0)
+flags.DEFINE_boolean("sync_batchnorm", _DEFAULTS.sync_batchnorm, "BatchNorm uses the global batch's statistics "
+                     "instead of each replica's slice (--strategy=mirrored or multi_worker; --model=gsmorph).")
+flags.DEFINE_boolean("mixed_precision", _DEFAULTS.mixed_precision, "mixed_float16: the U-Net body computes in "
+                     "float16, the flow head and losses in float32, with loss scaling (GPUs; --model=gsmorph).")
 for _name in define_dataset_options():
     flags.declare_key_flag(_name)  # listed by --help with the flags above
 flags.register_validator("crop_size", lambda size: size % 16 == 0,
@@ -103,17 +113,23 @@ def config_from_flags():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
+    try:
+        config = config_from_flags().validate()  # before TensorFlow loads: a bad setting fails at once
+    except ConfigError as error:
+        return fail(error)
     from gsmorph_tf.training import train_and_evaluate  # after flag parsing: --help stays fast
 
     quiet_logs(FLAGS["verbosity"].present)
 
     try:
-        config = config_from_flags().validate()
         outcome = train_and_evaluate(config)
     except (ConfigError, DatasetError, FileExistsError) as error:
         return fail(error)
     print("\nTest split:\n")
     print(outcome["table"])
+    if not outcome["chief"]:
+        print("\nThis worker is not the chief: the chief writes the outputs into its %s" % config.output_dir)
+        return 0
     print("\nOutputs in %s:" % config.output_dir)
     print("  evaluation: %s (and evaluation.md)" % outcome["evaluation_json"])
     print("  SavedModel: %s" % outcome["export_dir"])

@@ -30,17 +30,23 @@ REG_PENALTIES = ("l1", "l2")
 #: stack or volume as one); ``paper``, one row per 2D slice pair (the GSMorph reference code's protocol).
 METRIC_PROTOCOLS = ("volume", "paper")
 
+#: Device strategies (see :mod:`gsmorph_tf.distribute`): ``default``, one device; ``mirrored``, the GPUs (or
+#: logical CPUs) of one machine; ``multi_worker``, the machines that ``TF_CONFIG`` lists.
+STRATEGIES = ("default", "mirrored", "multi_worker")
+
 #: Where 2D cardiac crops are centred (gsmorph_tf.data.preprocessing): ``labels``, the centroid of the ED labels
 #: (the paper protocol); ``motion``, the maximum of the smoothed temporal standard deviation of the cine
 #: (label-free, as at deployment); ``image``, the image centre.
 CROP_CENTERS = ("labels", "motion", "image")
 
-#: Settings that may change between an interrupted run and its resumption (more epochs, another place, what
-#: to profile).
-RESUMABLE_CHANGES = ("epochs", "output_dir", "profile_batch")
+#: Settings that may change between an interrupted run and its resumption: more epochs, another place, what to
+#: profile, another number of logical CPU devices (as the number of GPUs may change). Not ``strategy``,
+#: ``sync_batchnorm`` or ``mixed_precision``: they change what a step computes (which examples BatchNorm's
+#: statistics see, float16), so a run resumes under the settings it started with.
+RESUMABLE_CHANGES = ("epochs", "output_dir", "profile_batch", "cpu_replicas")
 
 __all__ = ["CROP_CENTERS", "ConfigError", "GROUPINGS", "METRIC_PROTOCOLS", "REG_PENALTIES", "RESUMABLE_CHANGES",
-           "SURGERY_MODES", "TrainConfig", "check_profile_batch"]
+           "STRATEGIES", "SURGERY_MODES", "TrainConfig", "check_profile_batch"]
 
 
 def check_profile_batch(steps):
@@ -75,6 +81,12 @@ class TrainConfig:
     ``seed`` fixes initialisation, shuffling and noise, and the subject split unless ``split_seed`` is set.
     ``drop_last`` drops an epoch's last partial batch (the reference code's ``drop_last=True``).
 
+    Devices (:mod:`gsmorph_tf.distribute`): ``strategy`` is ``default`` (one device), ``mirrored`` (the GPUs
+    of one machine; with ``cpu_replicas`` > 0, that many logical CPU devices) or ``multi_worker`` (the
+    machines ``TF_CONFIG`` lists); ``batch_size`` is the global batch, split over the replicas.
+    ``sync_batchnorm`` makes BatchNorm use the global batch's statistics; ``mixed_precision`` computes the
+    network body in float16 with loss scaling (GPUs).
+
     ``profile_batch``: ``(first, last)`` training steps (1-based, counted from the start of this process's
     ``fit``) that TensorBoard's profiler traces; ``()`` traces none.
 
@@ -106,6 +118,10 @@ class TrainConfig:
     crop_center: str = "labels"
     conflict_diagnostics: bool = True
     log_every_n_steps: int = 1
+    strategy: str = "default"
+    cpu_replicas: int = 0
+    sync_batchnorm: bool = False
+    mixed_precision: bool = False
     profile_batch: tuple = ()
     dataset_options: dict = dataclasses.field(default_factory=dict)
 
@@ -146,7 +162,7 @@ class TrainConfig:
         """Raise :class:`ConfigError` for the first invalid setting; return ``self``."""
         choices = {"dataset": DATASETS.names(), "model": MODELS.names(), "surgery": SURGERY_MODES,
                    "grouping": GROUPINGS, "similarity": SIMILARITIES.names(), "reg_penalty": REG_PENALTIES,
-                   "metric_protocol": METRIC_PROTOCOLS, "crop_center": CROP_CENTERS}
+                   "metric_protocol": METRIC_PROTOCOLS, "crop_center": CROP_CENTERS, "strategy": STRATEGIES}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ConfigError("%s=%r is not one of: %s" % (name, getattr(self, name), ", ".join(valid)))
@@ -199,7 +215,28 @@ class TrainConfig:
         if model.surgeries is not None and self.surgery not in model.surgeries:
             raise ConfigError("model=%s takes surgery=%s, not %r" % (self.model, " or ".join(model.surgeries),
                                                                     self.surgery))
+        self._validate_devices(model)
         return self
+
+    def _validate_devices(self, model):
+        """The settings of :mod:`gsmorph_tf.distribute` and mixed precision, for the registry entry ``model``."""
+        if not (isinstance(self.cpu_replicas, int) and self.cpu_replicas >= 0):
+            raise ConfigError("cpu_replicas must be an integer >= 0, got %r" % (self.cpu_replicas,))
+        if self.cpu_replicas and self.strategy != "mirrored":
+            raise ConfigError("cpu_replicas=%d splits the CPU for strategy=mirrored; strategy=%s does not use it: "
+                              "set strategy=mirrored or cpu_replicas=0" % (self.cpu_replicas, self.strategy))
+        if self.cpu_replicas and self.batch_size % self.cpu_replicas:
+            raise ConfigError("batch_size=%d is the global batch, split evenly over the cpu_replicas=%d replicas: "
+                              "use a multiple of %d" % (self.batch_size, self.cpu_replicas, self.cpu_replicas))
+        if self.sync_batchnorm and self.strategy == "default":
+            raise ConfigError("sync_batchnorm synchronises BatchNorm across replicas; strategy=default has one: "
+                              "set strategy=mirrored or multi_worker, or sync_batchnorm=False")
+        if self.sync_batchnorm and not model.batch_norm:
+            raise ConfigError("sync_batchnorm: model=%s has no BatchNorm layers (models with BatchNorm: %s)"
+                              % (self.model, ", ".join(m.name for m in MODELS if m.batch_norm) or "none"))
+        if self.mixed_precision and not model.mixed_precision:
+            raise ConfigError("mixed_precision is not available for model=%s (models that support it: %s)"
+                              % (self.model, ", ".join(m.name for m in MODELS if m.mixed_precision) or "none"))
 
     def to_dict(self):
         return dataclasses.asdict(self)

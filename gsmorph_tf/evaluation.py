@@ -52,11 +52,27 @@ def predict_pairs(network, moving, fixed, batch_size=32):
         moving, fixed: ``[S, H, W]`` float32 images in [0, 1].
 
     Returns:
-        ``(moved [S, H, W], flow [S, H, W, 2])``, flow in pixels along (row, col).
+        ``(moved [S, H, W], flow [S, H, W, 2])``, flow in pixels along (row, col). (3D: ``[S, D, H, W]`` and
+        ``[S, D, H, W, 3]``.)
     """
-    outputs = network.predict({"moving": moving[..., None], "fixed": fixed[..., None]},
-                              batch_size=batch_size, verbose=0)
+    inputs = {"moving": moving[..., None], "fixed": fixed[..., None]}
+    if _distributed(network):
+        outputs = [np.concatenate(parts) for parts in zip(*(
+            [o.numpy() for o in network({k: v[start:start + batch_size] for k, v in inputs.items()},
+                                        training=False)[:2]]
+            for start in range(0, len(moving), batch_size)))]
+    else:
+        outputs = network.predict(inputs, batch_size=batch_size, verbose=0)
     return outputs[0][..., 0], outputs[1]
+
+
+def _distributed(network):
+    """Whether Keras' ``predict`` would run ``network`` under a ``tf.distribute`` strategy: it was built in a
+    strategy's scope, or is called inside one (a callback during ``fit``). ``predict`` would then split each
+    batch over the replicas (a replica given no example of a small batch fails in the U-Net's convolutions)
+    and, across workers, run collectives; :func:`predict_pairs` calls the network batch by batch instead, on
+    this process's first device, the same on every worker."""
+    return tf.distribute.has_strategy() or network.distribute_strategy is not tf.distribute.get_strategy()
 
 
 def keras_predictor(network, batch_size=32):

@@ -4,7 +4,12 @@ Wraps any registration network whose first two outputs are ``(moved, flow)``. Ea
 similarity loss on ``(fixed, moved)`` and the smoothness loss on ``flow`` under one persistent
 ``GradientTape``, takes the two gradients separately, combines them with
 :func:`gsmorph_tf.surgery.project_gradients` and applies the result. Everything else (``fit``, callbacks,
-progress bar, checkpoints) is ordinary Keras.
+progress bar, checkpoints, ``tf.distribute`` strategies) is ordinary Keras.
+
+Under a strategy with several replicas (:mod:`gsmorph_tf.distribute`) the two gradients are all-reduced
+separately and projected once, on the global gradients; with a ``LossScaleOptimizer`` (mixed precision) both
+losses are scaled and both gradients unscaled before the projection. See
+:meth:`GradientSurgeryModel.train_step`.
 """
 from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
 
@@ -24,6 +29,56 @@ def unpack_pair(data):
         return data["moving"], data["fixed"]
     moving, fixed = data
     return moving, fixed
+
+
+def replicas_in_sync():
+    """How many replicas run this step together (1 on one device or outside a replica context)."""
+    context = tf.distribute.get_replica_context()
+    return 1 if context is None else context.num_replicas_in_sync
+
+
+def global_batch_fraction(batch):
+    """This replica's share of the global batch, ``local_batch / global_batch`` (float32 scalar).
+
+    Multiplying a replica's batch-mean loss by it makes the sum over replicas the global-batch mean, also
+    when the strategy split the last batch unevenly. Costs one scalar all-reduce. Call in a replica context.
+    """
+    local = tf.cast(tf.shape(batch)[0], tf.float32)
+    return local / tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, local)
+
+
+def all_reduce_gradients(gradient_lists):
+    """Sum each gradient list over all replicas (one collective call for all of them, each list reduced on
+    its own: nothing is added across lists). ``None`` entries stay ``None``.
+
+    Returns:
+        The lists in the same structure, holding the global sums.
+    """
+    flat = [g for grads in gradient_lists for g in grads if g is not None]
+    reduced = iter(tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, flat))
+    return [[None if g is None else next(reduced) for g in grads] for grads in gradient_lists]
+
+
+def record_batch_mean(tracker, value, batch, distributed):
+    """Add a batch mean to a ``Mean`` tracker. Under a strategy (``distributed``) a replica that got no
+    example of a partial batch (its mean is NaN) adds nothing instead of turning the running mean into NaN."""
+    if not distributed:
+        tracker.update_state(value)
+        return
+    present = tf.cast(tf.shape(batch)[0] > 0, value.dtype)
+    tracker.update_state(tf.math.multiply_no_nan(value, present), sample_weight=present)
+
+
+def _nan_unless_finite(grads, checked):
+    """``grads`` unchanged if every tensor in ``checked`` is finite, else all NaN.
+
+    A LossScaleOptimizer skips a step (and lowers its scale) when the gradients it is given are not finite.
+    The projection can turn an overflowed g_reg into a finite result (where <g_sim, g_reg> > 0 it returns
+    g_sim alone), so the overflow of either input must be passed on explicitly.
+    """
+    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in checked if g is not None])
+    poison = tf.where(finite, 0.0, float("nan"))
+    return [None if g is None else g + tf.cast(poison, g.dtype) for g in grads]
 
 
 class GradientSurgeryModel(tf.keras.Model):
@@ -67,6 +122,9 @@ class GradientSurgeryModel(tf.keras.Model):
         self.reg_tracker = tf.keras.metrics.Mean(name="reg_loss")
         self.conflict_tracker = tf.keras.metrics.Mean(name="conflict_fraction")
         self.cosine_tracker = tf.keras.metrics.Mean(name="mean_cosine")
+        # The logs are tracker results, already aggregated over all replicas: Keras' default ("auto") would
+        # sum them over the replicas again under a multi-worker strategy (a validation loss x the workers).
+        self.distribute_reduction_method = "first"
 
     @property
     def metrics(self):
@@ -85,21 +143,57 @@ class GradientSurgeryModel(tf.keras.Model):
         return self.similarity_fn(fixed, moved), self.regularizer_fn(flow)
 
     def train_step(self, data):
+        """One step: both gradients, surgery, update; returns the logs.
+
+        On one device (the default strategy) this is exactly: ``g_sim`` and ``g_reg`` of the batch-mean
+        losses, ``project_gradients``, ``apply_gradients``.
+
+        Under a strategy with ``R > 1`` replicas each replica holds a slice of the global batch. The
+        projection is non-linear: projecting each replica's gradients and summing the results (what the
+        optimizer's usual aggregation would do) is not the projection of the global gradients; nor is the
+        conflict test on one replica's slice the conflict test on the batch. So each replica scales its two
+        losses by its share of the global batch (:func:`global_batch_fraction`: the sum over replicas is then
+        the global-batch mean, not ``R`` times it), takes both gradients, and the two gradient lists are
+        all-reduced *separately*; every replica then projects the same global ``g_sim`` and ``g_reg`` (same
+        inputs, same seed, same result) and applies it with ``skip_gradients_aggregation=True``, so nothing
+        is summed a second time. The conflict statistics are computed on the global gradients. Surgery
+        ``none`` goes the same way (its weighted sum is linear, but the loss scaling is what keeps the step
+        the size it has on one device).
+
+        With a ``tf.keras.mixed_precision.LossScaleOptimizer``, both losses are multiplied by the loss scale
+        before differentiation and both gradients unscaled (before the all-reduce and the projection, which
+        must see true magnitudes); a step where either gradient is not finite is skipped and the scale
+        lowered, as the LossScaleOptimizer does for an ordinary loss.
+        """
         moving, fixed = unpack_pair(data)
         variables = self.network.trainable_variables
         # Summaries need an explicit step: the TensorBoard callback's default step is a snapshot taken at
         # train begin. The optimizer's counter is checkpointed, so steps also continue across a resume.
         step = tf.identity(self.optimizer.iterations)
+        distributed = replicas_in_sync() > 1
+        loss_scaling = hasattr(self.optimizer, "get_scaled_loss")  # a LossScaleOptimizer
         with tf.GradientTape(persistent=self.separate_gradients) as tape:
             sim, reg = self.compute_losses(moving, fixed, training=True)
-            total = sim + self.lam * reg
+            objectives = [sim, reg] if self.separate_gradients else [sim + self.lam * reg]
+            if distributed:
+                # multiply_no_nan: a replica that got no examples (NaN mean) contributes 0, not NaN.
+                fraction = global_batch_fraction(moving)
+                objectives = [tf.math.multiply_no_nan(o, fraction) for o in objectives]
+            if loss_scaling:
+                objectives = [self.optimizer.get_scaled_loss(o) for o in objectives]
+        gradient_lists = [tape.gradient(o, variables) for o in objectives]
+        del tape
+        if loss_scaling:
+            gradient_lists = [self.optimizer.get_unscaled_gradients(g) for g in gradient_lists]
+        if distributed:
+            gradient_lists = all_reduce_gradients(gradient_lists)
         if self.separate_gradients:
-            sim_grads = tape.gradient(sim, variables)
-            reg_grads = tape.gradient(reg, variables)
-            del tape
+            sim_grads, reg_grads = gradient_lists
             step_seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])
             grads = project_gradients(sim_grads, reg_grads, self.surgery, lam=self.lam,
-                                       groups=self.groups, seed=step_seed)
+                                      groups=self.groups, seed=step_seed)
+            if loss_scaling:
+                grads = _nan_unless_finite(grads, sim_grads + reg_grads)
             cosines = group_cosines(sim_grads, reg_grads, self.groups)
             conflict = tf.reduce_mean(tf.cast(cosines < 0.0, tf.float32))
             mean_cosine = tf.reduce_mean(cosines)
@@ -109,10 +203,15 @@ class GradientSurgeryModel(tf.keras.Model):
             tf.summary.scalar("step/mean_cosine", mean_cosine, step=step)
             tf.summary.histogram("step/group_cosine", cosines, step=step)
         else:
-            grads = tape.gradient(total, variables)
-        self.optimizer.apply_gradients([(g, v) for g, v in zip(grads, variables) if g is not None])
-        self.sim_tracker.update_state(sim)
-        self.reg_tracker.update_state(reg)
+            grads = gradient_lists[0]
+        pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
+        if distributed:
+            self.optimizer.apply_gradients(pairs, skip_gradients_aggregation=True)  # already global sums
+        else:
+            self.optimizer.apply_gradients(pairs)
+        # The trackers get this replica's batch means; reading them averages over replicas.
+        record_batch_mean(self.sim_tracker, sim, moving, distributed)
+        record_batch_mean(self.reg_tracker, reg, moving, distributed)
         # Instantaneous per-step values (the Keras logs are running means over the epoch).
         tf.summary.scalar("step/sim_loss", sim, step=step)
         tf.summary.scalar("step/reg_loss", reg, step=step)
@@ -121,6 +220,7 @@ class GradientSurgeryModel(tf.keras.Model):
     def test_step(self, data):
         moving, fixed = unpack_pair(data)
         sim, reg = self.compute_losses(moving, fixed, training=False)
-        self.sim_tracker.update_state(sim)
-        self.reg_tracker.update_state(reg)
+        distributed = replicas_in_sync() > 1
+        record_batch_mean(self.sim_tracker, sim, moving, distributed)
+        record_batch_mean(self.reg_tracker, reg, moving, distributed)
         return {"sim_loss": self.sim_tracker.result(), "reg_loss": self.reg_tracker.result()}

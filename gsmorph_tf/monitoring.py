@@ -21,7 +21,7 @@ import tensorflow as tf
 from matplotlib import colors
 from tensorboard.plugins.hparams import api as hparams_api
 
-from gsmorph_tf import metrics
+from gsmorph_tf import evaluation, metrics
 from gsmorph_tf.config import GROUPINGS, METRIC_PROTOCOLS, REG_PENALTIES, SURGERY_MODES
 from gsmorph_tf.registry import DATASETS, MODELS, SIMILARITIES
 
@@ -92,8 +92,8 @@ class RegistrationImages(tf.keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.writer is None:
             return
-        moved, flow = self.network.predict({"moving": self.moving, "fixed": self.fixed}, verbose=0)[:2]
-        panels = [registration_panels(m[..., 0], f[..., 0], d[..., 0], u)
+        moved, flow = evaluation.predict_pairs(self.network, self.moving[..., 0], self.fixed[..., 0])
+        panels = [registration_panels(m[..., 0], f[..., 0], d, u)
                   for m, f, d, u in zip(self.moving, self.fixed, moved, flow)]
         with self.writer.as_default(step=epoch):
             for kind in panels[0]:

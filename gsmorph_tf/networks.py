@@ -55,26 +55,27 @@ def _conv(ndim, filters, name, use_bias=True, **kwargs):
     return getattr(KL, "Conv%dD" % ndim)(filters, 3, padding="same", use_bias=use_bias, name=name, **kwargs)
 
 
-def _upsample(ndim, name):
+def _upsample(ndim, name, dtype=None):
     """x2 linear upsampling: Keras' bilinear resize in 2D, neurite's linear ``Resize`` in 3D
     (``UpSampling3D`` only repeats voxels)."""
     if ndim == 2:
-        return KL.UpSampling2D(2, interpolation="bilinear", name=name)
-    return ne.layers.Resize(2, interp_method="linear", name=name)
+        return KL.UpSampling2D(2, interpolation="bilinear", name=name, dtype=dtype)
+    return ne.layers.Resize(2, interp_method="linear", name=name, dtype=dtype)
 
 
-def conv_block(x, filters, name):
-    """Two (3x3 conv -> BatchNorm -> LeakyReLU(0.01)) layers. ``x``: ``[B, *vol, C]`` -> ``[B, *vol, filters]``."""
+def conv_block(x, filters, name, dtype=None):
+    """Two (3x3 conv -> BatchNorm -> LeakyReLU(0.01)) layers. ``x``: ``[B, *vol, C]`` -> ``[B, *vol, filters]``.
+    ``dtype``: the layers' dtype policy (None: Keras' global policy)."""
     ndim = len(x.shape) - 2
     for i in (1, 2):
-        x = _conv(ndim, filters, name="%s_conv%d" % (name, i))(x)
+        x = _conv(ndim, filters, name="%s_conv%d" % (name, i), dtype=dtype)(x)
         x = KL.BatchNormalization(momentum=BATCHNORM_MOMENTUM, epsilon=BATCHNORM_EPSILON,
-                                  name="%s_bn%d" % (name, i))(x)
-        x = KL.LeakyReLU(LEAKY_RELU_SLOPE, name="%s_act%d" % (name, i))(x)
+                                  name="%s_bn%d" % (name, i), dtype=dtype)(x)
+        x = KL.LeakyReLU(LEAKY_RELU_SLOPE, name="%s_act%d" % (name, i), dtype=dtype)(x)
     return x
 
 
-def build_gsmorph_unet(inshape, features=PAPER_FEATURES, int_steps=0, name="gsmorph_unet"):
+def build_gsmorph_unet(inshape, features=PAPER_FEATURES, int_steps=0, name="gsmorph_unet", dtype_policy=None):
     """Build the GSMorph registration network as a functional Keras model.
 
     Args:
@@ -84,6 +85,11 @@ def build_gsmorph_unet(inshape, features=PAPER_FEATURES, int_steps=0, name="gsmo
         int_steps: 0 for a plain displacement field; > 0 integrates the predicted stationary velocity
             field with that many scaling-and-squaring steps (voxelmorph ``VecInt``): a diffeomorphic variant.
         name: model name.
+        dtype_policy: None: every layer follows Keras' global dtype policy (float32 unless changed).
+            ``"mixed_float16"`` (GPUs) or ``"mixed_bfloat16"``: the U-Net body computes in that policy
+            (float32 weights, 16-bit activations) while the flow head, the integration and the spatial
+            transformer run in float32, so ``moved`` and ``flow`` (what the losses see) stay float32.
+            Train it with a ``tf.keras.mixed_precision.LossScaleOptimizer`` for float16.
 
     Returns:
         A ``tf.keras.Model`` with inputs ``moving`` and ``fixed`` (``[B, *inshape, 1]`` float32, intensities in
@@ -102,28 +108,32 @@ def build_gsmorph_unet(inshape, features=PAPER_FEATURES, int_steps=0, name="gsmo
     if int_steps < 0:
         raise ValueError("int_steps must be >= 0, got %d" % int_steps)
 
+    body = dtype_policy  # None leaves every layer on the global policy, as before this option existed
+    output = None if dtype_policy is None else "float32"
     moving = KL.Input((*inshape, 1), name="moving")
     fixed = KL.Input((*inshape, 1), name="fixed")
-    x = KL.Concatenate(name="pair")([moving, fixed])
-    x = _conv(ndim, features[0], name="initial_conv", use_bias=False)(x)
+    x = KL.Concatenate(name="pair", dtype=body)([moving, fixed])
+    x = _conv(ndim, features[0], name="initial_conv", use_bias=False, dtype=body)(x)
 
     skips = []
     for level, filters in enumerate(features):
         if level > 0:
-            x = getattr(KL, "MaxPooling%dD" % ndim)(2, name="down%d_pool" % level)(x)
-        x = conv_block(x, filters, name="enc%d" % level)
+            x = getattr(KL, "MaxPooling%dD" % ndim)(2, name="down%d_pool" % level, dtype=body)(x)
+        x = conv_block(x, filters, name="enc%d" % level, dtype=body)
         skips.append(x)
 
     for level in range(len(features) - 2, -1, -1):
-        x = _upsample(ndim, name="dec%d_up" % level)(x)
-        x = KL.Concatenate(name="dec%d_skip" % level)([x, skips[level]])
-        x = conv_block(x, features[level], name="dec%d" % level)
+        x = _upsample(ndim, name="dec%d_up" % level, dtype=body)(x)
+        x = KL.Concatenate(name="dec%d_skip" % level, dtype=body)([x, skips[level]])
+        x = conv_block(x, features[level], name="dec%d" % level, dtype=body)
 
+    # The head's N(0, 1e-5) weights and sub-voxel displacements need float32; it casts its input up.
     head = _conv(ndim, ndim, name="flow" if int_steps == 0 else "velocity",
                  kernel_initializer=tf.keras.initializers.RandomNormal(mean=0.0, stddev=1e-5),
-                 bias_initializer="zeros")
+                 bias_initializer="zeros", dtype=output)
     flow = head(x)
     if int_steps > 0:
-        flow = vxm.layers.VecInt(method="ss", int_steps=int_steps, name="flow")(flow)
-    moved = vxm.layers.SpatialTransformer(interp_method="linear", indexing="ij", name="moved")([moving, flow])
+        flow = vxm.layers.VecInt(method="ss", int_steps=int_steps, name="flow", dtype=output)(flow)
+    moved = vxm.layers.SpatialTransformer(interp_method="linear", indexing="ij", name="moved",
+                                          dtype=output)([moving, flow])
     return tf.keras.Model(inputs=[moving, fixed], outputs=[moved, flow], name=name)

@@ -109,10 +109,15 @@ class ModelEntry(Entry):
         ndims: spatial dimensions it is built for (2, 3).
         surgeries: surgery modes its training model takes (None: every mode).
         similarities: similarity losses it takes (None: every registered one).
+        batch_norm: its network has BatchNormalization layers (``sync_batchnorm`` applies).
+        mixed_precision: its network takes a mixed dtype policy with float32 outputs, and its training model
+            a ``LossScaleOptimizer`` (``mixed_precision`` applies).
     """
     ndims: tuple = (2, 3)
     surgeries: tuple | None = None
     similarities: tuple | None = None
+    batch_norm: bool = False
+    mixed_precision: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,7 +173,8 @@ DATASETS = Registry("dataset")
 SIMILARITIES = Registry("similarity")
 
 MODELS.add(ModelEntry("gsmorph", "gsmorph_tf.models.gsmorph:MODEL",
-                      "the GSMorph paper's U-Net (1,968,002 parameters in 2D at 128x128), any surgery mode"))
+                      "the GSMorph paper's U-Net (1,968,002 parameters in 2D at 128x128), any surgery mode",
+                      batch_norm=True, mixed_precision=True))
 MODELS.add(ModelEntry("hypermorph", "gsmorph_tf.models.hypermorph:MODEL",
                       "HyperMorph baseline (voxelmorph's HyperVxmDense, lambda chosen on validation)",
                       ndims=(2,), surgeries=("none",), similarities=("mse", "ncc")))

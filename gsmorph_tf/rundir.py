@@ -111,6 +111,21 @@ def locked(output_dir):
         f.close()  # closing the file releases the lock
 
 
+def previous_export(output_dir, base_dir, epochs):
+    """``<base_dir>/<version>`` if an earlier run of the same trained state (``epochs``) exported it, as
+    ``<output_dir>/export.json`` records and the folder exists; else None (:func:`export_once` would export).
+    The other workers of a multi-worker run ask it to save exactly when the chief does."""
+    record_path = os.path.join(output_dir, EXPORT_RECORD)
+    if not os.path.exists(record_path):
+        return None
+    with open(record_path, encoding="utf-8") as f:
+        record = json.load(f)
+    if record.get("epochs") != epochs or record.get("base_dir") != os.path.relpath(base_dir, output_dir):
+        return None
+    target = os.path.join(base_dir, str(int(record["version"])))
+    return target if os.path.isdir(target) else None
+
+
 def export_once(output_dir, base_dir, epochs, export):
     """Export the run's model at most once per trained state; return the SavedModel version folder.
 

@@ -16,6 +16,13 @@ holds::
     export/<model>_<dataset>/<N>/  SavedModel for TF Serving (serving_default: raw moving, fixed -> moved, flow
                            on the input grid; register_crop; warp), with assets/provenance.json and the warm-up
     export.json            which version holds this run's export (a re-run never exports a second one)
+
+Several devices or machines (``config.strategy``, :mod:`gsmorph_tf.distribute`): the strategy is created
+first, before any tensor exists, and the network and its training model are built in its scope. In a
+multi-worker run every worker runs every step, writing included (saving and evaluating need all of them), but
+only the chief's files land in the output directory: the others write into temporary directories that are
+deleted (:func:`gsmorph_tf.distribute.chief_write_dir`; Keras' ``BackupAndRestore`` and ``TensorBoard`` do
+the same for their files).
 """
 from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
 
@@ -25,7 +32,7 @@ import sys
 
 import tensorflow as tf
 
-from gsmorph_tf import evaluation, monitoring, rundir
+from gsmorph_tf import distribute, evaluation, monitoring, rundir
 from gsmorph_tf.data.pipeline import make_dataset
 from gsmorph_tf.data.subjects import reporting_order
 from gsmorph_tf.export import export_saved_model, run_provenance
@@ -33,6 +40,20 @@ from gsmorph_tf.errors import ConfigError
 from gsmorph_tf.fileio import atomic_write_text
 from gsmorph_tf.provenance import default_model_name
 from gsmorph_tf.registry import DATASETS, MODELS
+
+
+def create_strategy(config):
+    """The ``tf.distribute`` strategy of ``config.strategy`` (and ``cpu_replicas``). Call it before anything
+    else touches TensorFlow's devices: logical CPU replicas and a multi-worker cluster need them untouched.
+
+    Raises:
+        ConfigError: naming the setting: ``multi_worker`` without a valid ``TF_CONFIG``, or ``cpu_replicas``
+            after TensorFlow initialised its devices.
+    """
+    try:
+        return distribute.create_strategy(config.strategy, config.cpu_replicas)
+    except (ValueError, RuntimeError) as error:
+        raise ConfigError("strategy=%s: %s" % (config.strategy, error)) from None
 
 
 def load_data(config, generate=True):
@@ -87,6 +108,13 @@ class ValidationMetrics(tf.keras.callbacks.Callback):
         logs["val_njd"] = summary["njd"]["mean"]
 
 
+def drop_remainder(config, pairs, replicas=1):
+    """Whether the training pipeline drops each epoch's last partial batch: ``config.drop_last``, or when
+    that batch (``pairs % batch_size`` examples) is smaller than the number of ``replicas``, so that one
+    replica would get no example (and BatchNorm the statistics of an empty batch)."""
+    return config.drop_last or 0 < pairs % config.batch_size < replicas
+
+
 def checkpoint_dir(output_dir):
     """The folder of a run's ``BackupAndRestore`` checkpoints."""
     return os.path.join(output_dir, "checkpoints")
@@ -104,17 +132,33 @@ def completed_epochs(output_dir):
     return int(tf.train.load_checkpoint(latest).get_tensor("ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE")) + 1
 
 
-def fit(model, splits, config, output_dir, verbose=None):
+def fit(model, splits, config, output_dir, verbose=None, write_dir=None):
     """Train ``model`` for ``config.epochs`` epochs, resuming from ``output_dir/checkpoints`` if present.
+
+    The model's strategy (``model.distribute_strategy``, the one it was built under) splits each batch of
+    ``config.batch_size`` over its replicas; under a multi-worker strategy the datasets are sharded by
+    element (``AutoShardPolicy.DATA``: each worker reads the whole in-memory data and keeps its share).
+
+    Args:
+        write_dir: where this process writes its TensorBoard events (``<write_dir>/tensorboard``); default
+            ``output_dir``. The other workers of a multi-worker run pass a temporary directory
+            (:func:`gsmorph_tf.distribute.chief_write_dir`).
 
     Returns:
         The Keras ``History`` (only the epochs run now).
     """
+    replicas = model.distribute_strategy.num_replicas_in_sync
+    pairs = sum(len(p.moving) for p in splits["train"])
     train = make_dataset(splits["train"], config.batch_size, shuffle=True, seed=config.seed,
-                         drop_remainder=config.drop_last)
+                         drop_remainder=drop_remainder(config, pairs, replicas))
     val = make_dataset(splits["val"], config.batch_size, shuffle=False) if splits["val"] else None
+    if config.strategy == "multi_worker":
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        train = train.with_options(options)
+        val = val.with_options(options) if val is not None else None
     network = MODELS.load(config.model).monitoring_network(model.network)
-    log_dir = os.path.join(output_dir, "tensorboard")
+    log_dir = os.path.join(output_dir if write_dir is None else write_dir, "tensorboard")
     callbacks = [
         # before TensorBoard: it adds to the logs TensorBoard writes
         ValidationMetrics(network, splits["val"], config.batch_size, config.metric_protocol),
@@ -142,21 +186,32 @@ def evaluate(network, subjects, batch_size=32, show_progress=True, protocol="vol
                                                protocol=protocol)
 
 
-def check_batches(config, splits):
-    """Raise ConfigError when ``drop_last`` would leave no training batch (fewer pairs than ``batch_size``)."""
+def check_batches(config, splits, replicas=1):
+    """Raise ConfigError when ``drop_last`` would leave no training batch (fewer pairs than ``batch_size``),
+    when ``batch_size`` is not a multiple of the strategy's ``replicas`` (each replica gets an equal share), or
+    when there are fewer training pairs than replicas."""
     pairs = sum(len(p.moving) for p in splits["train"])
     if config.drop_last and pairs < config.batch_size:
         raise ConfigError("batch_size=%d is larger than the %d training pairs, and drop_last drops the partial "
                           "batch: lower batch_size or set drop_last=False" % (config.batch_size, pairs))
+    if config.batch_size % replicas:
+        raise ConfigError("batch_size=%d is the global batch, split evenly over the %d replicas of strategy=%s: "
+                          "use a multiple of %d" % (config.batch_size, replicas, config.strategy, replicas))
+    if pairs < replicas:
+        raise ConfigError("the %d training pairs cannot give each of the %d replicas of strategy=%s an example"
+                          % (pairs, replicas, config.strategy))
 
 
-def prepare_output_dir(config):
-    """Create the output dir, or check that the run already there has the same settings; save config.json."""
-    os.makedirs(config.output_dir, exist_ok=True)
+def prepare_output_dir(config, write_dir=None):
+    """Check that the run already in the output dir, if any, has the same settings; save config.json into
+    ``write_dir`` (default: the output dir, created if needed; see :func:`train_and_evaluate` for the other
+    workers of a multi-worker run)."""
     path = os.path.join(config.output_dir, "config.json")
     if os.path.exists(path):
         config.check_resumable(path)
-    config.save(path)
+    write_dir = config.output_dir if write_dir is None else write_dir
+    os.makedirs(write_dir, exist_ok=True)
+    config.save(os.path.join(write_dir, "config.json"))
 
 
 def train_and_evaluate(config, verbose=None, log=print, export=True):
@@ -168,6 +223,10 @@ def train_and_evaluate(config, verbose=None, log=print, export=True):
     completed epoch, and exports the SavedModel only if no earlier run exported this trained state.
     ``export=False`` skips the SavedModel (studies that only need the scores).
 
+    Under ``strategy=multi_worker`` every worker calls this with the same config; only the chief writes into
+    ``config.output_dir`` (the others' ``config.json``, TensorBoard events, evaluation and export go to a
+    temporary directory that is deleted when the run ends).
+
     Raises:
         ConfigError: invalid settings, settings that differ from the run already in the output dir, or an
             output dir in use by another run (naming it and the holder's pid and host).
@@ -175,35 +234,50 @@ def train_and_evaluate(config, verbose=None, log=print, export=True):
 
     Returns:
         dict with ``history`` (Keras history dict of this call), ``results`` (see :func:`evaluate`),
-        ``table`` (Markdown), ``export_dir`` (None without export) and the output paths.
+        ``table`` (Markdown), ``export_dir`` (None without export, and on the other workers of a multi-worker
+        run), the output paths (in ``config.output_dir``,
+        where the chief writes them), ``replicas`` (the strategy's replica count) and ``chief`` (whether this
+        process wrote them).
     """
     config.validate()
-    rundir.check_not_in_use(config.output_dir)  # a busy run directory is refused before the data is read
+    strategy = create_strategy(config)  # first: before anything initialises TensorFlow's devices
+    chief = distribute.is_chief(strategy)
+    if chief:  # the other workers of a multi-worker run write elsewhere (and the chief holds this lock)
+        rundir.check_not_in_use(config.output_dir)  # a busy run directory is refused before the data is read
     splits = load_data(config)
-    check_batches(config, splits)
-    with rundir.locked(config.output_dir):
-        prepare_output_dir(config)
-        return _train_and_evaluate(config, splits, verbose, log, export)
+    check_batches(config, splits, strategy.num_replicas_in_sync)
+    with distribute.chief_write_dir(config.output_dir, strategy) as write_dir, rundir.locked(write_dir):
+        prepare_output_dir(config, write_dir)
+        outcome = _train_and_evaluate(config, strategy, splits, write_dir, verbose, log, export)
+    outcome.update(replicas=strategy.num_replicas_in_sync, chief=chief,
+                   tensorboard_dir=os.path.join(config.output_dir, "tensorboard"),
+                   evaluation_json=os.path.join(config.output_dir, "evaluation.json"))
+    return outcome
 
 
-def _train_and_evaluate(config, splits, verbose, log, export):
-    """:func:`train_and_evaluate` after the checks, holding the run directory's lock."""
+def _train_and_evaluate(config, strategy, splits, write_dir, verbose, log, export):
+    """:func:`train_and_evaluate` after the checks, writing into ``write_dir`` and holding its lock."""
     inshape = splits["train"][0].moving.shape[1:]
     model_entry = MODELS.load(config.model)
     # Seed before the weights are drawn: the same seed gives the same initial network (and, with fit's
     # seeding of shuffling and noise, the same run), so compared methods really start alike.
     tf.keras.utils.set_random_seed(config.seed)
-    network = model_entry.build_network(config, inshape)
-    model = model_entry.build_training_model(config, network)
-    log("Training %s (surgery=%s) on %d/%d/%d train/val/test subjects (%d training pairs), output in %s"
-        % (config.model, config.surgery, len(splits["train"]), len(splits["val"]), len(splits["test"]),
+    with strategy.scope():  # variables mirrored on every replica
+        network = model_entry.build_network(config, inshape)
+        if config.sync_batchnorm:
+            network = distribute.synchronize_batch_norm(network)
+        model = model_entry.build_training_model(config, network)
+    devices = "" if config.strategy == "default" else " on %d replicas (%s)" % (
+        strategy.num_replicas_in_sync, config.strategy)
+    log("Training %s (surgery=%s)%s on %d/%d/%d train/val/test subjects (%d training pairs), output in %s"
+        % (config.model, config.surgery, devices, len(splits["train"]), len(splits["val"]), len(splits["test"]),
            sum(len(p.moving) for p in splits["train"]), config.output_dir))
     done = completed_epochs(config.output_dir)
     if done:
         log("Resuming %s: %d of %d epochs completed%s" % (
             config.output_dir, done, config.epochs, ", training epochs %d-%d" % (done + 1, config.epochs)
             if done < config.epochs else ", nothing left to train"))
-    history = fit(model, splits, config, config.output_dir, verbose=verbose)
+    history = fit(model, splits, config, config.output_dir, verbose=verbose, write_dir=write_dir)
 
     network, chosen = model_entry.finalize(config, network, splits, log=log)
     log("Evaluating on %d test subjects" % len(splits["test"]))
@@ -216,17 +290,20 @@ def _train_and_evaluate(config, splits, verbose, log, export):
     record = {"config": config.to_dict(), "structures": reporting_order(splits["test"][0].label_values),
               "method": model_entry.method_name(config), "chosen": chosen, "metric_protocol": config.metric_protocol,
               "methods": results, "crop": evaluation.crop_report(splits["test"], config.crop_center)}
-    evaluation.write_json(os.path.join(config.output_dir, "evaluation.json"), record)
-    atomic_write_text(os.path.join(config.output_dir, "evaluation.md"), table + "\n")
-    monitoring.log_hparams(os.path.join(config.output_dir, "tensorboard"), config, results["Model"]["summary"])
+    evaluation.write_json(os.path.join(write_dir, "evaluation.json"), record)
+    atomic_write_text(os.path.join(write_dir, "evaluation.md"), table + "\n")
+    monitoring.log_hparams(os.path.join(write_dir, "tensorboard"), config, results["Model"]["summary"])
     export_dir = None
     if export:
         model_name = default_model_name(config)
         provenance = run_provenance(config, list(inshape), model_name, json.loads(evaluation.to_json(record)))
         base_dir = os.path.join(config.output_dir, "export", model_name)
-        export_dir = rundir.export_once(
-            config.output_dir, base_dir, config.epochs,
-            lambda version: export_saved_model(network, base_dir, version, provenance=provenance))
-    return {"history": history.history, "results": results, "table": table, "export_dir": export_dir,
-            "tensorboard_dir": os.path.join(config.output_dir, "tensorboard"),
-            "evaluation_json": os.path.join(config.output_dir, "evaluation.json")}
+        if write_dir == config.output_dir:
+            export_dir = rundir.export_once(
+                config.output_dir, base_dir, config.epochs,
+                lambda version: export_saved_model(network, base_dir, version, provenance=provenance))
+        elif rundir.previous_export(config.output_dir, base_dir, config.epochs) is None:
+            # Another worker of a multi-worker run saves exactly when the chief does (saving reads BatchNorm's
+            # on-read statistics, a collective every worker joins), into its temporary folder.
+            export_saved_model(network, os.path.join(write_dir, "export", model_name), 1, provenance=provenance)
+    return {"history": history.history, "results": results, "table": table, "export_dir": export_dir}

@@ -17,13 +17,21 @@ SURGERY_METHOD_NAMES = {"layerwise": "GSMorph", "pcgrad": "GS-PCGrad", "agr_rand
                         "agr_sum": "GS-Agr (sum)"}
 
 
+#: Keras dtype policy of the network body under ``config.mixed_precision`` (the flow head stays float32).
+MIXED_PRECISION_POLICY = "mixed_float16"
+
+
 def build_optimizer(config):
     """The optimizer of every registered model: Adam at ``config.learning_rate`` with the reference code's
     ``torch.optim.AdamW(weight_decay=0)`` settings (with no weight decay AdamW is Adam): betas 0.9, 0.999 and
     epsilon 1e-8 added to the bias-corrected ``sqrt(v_hat)`` as PyTorch does (tf-keras' ``adaptive_epsilon``;
-    its default adds epsilon 1e-7 to the uncorrected ``sqrt(v)``)."""
-    return tf.keras.optimizers.Adam(learning_rate=config.learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
-                                    adaptive_epsilon=True)
+    its default adds epsilon 1e-7 to the uncorrected ``sqrt(v)``). With ``config.mixed_precision`` it is
+    wrapped in a dynamic ``LossScaleOptimizer`` (float16 gradients would underflow unscaled)."""
+    optimizer = tf.keras.optimizers.Adam(learning_rate=config.learning_rate, beta_1=0.9, beta_2=0.999,
+                                         epsilon=1e-8, adaptive_epsilon=True)
+    if config.mixed_precision:
+        optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
+    return optimizer
 
 
 def surgery_training_model(config, network):
@@ -40,10 +48,12 @@ def surgery_training_model(config, network):
 
 
 class GSMorphModel(ModelPlugin):
-    """The paper's U-Net (:func:`gsmorph_tf.networks.build_gsmorph_unet`), any surgery mode."""
+    """The paper's U-Net (:func:`gsmorph_tf.networks.build_gsmorph_unet`), any surgery mode; with
+    ``config.mixed_precision`` its body computes in float16 (:data:`MIXED_PRECISION_POLICY`)."""
 
     def build_network(self, config, inshape):
-        return build_gsmorph_unet(inshape, int_steps=config.int_steps)
+        return build_gsmorph_unet(inshape, int_steps=config.int_steps,
+                                  dtype_policy=MIXED_PRECISION_POLICY if config.mixed_precision else None)
 
     def build_training_model(self, config, network):
         return surgery_training_model(config, network)

@@ -13,7 +13,7 @@ import tensorflow as tf
 import voxelmorph as vxm
 
 from gsmorph_tf import evaluation, losses
-from gsmorph_tf.model import unpack_pair
+from gsmorph_tf.model import global_batch_fraction, replicas_in_sync, unpack_pair
 from gsmorph_tf.models.gsmorph import build_optimizer
 from gsmorph_tf.plugins import ModelPlugin
 
@@ -45,6 +45,7 @@ class HyperMorphModel(tf.keras.Model):
         self.loss_tracker = tf.keras.metrics.Mean(name="loss")
         self.sim_tracker = tf.keras.metrics.Mean(name="sim_loss")
         self.reg_tracker = tf.keras.metrics.Mean(name="reg_loss")
+        self.distribute_reduction_method = "first"  # tracker results are global already (see GradientSurgeryModel)
 
     @property
     def metrics(self):
@@ -61,13 +62,23 @@ class HyperMorphModel(tf.keras.Model):
         return sim, reg, (1.0 - lam) * sim + lam * reg
 
     def train_step(self, data):
+        """One step at a lambda drawn from the step number: one backward pass of the weighted loss.
+
+        Under a strategy with several replicas every replica draws the same lambda (same seed and step) and
+        scales its batch-mean loss by its share of the global batch, so the optimizer's usual sum over
+        replicas is the gradient of the global-batch mean, as on one device (the update is linear in the
+        gradient, so no separate reduction is needed here, unlike gradient surgery).
+        """
         moving, fixed = unpack_pair(data)
         seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(self.optimizer.iterations, tf.int64)])
         lam = tf.random.stateless_uniform([], seed=seed)
         with tf.GradientTape() as tape:
             sim, reg, loss = self.weighted_losses(moving, fixed, lam, training=True)
+            objective = loss
+            if replicas_in_sync() > 1:
+                objective = tf.math.multiply_no_nan(loss, global_batch_fraction(moving))
         variables = self.network.trainable_variables
-        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        self.optimizer.apply_gradients(zip(tape.gradient(objective, variables), variables))
         for tracker, value in zip(self.metrics, (loss, sim, reg)):
             tracker.update_state(value)
         return {m.name: m.result() for m in self.metrics}
