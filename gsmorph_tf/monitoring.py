@@ -13,6 +13,7 @@
 from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
 
 import os
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -24,6 +25,12 @@ from gsmorph_tf import metrics
 #: Settings shown as HParams columns (those a comparison varies).
 HPARAM_KEYS = ("model", "surgery", "lam", "grouping", "similarity", "reg_penalty", "learning_rate", "batch_size",
                "epochs", "int_steps", "dataset", "seed")
+
+
+def tag_name(name):
+    """A structure name as it appears in TensorBoard tags and Keras log keys: characters other than letters,
+    digits, ``_``, ``-`` and ``.`` become ``_`` (e.g. ``"Left Cerebral WM"`` -> ``"Left_Cerebral_WM"``)."""
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", str(name))
 
 
 def flow_to_rgb(flow, max_magnitude=None):
@@ -101,7 +108,8 @@ def log_hparams(log_dir, config, summary):
         log_dir: the run's TensorBoard folder (a subfolder ``hparams`` is written).
         config: the run's :class:`~gsmorph_tf.config.TrainConfig`.
         summary: test-split summary ``{metric: {"mean", "std"}}`` (see :func:`gsmorph_tf.evaluation.summarize`);
-            logged as scalars ``test/dice``, ``test/hd95``, ``test/mse``, ``test/njd`` (and per structure).
+            logged as scalars ``test/dice``, ``test/hd95``, ``test/mse``, ``test/njd``, ``test/sdlogj`` and per
+            structure ``test/dice_<structure>``, ``test/hd95_<structure>`` (names by :func:`tag_name`).
     """
     values = config.to_dict()
     hparams = {key: values[key] for key in HPARAM_KEYS}
@@ -111,6 +119,8 @@ def log_hparams(log_dir, config, summary):
                           ("epe_mm", "epe_mm")):
             if key in summary:
                 tf.summary.scalar("test/%s" % name, summary[key]["mean"], step=0)
+        if "sdlogj" in summary:
+            tf.summary.scalar("test/sdlogj", summary["sdlogj"]["mean"], step=0)
         for key in summary:
-            if key.startswith("dice_") and key != "dice_mean":
-                tf.summary.scalar("test/%s" % key, summary[key]["mean"], step=0)
+            if key.startswith(("dice_", "hd95_")) and key not in ("dice_mean", "hd95_mean"):
+                tf.summary.scalar("test/%s" % tag_name(key), summary[key]["mean"], step=0)
