@@ -61,14 +61,14 @@ class Option:
                 elements = value
             elif self.kind == "string":
                 value = "" if value is None else str(value)
-                if self.choices is not None and value not in self.choices:
-                    raise ValueError("%s must be one of %s, got %r" % (self.name, ", ".join(self.choices), value))
-                return value
+                elements = ()
             else:
                 value = int(value) if self.kind == "int" else float(value)
                 elements = (value,)
         except (TypeError, ValueError):
             raise ValueError("%s must be %s, got %r" % (self.name, self._expected(), value)) from None
+        if self.choices is not None and value not in self.choices:
+            raise ValueError("%s must be one of %s, got %r" % (self.name, ", ".join(self.choices), value))
         if self.length is not None and len(elements) != self.length:
             raise ValueError("%s must be %s, got %r" % (self.name, self._expected(), value))
         for element in elements:
