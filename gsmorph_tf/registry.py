@@ -214,7 +214,7 @@ DATASETS.add(DatasetEntry("brain", "gsmorph_tf.data.brain:DATASET",
                               Option("brain_max_displacement", 8.0, "Brain: largest displacement of the random "
                                      "deformations (voxels).", kind="float", lower_bound=1e-6),
                               PAIRS_PER_EPOCH, TEST_FRACTION)))
-DATASETS.add(DatasetEntry("learn2reg", "gsmorph_tf.data.learn2reg:DATASET",
+DATASETS.add(DatasetEntry("learn2reg", "gsmorph_tf.data.streaming:DATASET",
                           "3D inter-subject registration on a dataset in the Learn2Reg layout (OASIS, LUMIR, "
                           "AbdomenCTCT, NLST, or your own): <data_dir>/<NAME>_dataset.json, imagesTr/, labelsTr/",
                           ndim=3,

@@ -14,7 +14,7 @@ import pytest
 from conftest import raises_naming, write_learn2reg_task
 from gsmorph_tf import paper_comparison
 from gsmorph_tf.config import ConfigError, TrainConfig
-from gsmorph_tf.data import learn2reg
+from gsmorph_tf.data import learn2reg, streaming
 from gsmorph_tf.registry import DATASETS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -136,6 +136,7 @@ def test_bad_learn2reg_settings_and_data_fail_before_training(tmp_path):
     with pytest.raises(ConfigError, match="intensity_norm must be one of max, percentile, got 'zscore'"):
         tiny_config(tmp_path, "x", intensity_norm="zscore").validate()
     write_learn2reg_task(tmp_path / "task", n_images=6)
+    assert DATASETS["learn2reg"].load() is streaming.DATASET
     with pytest.raises(ConfigError, match="test_fraction must be in"):
         DATASETS.load("learn2reg").load(tiny_config(tmp_path, tmp_path / "task", test_fraction=1.5))
     write_learn2reg_task(tmp_path / "odd", n_images=6, shape=(16, 16, 12))

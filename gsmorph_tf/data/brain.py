@@ -34,7 +34,7 @@ import numpy as np
 from scipy import ndimage
 
 from gsmorph_tf import compat  # noqa: F401  (legacy Keras must be selected before TensorFlow loads)
-from gsmorph_tf.data import learn2reg
+from gsmorph_tf.data import learn2reg, streaming
 from gsmorph_tf.data.subjects import SubjectPairs, split_subjects
 from gsmorph_tf.errors import DatasetError
 from gsmorph_tf.flows import compose_flows
@@ -403,13 +403,14 @@ def brain_dataset_dir(config):
 class BrainDataset(DatasetPlugin):
     """The ``brain`` entry of :data:`gsmorph_tf.registry.DATASETS`: ``brain_subjects`` synthetic subjects
     written by :func:`write_brain_learn2reg` under ``data_dir`` on first use (:func:`brain_dataset_dir`), then
-    read, split and streamed by the ``learn2reg`` dataset's code (:mod:`gsmorph_tf.data.learn2reg`), as real
+    read, split and streamed by the ``learn2reg`` dataset's code (:mod:`gsmorph_tf.data.learn2reg`,
+    :mod:`gsmorph_tf.data.streaming`), as real
     data: training on every ordered pair of distinct training subjects (``pairs_per_epoch`` of them per
     epoch), validation on the ``registration_val`` pairs of the last 3 subjects, test on a seeded hold-out of
     ``test_fraction`` of the others."""
 
     def load(self, config, generate=True):
-        learn2reg.check_test_fraction(config.option("test_fraction"))
+        streaming.check_test_fraction(config.option("test_fraction"))
         root = brain_dataset_dir(config)
         if not root.exists():
             if not generate:
@@ -418,7 +419,7 @@ class BrainDataset(DatasetPlugin):
             write_brain_learn2reg(root, config.option("brain_subjects"), shape=self.network_shape(config),
                                   max_displacement=config.option("brain_max_displacement"), seed=config.data_seed)
         data = learn2reg.load_learn2reg(root, test_fraction=config.option("test_fraction"), seed=config.data_seed)
-        return learn2reg.training_splits(data, config.option("pairs_per_epoch"))
+        return streaming.training_splits(data, config.option("pairs_per_epoch"))
 
     def network_shape(self, config):
         return tuple(int(s) for s in config.option("brain_shape"))

@@ -36,8 +36,7 @@ import numpy as np
 from gsmorph_tf.data.nifti import load_nifti, read_nifti_header
 from gsmorph_tf.data.preprocessing import scale_to_unit
 from gsmorph_tf.data.subjects import SubjectPairs
-from gsmorph_tf.errors import ConfigError, DatasetError
-from gsmorph_tf.plugins import DatasetPlugin, StreamedSplit
+from gsmorph_tf.errors import DatasetError
 
 #: ``intensity_norm`` settings: ``max`` divides each volume by its maximum (ULAE-net's paper); ``percentile``
 #: maps each volume's minimum to 0 and its 99.5th percentile to 1, clipped (the cardiac loaders' scaling).
@@ -676,15 +675,15 @@ def make_splits(task, atlas=None, test_fraction=0.2, seed=0):
 
 # --- evaluation pairs -----------------------------------------------------------------------------------------
 
-class EvaluationPairs(collections.abc.Sequence, StreamedSplit):
+class EvaluationPairs(collections.abc.Sequence):
     """Validation or test pairs read from disk one at a time, when indexed (nothing is held between items).
 
     Item ``i`` is a :class:`~gsmorph_tf.data.subjects.SubjectPairs` with one volume (as the 3D brain task):
     ``moving``, ``fixed`` ``[1, D, H, W]`` float32 (each volume scaled on its own by ``intensity_norm``),
     ``moving_labels``, ``fixed_labels`` ``[1, D, H, W]`` int32 mapped by ``mapping`` (zeros for an image
     without labels), ``spacing_mm`` the fixed image's voxel size (the flow lives on its grid), subject
-    ``"<moving stem>_to_<fixed stem>"``. Slicing gives another :class:`EvaluationPairs`; :meth:`batches`
-    streams the pairs for a validation loss.
+    ``"<moving stem>_to_<fixed stem>"``. Slicing gives another :class:`EvaluationPairs`.
+    (:class:`gsmorph_tf.data.streaming.StreamedEvaluationPairs` adds a ``tf.data`` stream of the pairs.)
     """
 
     def __init__(self, pairs, mapping, intensity_norm="max", shape=None):
@@ -700,7 +699,7 @@ class EvaluationPairs(collections.abc.Sequence, StreamedSplit):
 
     def __getitem__(self, index):
         if isinstance(index, slice):
-            return EvaluationPairs(self.pairs[index], self.mapping, self.intensity_norm, self._shape)
+            return type(self)(self.pairs[index], self.mapping, self.intensity_norm, self._shape)
         moving_scan, fixed_scan = self.pairs[index]
         moving, moving_labels, _ = read_scan(moving_scan, self.mapping, self.intensity_norm)
         fixed, fixed_labels, spacing = read_scan(fixed_scan, self.mapping, self.intensity_norm)
@@ -715,58 +714,20 @@ class EvaluationPairs(collections.abc.Sequence, StreamedSplit):
 
     @property
     def pair_count(self):
+        """Pairs in the split, without reading any volume."""
         return len(self.pairs)
 
     @property
     def shape(self):
+        """``(D, H, W)`` of the volumes (``tensorImageShape``)."""
         if self._shape is None:
             self._shape = read_nifti_header(self.pairs[0][0].image)[0]
         return self._shape
 
     @property
     def label_values(self):
+        """Structure name -> integer in the mapped label maps."""
         return dict(self.mapping.label_values)
-
-    def batches(self, batch_size, seed=0, drop_remainder=False):
-        from gsmorph_tf.data import streaming  # TensorFlow: only when a stream is built
-
-        images = list(dict.fromkeys(scan.image for pair in self.pairs for scan in pair))
-        index = {image: i for i, image in enumerate(images)}
-        return streaming.pair_dataset(images, batch_size, pairs=[(index[m.image], index[f.image]) for m, f in self.pairs],
-                                      seed=seed, intensity_norm=self.intensity_norm, shape=self.shape,
-                                      drop_remainder=drop_remainder)
-
-
-class TrainingPairs(StreamedSplit):
-    """The training pairs of a task (:attr:`Learn2RegSplits.train_pairs`), streamed from disk by
-    :func:`gsmorph_tf.data.streaming.training_dataset`: nothing is read until training pulls a batch.
-
-    Args:
-        data: :class:`Learn2RegData`.
-        pairs_per_epoch: pairs drawn per epoch; None: one pass over all training pairs.
-    """
-
-    def __init__(self, data, pairs_per_epoch=None):
-        self.data = data
-        self.pairs_per_epoch = pairs_per_epoch
-
-    @property
-    def pair_count(self):
-        return self.pairs_per_epoch or self.data.splits.n_train_pairs
-
-    @property
-    def shape(self):
-        return tuple(self.data.task.shape)
-
-    @property
-    def label_values(self):
-        return dict(self.data.mapping.label_values)
-
-    def batches(self, batch_size, seed=0, drop_remainder=False):
-        from gsmorph_tf.data import streaming  # TensorFlow: only when a stream is built
-
-        return streaming.training_dataset(self.data, batch_size, seed=seed, pairs_per_epoch=self.pairs_per_epoch,
-                                          drop_remainder=drop_remainder)
 
 
 def pair_name(moving, fixed):
@@ -823,12 +784,6 @@ def load_learn2reg(data_dir, atlas=None, label_groups=None, intensity_norm="max"
                          test=EvaluationPairs(splits.test, mapping, intensity_norm, task.shape))
 
 
-# --- the dataset entry ----------------------------------------------------------------------------------------
-
-#: Every size of a volume must be a multiple of this: the registered networks halve the grid four times.
-NETWORK_SIZE_MULTIPLE = 16
-
-
 def read_tensor_shape(data_dir):
     """``tensorImageShape`` of the dataset JSON in ``data_dir`` (the JSON alone, no image is opened).
 
@@ -837,56 +792,3 @@ def read_tensor_shape(data_dir):
     """
     json_path, data = _read_dataset_json(data_dir)
     return _parse_shape(data, json_path)
-
-
-def training_splits(data, pairs_per_epoch=0):
-    """A loaded task as the framework's splits (see :meth:`gsmorph_tf.plugins.DatasetPlugin.load`).
-
-    Args:
-        data: :class:`Learn2RegData`.
-        pairs_per_epoch: training pairs drawn per epoch; 0: one pass over all of them.
-
-    Returns:
-        ``{"train": TrainingPairs, "val": EvaluationPairs, "test": EvaluationPairs, "record": dict}``; the
-        record (:attr:`Learn2RegData.record`) says which test rule was used, and why.
-
-    Raises:
-        DatasetError: naming the dataset JSON, if a size of ``tensorImageShape`` is not a multiple of
-            :data:`NETWORK_SIZE_MULTIPLE`.
-    """
-    shape = data.task.shape
-    if any(size % NETWORK_SIZE_MULTIPLE for size in shape):
-        raise DatasetError(f"{data.task.json_path}: tensorImageShape {list(shape)} has a size that is not a multiple "
-                           f"of {NETWORK_SIZE_MULTIPLE}; the networks halve the grid four times, so crop or pad the "
-                           "volumes (and their labels) to multiples of 16")
-    train = TrainingPairs(data, pairs_per_epoch or None)
-    record = data.record
-    record["train"] = {**record["train"], "pairs_per_epoch": train.pair_count}
-    return {"train": train, "val": data.val, "test": data.test, "record": record}
-
-
-def check_test_fraction(value):
-    """Raise :class:`~gsmorph_tf.errors.ConfigError` unless the ``test_fraction`` setting is in (0, 1)."""
-    if not 0.0 < value < 1.0:
-        raise ConfigError(f"test_fraction must be in (0, 1) (a fraction of the training subjects), got {value}")
-
-
-class Learn2RegDataset(DatasetPlugin):
-    """The ``learn2reg`` entry of :data:`gsmorph_tf.registry.DATASETS`: :func:`load_learn2reg` on
-    ``config.data_dir`` with the options ``atlas``, ``label_groups``, ``intensity_norm``, ``test_fraction``
-    (seeded by ``config.data_seed``) and ``pairs_per_epoch``. Every file is checked from its header before
-    training starts; training pairs are streamed, evaluation pairs read one at a time."""
-
-    def load(self, config, generate=True):
-        check_test_fraction(config.option("test_fraction"))
-        data = load_learn2reg(config.data_dir, atlas=config.option("atlas") or None,
-                              label_groups=config.option("label_groups") or None,
-                              intensity_norm=config.option("intensity_norm"),
-                              test_fraction=config.option("test_fraction"), seed=config.data_seed)
-        return training_splits(data, config.option("pairs_per_epoch"))
-
-    def network_shape(self, config):
-        return read_tensor_shape(config.data_dir)
-
-
-DATASET = Learn2RegDataset()
