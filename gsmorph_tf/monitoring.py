@@ -24,7 +24,7 @@ from gsmorph_tf import metrics
 
 #: Settings shown as HParams columns (those a comparison varies).
 HPARAM_KEYS = ("model", "surgery", "lam", "grouping", "similarity", "reg_penalty", "learning_rate", "batch_size",
-               "epochs", "int_steps", "dataset", "seed")
+               "epochs", "int_steps", "unet_width", "dataset", "seed")
 
 
 def tag_name(name):
