@@ -3,6 +3,9 @@
 ULAE-net is a 3D brain method for large deformations, but no brain MRI data set can be downloaded here.
 nilearn carries the skull-stripped MNI152 (ICBM 2009a, 1 mm) T1 template and its grey- and white-matter
 probability maps inside its wheel, so this module builds registration pairs from them with no download.
+The ``brain`` dataset entry (:class:`BrainDataset`) writes subjects in the Learn2Reg layout
+(:func:`write_brain_learn2reg`) and trains on them through the ``learn2reg`` code; :func:`make_brain_pairs`
+(pairs in memory with their known field) remains for scoring against a true field.
 
 Ground truth without inverting a field. For pair ``i`` two smooth random fields are drawn: a *subject*
 field ``w`` and a *registration* field ``u`` (voxels, channel k along array axis k, voxelmorph's 'ij'
