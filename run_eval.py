@@ -12,6 +12,7 @@ always included. With ``--run_dir`` the dataset, crop size and split seed defaul
 """
 import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 
+import collections.abc
 import csv
 import dataclasses
 import io
@@ -59,7 +60,16 @@ def data_config(run_config):
 
 
 def subjects_of(splits, split):
-    return splits["train"] + splits["val"] + splits["test"] if split == "all" else splits[split]
+    """The subjects (or pairs) of ``split`` (``all``: every split, in memory datasets only).
+
+    Raises:
+        ConfigError: ``train`` or ``all`` on a dataset that streams its training pairs (no list to evaluate).
+    """
+    names = ("train", "val", "test") if split == "all" else (split,)
+    if any(not isinstance(splits[name], collections.abc.Sequence) for name in names):
+        raise ConfigError("--split=%s: this dataset streams its training pairs from disk (drawn on the fly, not a "
+                          "list of subjects to evaluate); use --split=val or --split=test" % split)
+    return [subject for name in names for subject in splits[name]] if split == "all" else splits[split]
 
 
 def per_subject_csv(results):

@@ -43,6 +43,8 @@ flags.DEFINE_enum("reg_penalty", _DEFAULTS.reg_penalty, REG_PENALTIES,
                   "GSMorph reference's Grad(), the scale of its lambdas), l2 = mean squared forward difference.")
 flags.DEFINE_integer("int_steps", _DEFAULTS.int_steps,
                      "0: displacement field; >0: diffeomorphic (scaling and squaring steps).", lower_bound=0)
+flags.DEFINE_integer("unet_width", _DEFAULTS.unet_width, "--model=gsmorph: multiply the U-Net's feature widths "
+                     "(16..256) by this (2 = VoxelMorph x2, ULAE-net's wider baseline).", lower_bound=1)
 flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate, "Adam learning rate.", lower_bound=0.0)
 flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Slice pairs per step.", lower_bound=1)
 flags.DEFINE_integer("epochs", _DEFAULTS.epochs, "Training epochs (total, counting resumed ones).", lower_bound=1)

@@ -1,13 +1,15 @@
 """Classical deformable registration baselines of the GSMorph paper (Table 1): Demons and SyN.
 
-Each method registers one 2-D pair with the implementation its users trust -- SimpleITK's diffeomorphic
+Each method registers one 2-D pair (or one 3-D pair: the same calls in 3-D) with the implementation its users trust -- SimpleITK's diffeomorphic
 Demons (Vercauteren et al. 2009) and ANTsPy's SyN (Avants et al. 2008) -- and returns the result in this
 project's convention, so the learned and classical methods are scored by the same code
 (:func:`gsmorph_tf.evaluation.subject_metrics`, labels warped by :func:`gsmorph_tf.evaluation.warp_labels`):
 
-- images: ``[H, W]`` float32 in [0, 1] (the scaled slices of :class:`~gsmorph_tf.data.subjects.SubjectPairs`);
-- ``flow``: ``[H, W, 2]`` float32 displacement in PIXELS along the array axes (row, col), such that
-  ``moved(x) = moving(x + flow(x))`` -- voxelmorph's ``SpatialTransformer`` with ``indexing='ij'``.
+- images: ``[H, W]`` (or ``[D, H, W]``) float32 in [0, 1] (the scaled slices or volumes of
+  :class:`~gsmorph_tf.data.subjects.SubjectPairs`);
+- ``flow``: ``[H, W, 2]`` (``[D, H, W, 3]``) float32 displacement in PIXELS (voxels) along the array axes
+  (row, col[, ...]), such that ``moved(x) = moving(x + flow(x))`` -- voxelmorph's ``SpatialTransformer`` with
+  ``indexing='ij'``.
 
 The libraries see the arrays as images with spacing 1, origin 0 and identity direction, so their physical
 units are pixels; only the axis order differs. SimpleITK's ``GetImageFromArray`` makes the LAST array axis
@@ -52,11 +54,11 @@ def require(method):
 
 
 def _check_pair(moving, fixed):
-    """Both images as float32 ``[H, W]`` arrays of one shape with finite values."""
+    """Both images as float32 ``[H, W]`` (or ``[D, H, W]``) arrays of one shape with finite values."""
     moving = np.asarray(moving, dtype=np.float32)
     fixed = np.asarray(fixed, dtype=np.float32)
-    if moving.ndim != 2 or moving.shape != fixed.shape or min(moving.shape) < 2:
-        raise ValueError(f"expected one 2-D pair of equal [H, W] images (H, W >= 2), got moving "
+    if moving.ndim not in (2, 3) or moving.shape != fixed.shape or min(moving.shape) < 2:
+        raise ValueError(f"expected one 2-D or 3-D pair of equal images (every size >= 2), got moving "
                          f"{moving.shape} and fixed {fixed.shape}")
     for name, image in (("moving", moving), ("fixed", fixed)):
         if not np.all(np.isfinite(image)):
@@ -104,7 +106,8 @@ def register_syn(moving, fixed, iterations=SYN_ITERATIONS):
     "SyNOnly" (SyN without the rigid/affine stages of "SyN"): the ES and ED frames come from one cine
     acquisition, so they share position and orientation and a global stage has nothing to correct; "SyN"'s
     affine stage also starts from a centre-of-mass translation and samples 20 % of pixels at random, which
-    makes results run-dependent. All other settings are ANTsPy's defaults (see :data:`SYN_ITERATIONS`). Every
+    makes results run-dependent. In 3-D (Learn2Reg tasks such as OASIS, whose volumes are distributed affinely
+    aligned to one space) there is likewise no global stage to add. All other settings are ANTsPy's defaults (see :data:`SYN_ITERATIONS`). Every
     forward transform ANTs writes is composed into one displacement field, so the flow is the whole map.
 
     Args:
@@ -118,7 +121,7 @@ def register_syn(moving, fixed, iterations=SYN_ITERATIONS):
     ants = require("syn")
     moving, fixed = _check_pair(moving, fixed)
     # from_numpy: array axis 0 is ANTs's x; spacing 1, origin 0, identity direction make units pixels.
-    geometry = {"origin": (0.0, 0.0), "spacing": (1.0, 1.0), "direction": np.eye(2)}
+    geometry = {"origin": (0.0,) * moving.ndim, "spacing": (1.0,) * moving.ndim, "direction": np.eye(moving.ndim)}
     moving_image, fixed_image = ants.from_numpy(moving, **geometry), ants.from_numpy(fixed, **geometry)
     # ANTs writes its transforms to files; keep them in a folder that is removed afterwards.
     with tempfile.TemporaryDirectory(prefix="gsmorph_syn_") as folder:
@@ -134,28 +137,29 @@ def register_syn(moving, fixed, iterations=SYN_ITERATIONS):
     return moved.astype(np.float32), flow.astype(np.float32)
 
 
-#: Method name -> function of one 2-D pair; the names ``register_stack`` and the tables use.
+#: Method name -> function of one 2-D or 3-D pair; the names ``register_stack`` and the tables use.
 METHODS = {"demons": register_demons, "syn": register_syn}
 
 
 def register_stack(method, moving, fixed, **options):
-    """Register every slice pair of a stack with one classical method.
+    """Register every slice pair of a stack (or every volume pair of a 3-D task) with one classical method.
 
     Args:
         method: ``"demons"`` or ``"syn"`` (see :data:`METHODS`).
-        moving, fixed: ``[S, H, W]`` images in [0, 1] (e.g. a subject's ES and ED stacks).
+        moving, fixed: ``[S, H, W]`` images in [0, 1] (e.g. a subject's ES and ED stacks), registered slice by
+            slice, or ``[N, D, H, W]`` volumes (3-D tasks), registered volume by volume in 3-D.
         **options: keyword arguments of the method (``iterations``, ``smoothing_sigma`` for demons).
 
     Returns:
-        ``(moved [S, H, W] float32, flow [S, H, W, 2] float32)``, flow in pixels along (row, col), the
-        same arrays :func:`gsmorph_tf.evaluation.predict_pairs` returns for a network.
+        ``(moved [S, H, W] float32, flow [S, H, W, 2] float32)``, flow in pixels along (row, col) (3-D:
+        ``[N, D, H, W]`` and ``[N, D, H, W, 3]``), the arrays a network's predictor returns.
     """
     if method not in METHODS:
         raise ValueError(f"unknown baseline method {method!r}; expected one of {sorted(METHODS)}")
     moving, fixed = np.asarray(moving), np.asarray(fixed)
-    if moving.ndim != 3 or moving.shape != fixed.shape:
-        raise ValueError(f"expected moving and fixed stacks [S, H, W] of one shape, got {moving.shape} and "
-                         f"{fixed.shape}")
+    if moving.ndim not in (3, 4) or moving.shape != fixed.shape:
+        raise ValueError(f"expected moving and fixed stacks [S, H, W] (or volumes [N, D, H, W]) of one shape, got "
+                         f"{moving.shape} and {fixed.shape}")
     results = [METHODS[method](m, f, **options) for m, f in zip(moving, fixed)]
     return (np.stack([moved for moved, _ in results]).astype(np.float32),
             np.stack([flow for _, flow in results]).astype(np.float32))

@@ -89,22 +89,39 @@ def reporting_missing_extras(main):
     return guarded
 
 
-def define_dataset_options():
-    """Define one flag per dataset setting declared in :data:`gsmorph_tf.registry.DATASETS` (default None:
-    the dataset entry's default applies). Returns the flag names."""
-    names = []
+def _declared_options():
+    """``{option name: (option, names of the datasets declaring it)}`` over every registered dataset.
+
+    Raises:
+        ValueError: two datasets declare one name differently (one flag cannot serve both).
+    """
+    declared = {}
     for entry in DATASETS:
         for option in entry.options:
-            helptext = "%s (dataset=%s; default %s)" % (option.help, entry.name, _format_default(option.default))
-            if option.kind == "int_list":
-                flags.DEFINE_list(option.name, None, helptext)
-            elif option.kind == "int":
-                flags.DEFINE_integer(option.name, None, helptext, lower_bound=option.lower_bound)
-            elif option.kind == "float":
-                flags.DEFINE_float(option.name, None, helptext, lower_bound=option.lower_bound)
-            else:
-                flags.DEFINE_string(option.name, None, helptext)
-            names.append(option.name)
+            if option.name in declared and declared[option.name][0] != option:
+                raise ValueError("dataset setting %s is declared differently by dataset=%s and dataset=%s"
+                                 % (option.name, declared[option.name][1][0], entry.name))
+            declared.setdefault(option.name, (option, []))[1].append(entry.name)
+    return declared
+
+
+def define_dataset_options():
+    """Define one flag per dataset setting declared in :data:`gsmorph_tf.registry.DATASETS` (default None:
+    the dataset entry's default applies); a setting several datasets share is one flag. Returns the flag
+    names."""
+    names = []
+    for option, datasets in _declared_options().values():
+        helptext = "%s (dataset=%s; default %s)" % (option.help, " or ".join(datasets),
+                                                   _format_default(option.default))
+        if option.kind == "int_list":
+            flags.DEFINE_list(option.name, None, helptext)
+        elif option.kind == "int":
+            flags.DEFINE_integer(option.name, None, helptext, lower_bound=option.lower_bound)
+        elif option.kind == "float":
+            flags.DEFINE_float(option.name, None, helptext, lower_bound=option.lower_bound)
+        else:
+            flags.DEFINE_string(option.name, None, helptext)
+        names.append(option.name)
     return names
 
 
@@ -122,18 +139,17 @@ def dataset_options_from_flags(flag_values, dataset):
     """
     options = {}
     own = {option.name: option for option in DATASETS[dataset].options} if dataset in DATASETS else {}
-    for entry in DATASETS:
-        for option in entry.options:
-            value = flag_values[option.name].value
-            if value is None:
-                continue
-            if option.name not in own:
-                raise ConfigError("--%s is a setting of dataset=%s, not of dataset=%s"
-                                  % (option.name, entry.name, dataset))
-            try:
-                options[option.name] = own[option.name].check(value)
-            except ValueError as error:
-                raise ConfigError("--%s" % error) from None
+    for name, (option, datasets) in _declared_options().items():
+        value = flag_values[name].value if name in flag_values else None
+        if value is None:
+            continue
+        if name not in own:
+            raise ConfigError("--%s is a setting of dataset=%s, not of dataset=%s"
+                              % (name, " or ".join(datasets), dataset))
+        try:
+            options[name] = own[name].check(value)
+        except ValueError as error:
+            raise ConfigError("--%s" % error) from None
     return options
 
 

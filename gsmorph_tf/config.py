@@ -90,6 +90,9 @@ class TrainConfig:
     ``profile_batch``: ``(first, last)`` training steps (1-based, counted from the start of this process's
     ``fit``) that TensorBoard's profiler traces; ``()`` traces none.
 
+    ``unet_width`` multiplies the U-Net's feature widths (2: "VoxelMorph x2", ULAE-net's wider baseline); only
+    models whose registry entry takes it (``gsmorph``) accept a value other than 1.
+
     ``dataset_options`` holds the chosen dataset's own settings (declared by its registry entry, e.g.
     ``phantom_subjects`` or ``brain_shape``); missing ones take the entry's defaults.
     """
@@ -107,6 +110,7 @@ class TrainConfig:
     ncc_gamma: float = 0.5
     reg_penalty: str = "l1"
     int_steps: int = 0
+    unet_width: int = 1
     learning_rate: float = 5e-3
     batch_size: int = 32
     epochs: int = 500
@@ -179,6 +183,12 @@ class TrainConfig:
                 raise ConfigError("%s must be a positive number, got %r" % (name, value))
         if not (math.isfinite(self.lam) and self.lam >= 0):
             raise ConfigError("lam must be >= 0, got %r" % self.lam)
+        if not (isinstance(self.unet_width, int) and self.unet_width >= 1):
+            raise ConfigError("unet_width must be a positive integer, got %r" % (self.unet_width,))
+        if self.unet_width != 1 and not model.takes_unet_width:
+            raise ConfigError("model=%s has no U-Net width to scale: unet_width must be 1, got %d; models that take "
+                              "it: %s" % (self.model, self.unet_width,
+                                          ", ".join(m.name for m in MODELS if m.takes_unet_width)))
         if self.int_steps < 0:
             raise ConfigError("int_steps must be >= 0, got %r" % self.int_steps)
         if self.crop_size <= 0 or self.crop_size % 16:

@@ -121,7 +121,8 @@ def subject_metrics(pairs, moved, moved_labels, flow):
 
     Returns:
         dict: ``dice_<structure>`` (%), ``dice_mean``, ``hd95_<structure>`` (mm), ``hd95_mean``, ``mse``,
-        ``mse_x100``, ``njd`` (%), and ``epe_mm`` (mean end-point error against ``pairs.true_flow`` over the
+        ``mse_x100``, ``njd`` (%), ``sdlogj`` (Learn2Reg's, :func:`gsmorph_tf.metrics.sdlogj`; a 2D stack slice
+        by slice, averaged), and ``epe_mm`` (mean end-point error against ``pairs.true_flow`` over the
         fixed image's labelled voxels) when the true flow is known. A 2D slice stack is scored as one volume
         with its slice spacing; a 3D task item by item, then averaged. NaN where a structure is absent.
     """
@@ -140,6 +141,7 @@ def subject_metrics(pairs, moved, moved_labels, flow):
     row["mse"] = metrics.mse(moved, pairs.fixed)
     row["mse_x100"] = 100.0 * row["mse"]
     row["njd"] = 0.0 if flow is None else metrics.negative_jacobian_percent(flow)
+    row["sdlogj"] = 0.0 if flow is None else _nanmean([_sdlogj(flow[i]) for i in items])
     if pairs.true_flow is not None:
         predicted = np.zeros_like(pairs.true_flow) if flow is None else flow
         # Components are along the array axes of each item: scale each by that axis' spacing (mm).
@@ -158,7 +160,7 @@ def slice_metrics(pairs, index, moved, moved_labels, flow):
 
     Returns:
         dict: ``subject``, ``slice``, ``dice_<structure>`` (%), ``dice_mean``, ``hd95_<structure>`` (mm, in-plane
-        spacing), ``hd95_mean``, ``mse``, ``mse_x100``, ``njd`` (% of pixels with det < 0).
+        spacing), ``hd95_mean``, ``mse``, ``mse_x100``, ``njd`` (% of pixels with det < 0), ``sdlogj``.
     """
     names = reporting_order(pairs.label_values)
     fixed_labels = pairs.fixed_labels[index]
@@ -172,6 +174,7 @@ def slice_metrics(pairs, index, moved, moved_labels, flow):
     row["mse"] = metrics.mse(moved, pairs.fixed[index])
     row["mse_x100"] = 100.0 * row["mse"]
     row["njd"] = 0.0 if flow is None else metrics.negative_jacobian_percent(flow, include_zero=False)
+    row["sdlogj"] = 0.0 if flow is None else _sdlogj(flow)
     return row
 
 
@@ -191,6 +194,17 @@ def metric_rows(pairs, moved, moved_labels, flow, protocol="volume"):
                          % pairs.subject)
     return [slice_metrics(pairs, i, moved[i], moved_labels[i], None if flow is None else flow[i])
             for i in range(len(moved))]
+
+
+def _sdlogj(flow):
+    """:func:`gsmorph_tf.metrics.sdlogj` of one field; NaN where the field is too small to have an interior
+    (5 voxels or fewer along an axis). A 2D slice stack ``[S, H, W, 2]`` is scored slice by slice, averaged."""
+    flow = np.asarray(flow)
+    if flow.ndim == 4 and flow.shape[-1] == 2:
+        return _nanmean([_sdlogj(f) for f in flow])
+    if min(flow.shape[:-1]) <= 2 * metrics.SDLOGJ_BORDER:
+        return float("nan")
+    return metrics.sdlogj(flow)
 
 
 def _nanmean(values):
@@ -315,10 +329,12 @@ def protocol_caption(protocol, rows):
 
 
 def format_table(summaries):
-    """Markdown table of ``{method: summary}``: the paper's Table 1 columns, end-point error when known,
-    then Dice per structure (by name, in the summaries' order)."""
+    """Markdown table of ``{method: summary}``: the paper's Table 1 columns, SDlogJ and the end-point error when
+    the rows have them, then Dice per structure (by name, in the summaries' order)."""
     first = next(iter(summaries.values()))
     columns = list(TABLE_COLUMNS)
+    if "sdlogj" in first:
+        columns.append(("sdlogj", "SDlogJ"))
     if "epe_mm" in first:
         columns.append(("epe_mm", "EPE (mm)"))
     columns += [(key, "Dice %s (%%)" % key[5:]) for key in first if key.startswith("dice_") and key != "dice_mean"]
@@ -327,6 +343,32 @@ def format_table(summaries):
     for method, summary in summaries.items():
         cells = ["%.2f +- %.2f" % (summary[key]["mean"], summary[key]["std"]) for key, _ in columns]
         lines.append("| %s | %s |" % (method, " | ".join(cells)))
+    return "\n".join(lines)
+
+
+#: Per-structure metrics :func:`structure_table` can show: (key prefix in the rows, header).
+STRUCTURE_METRICS = (("dice", "Dice (%)"), ("hd95", "HD95 (mm)"))
+
+
+def structure_table(summaries, structures, metrics_shown=STRUCTURE_METRICS):
+    """Markdown table with a row per structure (then their mean) and a column per method and metric, mean +-
+    std: ULAE-net's Table 1 layout (Dice per brain region, methods side by side).
+
+    Args:
+        summaries: ``{method: summary}`` (see :func:`summarize`).
+        structures: structure names in row order.
+        metrics_shown: ``(key prefix, header)`` pairs from :data:`STRUCTURE_METRICS`; with one, the columns
+            are named by the method alone.
+    """
+    columns = [(method, prefix, method if len(metrics_shown) == 1 else "%s %s" % (method, header))
+               for method in summaries for prefix, header in metrics_shown]
+    lines = ["| Structure | " + " | ".join(header for _, _, header in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for structure, suffix in [(name, name) for name in structures] + [("Mean", "mean")]:
+        cells = ["%.2f +- %.2f" % (summaries[method]["%s_%s" % (prefix, suffix)]["mean"],
+                                   summaries[method]["%s_%s" % (prefix, suffix)]["std"])
+                 for method, prefix, _ in columns]
+        lines.append("| %s | %s |" % (structure, " | ".join(cells)))
     return "\n".join(lines)
 
 

@@ -241,7 +241,7 @@ def run_study(base_config, output_dir, seeds, methods=None, log=print):
     splits = training.load_data(base_config)  # every bad input fails here, before any training
     training.check_batches(base_config, splits)
     os.makedirs(output_dir, exist_ok=True)
-    pairs = sum(len(p.moving) for p in splits["train"])
+    pairs = training.pair_count(splits["train"])
     steps_per_epoch = pairs // base_config.batch_size if base_config.drop_last else -(-pairs // base_config.batch_size)
     records = {}
     total = len(methods) * len(seeds)

@@ -15,6 +15,7 @@
 from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
 
 import os
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -27,12 +28,19 @@ from gsmorph_tf.registry import DATASETS, MODELS, SIMILARITIES
 
 #: Settings shown as HParams columns (those a comparison varies).
 HPARAM_KEYS = ("model", "surgery", "lam", "grouping", "similarity", "reg_penalty", "learning_rate", "batch_size",
-               "epochs", "int_steps", "dataset", "seed", "metric_protocol")
+               "epochs", "int_steps", "unet_width", "dataset", "seed", "metric_protocol")
 
 #: Test metrics logged as HParams metrics: ``summary`` key -> (tag, what the column shows).
 TEST_METRICS = (("dice_mean", "test/dice", "Dice % (mean over structures)"), ("hd95_mean", "test/hd95", "HD95 mm"),
                 ("mse", "test/mse", "MSE of [0, 1] intensities"), ("njd", "test/njd", "% folding voxels"),
+                ("sdlogj", "test/sdlogj", "std of log Jacobian determinant"),
                 ("epe_mm", "test/epe_mm", "end-point error mm (known deformation)"))
+
+
+def tag_name(name):
+    """A structure name as it appears in TensorBoard tags and Keras log keys: characters other than letters,
+    digits, ``_``, ``-`` and ``.`` become ``_`` (e.g. ``"Left Cerebral WM"`` -> ``"Left_Cerebral_WM"``)."""
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", str(name))
 
 
 def flow_to_rgb(flow, max_magnitude=None):
@@ -122,8 +130,9 @@ def _test_scalars(summary):
     """``{tag: (value, description)}`` of the test metrics in ``summary`` (see :func:`log_hparams`)."""
     scalars = {tag: (summary[key]["mean"], text) for key, tag, text in TEST_METRICS if key in summary}
     for key in summary:
-        if key.startswith("dice_") and key != "dice_mean":
-            scalars["test/%s" % key] = (summary[key]["mean"], "Dice %% of %s" % key[len("dice_"):])
+        for prefix, what in (("dice_", "Dice %"), ("hd95_", "HD95 mm")):
+            if key.startswith(prefix) and key != prefix + "mean":
+                scalars["test/%s" % tag_name(key)] = (summary[key]["mean"], "%s of %s" % (what, key[len(prefix):]))
     return scalars
 
 
@@ -138,8 +147,8 @@ def log_hparams(log_dir, config, summary):
         log_dir: the run's TensorBoard folder (a subfolder ``hparams`` is written).
         config: the run's :class:`~gsmorph_tf.config.TrainConfig`.
         summary: test-split summary ``{metric: {"mean", "std"}}`` (see :func:`gsmorph_tf.evaluation.summarize`);
-            logged as scalars ``test/dice``, ``test/hd95``, ``test/mse``, ``test/njd`` (``test/epe_mm`` where
-            known) and ``test/dice_<structure>`` per structure, at step 0.
+            logged as scalars ``test/dice``, ``test/hd95``, ``test/mse``, ``test/njd``, ``test/sdlogj`` and per
+            structure ``test/dice_<structure>``, ``test/hd95_<structure>`` (names by :func:`tag_name`).
     """
     values = config.to_dict()
     scalars = _test_scalars(summary)

@@ -1,4 +1,5 @@
-"""The GSMorph paper's comparison (Tables 1 and 2, Fig. 3) on any dataset the loaders read.
+"""The papers' comparisons (Tables 1 and 2, Fig. 3) on any dataset the loaders read: the GSMorph paper's
+rows on 2D datasets (:data:`PAPER_METHODS`), ULAE-net's on 3D ones (:data:`ULAE_METHODS`).
 
 Every learned method is trained with the same data, epochs and seed (one :class:`TrainConfig`, a few
 settings changed per method: the surgery mode and lambda, and HyperMorph its own learning rate), the
@@ -23,6 +24,7 @@ from gsmorph_tf import evaluation, training
 from gsmorph_tf.errors import ConfigError
 from gsmorph_tf.fileio import atomic_write_text
 from gsmorph_tf.networks import count_trainable_parameters
+from gsmorph_tf.registry import DATASETS
 from gsmorph_tf.runs import load_run_for_inference
 from gsmorph_tf.timing import compiled_predictor, machine_description, pair_by_pair
 
@@ -56,6 +58,27 @@ PAPER_METHODS = (
 )
 
 
+#: The columns of ULAE-net's Table 1 (3D inter-subject brain registration), in its order. The learned methods
+#: share the base config's similarity, smoothness penalty, lambda and learning rate (the ULAE protocol:
+#: flags/benchmark_oasis.flags); VoxelMorph is the project's U-Net trained with ``L_sim + lam L_reg``, and
+#: "VoxelMorph x2" the same U-Net with doubled feature widths (``unet_width=2``).
+ULAE_METHODS = (
+    Method("Initial", "initial", "identity"),
+    Method("SyN", "syn", "classical", (("method", "syn"),)),
+    Method("VoxelMorph", "voxelmorph", "learned", (("model", "gsmorph"), ("surgery", "none"))),
+    Method("VoxelMorph x2", "voxelmorph_x2", "learned", (("model", "gsmorph"), ("surgery", "none"),
+                                                         ("unet_width", 2))),
+    Method("ULAE-net", "ulae", "learned", (("model", "ulae"), ("surgery", "none"))),
+    Method("ULAE-net + gradient surgery", "ulae_gs", "learned", (("model", "ulae"), ("surgery", "layerwise"))),
+)
+
+
+def comparison_methods(dataset):
+    """The comparison's rows for ``dataset`` (a registry name): the GSMorph paper's for 2D datasets, ULAE-net's
+    for 3D ones."""
+    return ULAE_METHODS if DATASETS[dataset].ndim == 3 else PAPER_METHODS
+
+
 def classical_predictor(method):
     """A predictor registering each pair with a classical method of :mod:`gsmorph_tf.baselines`."""
     from gsmorph_tf import baselines  # optional extra: imported only when a classical method runs
@@ -84,9 +107,11 @@ def _score(predict, subjects, protocol):
     return rows, times
 
 
-def run_method(method, base_config, splits, output_dir, log=print):
+def run_method(method, base_config, splits, output_dir, log=print, predictors=None):
     """Run one method (or read its finished results) and return its record:
-    ``{"name", "kind", "parameters", "ms_per_pair": [...], "subjects": rows, "summary", "chosen"}``."""
+    ``{"name", "kind", "parameters", "ms_per_pair": [...], "subjects": rows, "summary", "chosen"}``.
+    A learned method trained now leaves its compiled predictor in ``predictors[method.name]`` (for the figure).
+    Training runs write no SavedModel: the comparison needs only their scores and checkpoints."""
     folder = os.path.join(output_dir, method.slug)
     record_path = os.path.join(folder, "benchmark.json")
     if os.path.exists(record_path):
@@ -107,36 +132,41 @@ def run_method(method, base_config, splits, output_dir, log=print):
     if method.kind == "identity":
         rows, times = evaluation.evaluate_identity(test, protocol), []
     elif method.kind == "classical":
-        log("%s: registering %d test pairs" % (method.name, sum(len(p.moving) for p in test)))
+        log("%s: registering %d test pairs" % (method.name, training.pair_count(test)))
         rows, times = _score(classical_predictor(settings["method"]), test, protocol)
     else:
         config = dataclasses.replace(base_config, output_dir=folder, **settings)
         log("%s: training (%s)" % (method.name, ", ".join("%s=%s" % kv for kv in method.settings)))
-        outcome = training.train_and_evaluate(config, log=log)
+        outcome = training.train_and_evaluate(config, log=log, export=False)
         _, network = load_run_for_inference(folder)
+        predict = compiled_predictor(network)
+        if predictors is not None:
+            predictors[method.name] = predict
         record["parameters"] = count_trainable_parameters(network)
         with open(outcome["evaluation_json"], encoding="utf-8") as f:
             record["chosen"] = json.load(f)["chosen"]
-        rows, times = _score(compiled_predictor(network), test, protocol)
+        rows, times = _score(predict, test, protocol)
     record.update(ms_per_pair=times, subjects=rows, summary=evaluation.summarize(rows))
     evaluation.write_json(record_path, record)
     return record
 
 
-def run_paper_comparison(base_config, output_dir, methods=PAPER_METHODS, log=print):
-    """Run every method on ``base_config``'s data and write ``table1.md``, ``table2.md``, ``figure3.png`` and
-    ``results.json`` to ``output_dir``. Returns ``{method name: record}``."""
+def run_paper_comparison(base_config, output_dir, methods=None, log=print):
+    """Run every method (default: :func:`comparison_methods` of the dataset) on ``base_config``'s data and write
+    ``table1.md``, ``table2.md``, ``figure3.png`` and ``results.json`` to ``output_dir``. Returns
+    ``{method name: record}``."""
     base_config.validate()
+    methods = comparison_methods(base_config.dataset) if methods is None else methods
     splits = training.load_data(base_config)  # every bad input fails here, before any method runs
     os.makedirs(output_dir, exist_ok=True)
-    records = {}
+    records, predictors = {}, {}
     for index, method in enumerate(methods, 1):
         log("[%d/%d] %s" % (index, len(methods), method.name))
-        records[method.name] = run_method(method, base_config, splits, output_dir, log=log)
+        records[method.name] = run_method(method, base_config, splits, output_dir, log=log, predictors=predictors)
     machine = machine_description()
     atomic_write_text(os.path.join(output_dir, "table1.md"), table1(records) + "\n")
     atomic_write_text(os.path.join(output_dir, "table2.md"), table2(records, machine) + "\n")
-    figure3(records, methods, base_config, splits, output_dir, os.path.join(output_dir, "figure3.png"))
+    figure3(records, methods, base_config, splits, output_dir, os.path.join(output_dir, "figure3.png"), predictors)
     evaluation.write_json(os.path.join(output_dir, "results.json"),
                           {"machine": machine, "config": base_config.to_dict(),
                            "metric_protocol": base_config.metric_protocol,
@@ -146,11 +176,15 @@ def run_paper_comparison(base_config, output_dir, methods=PAPER_METHODS, log=pri
 
 
 def table1(records):
-    """The paper's Table 1: Dice %, HD95 mm, MSE x1e-2, NJD %, mean +- std over the test split's subjects or
-    slice pairs (the protocol's caption says which)."""
+    """The paper's Table 1: Dice %, HD95 mm, MSE x1e-2, NJD %, SDlogJ, mean +- std over the test split's
+    subjects or slice pairs (the protocol's caption says which); then ULAE-net's Table 1 layout: Dice % per
+    structure (per label group with ``label_groups``) in rows, a column per method."""
     first = next(iter(records.values()))
     caption = evaluation.protocol_caption(first.get("metric_protocol", "volume"), first["subjects"])
-    return caption + "\n\n" + evaluation.format_table({name: record["summary"] for name, record in records.items()})
+    summaries = {name: record["summary"] for name, record in records.items()}
+    structures = [key[len("dice_"):] for key in first["summary"] if key.startswith("dice_") and key != "dice_mean"]
+    return (caption + "\n\n" + evaluation.format_table(summaries) + "\n\nDice (%) per structure:\n\n"
+            + evaluation.structure_table(summaries, structures, metrics_shown=evaluation.STRUCTURE_METRICS[:1]))
 
 
 def table2(records, machine):
@@ -180,9 +214,19 @@ def _deformation_grid(axis, flow, spacing=4):
     axis.set_aspect("equal")
 
 
-def figure3(records, methods, base_config, splits, output_dir, path, cases=2):
-    """Like the paper's Fig. 3: for ``cases`` test subjects (mid-ventricular slice), fixed, moving and each
-    method's moved image, with its deformation grid underneath. Written atomically."""
+def _middle_slice(array):
+    """A 3D volume ``[D, H, W]`` (or field ``[D, H, W, 3]``) as its middle slice along the first axis:
+    ``[H, W]`` (or the in-plane components ``[H, W, 2]``)."""
+    array = array[array.shape[0] // 2]
+    return array[..., 1:] if array.ndim == 3 else array
+
+
+def figure3(records, methods, base_config, splits, output_dir, path, trained=None, cases=2):
+    """Like the paper's Fig. 3: for ``cases`` test subjects (mid-ventricular slice; 3D tasks: the middle slice
+    along the first axis), fixed, moving and each method's moved image, with its deformation grid underneath.
+    Learned methods' predictors come from ``trained`` (name -> compiled predictor) or are restored from their
+    runs.
+    Written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -194,6 +238,8 @@ def figure3(records, methods, base_config, splits, output_dir, path, cases=2):
     for method in shown:
         if method.kind == "classical":
             predictors[method.name] = classical_predictor(dict(method.settings)["method"])
+        elif method.name in (trained or {}):
+            predictors[method.name] = trained[method.name]
         else:
             _, network = load_run_for_inference(os.path.join(output_dir, method.slug))
             predictors[method.name] = compiled_predictor(network)
@@ -203,14 +249,16 @@ def figure3(records, methods, base_config, splits, output_dir, path, cases=2):
     for case, pairs in enumerate(subjects):
         s = len(pairs.moving) // 2
         top, bottom = axes[2 * case], axes[2 * case + 1]
-        for axis, image, title in ((top[0], pairs.fixed[s], "Fixed (ED)"), (top[1], pairs.moving[s], "Moving (ES)")):
-            axis.imshow(image, cmap="gray", vmin=0, vmax=1)
+        names = ("Fixed", "Moving") if pairs.volumes_per_item else ("Fixed (ED)", "Moving (ES)")
+        view = _middle_slice if pairs.volumes_per_item else (lambda array: array)
+        for axis, image, title in ((top[0], pairs.fixed[s], names[0]), (top[1], pairs.moving[s], names[1])):
+            axis.imshow(view(image), cmap="gray", vmin=0, vmax=1)
             axis.set_title("%s\n%s" % (title, pairs.subject), fontsize=7)
         for column, method in enumerate(shown, 2):
             moved, flow = predictors[method.name](pairs.moving[s:s + 1], pairs.fixed[s:s + 1])
-            top[column].imshow(moved[0], cmap="gray", vmin=0, vmax=1)
+            top[column].imshow(view(moved[0]), cmap="gray", vmin=0, vmax=1)
             top[column].set_title(method.name, fontsize=7)
-            _deformation_grid(bottom[column], flow[0])
+            _deformation_grid(bottom[column], view(flow[0]))
         for axis in list(top) + list(bottom):
             axis.set_xticks([])
             axis.set_yticks([])

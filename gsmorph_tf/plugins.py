@@ -25,8 +25,10 @@ class DatasetPlugin(abc.ABC):
                 what is there (evaluation of an existing run).
 
         Returns:
-            ``{"train": [...], "val": [...], "test": [...]}``, lists of
-            :class:`~gsmorph_tf.data.subjects.SubjectPairs`.
+            ``{"train": ..., "val": ..., "test": ...}``: lists of :class:`~gsmorph_tf.data.subjects.SubjectPairs`
+            held in memory, or :class:`StreamedSplit` objects read from disk while they are used; optionally
+            ``"record"``: a JSON-serialisable dict saying how the splits were made (which file lists, which
+            test rule), written to the run's ``evaluation.json`` as ``data``.
 
         Raises:
             DatasetError: naming the file or folder, for anything wrong with the data.
@@ -35,6 +37,32 @@ class DatasetPlugin(abc.ABC):
     @abc.abstractmethod
     def network_shape(self, config):
         """Spatial shape of the network's inputs for this dataset and config, e.g. ``(128, 128)``."""
+
+
+class StreamedSplit(abc.ABC):
+    """A split a dataset reads from disk while it is used, never holding all of it in memory (3D datasets of
+    hundreds of volumes). Training consumes :meth:`batches`; a split that can be evaluated is also a
+    sequence of :class:`~gsmorph_tf.data.subjects.SubjectPairs`, one pair read per item."""
+
+    @property
+    @abc.abstractmethod
+    def pair_count(self):
+        """Registration pairs in one pass (one epoch for training), without reading any volume."""
+
+    @property
+    @abc.abstractmethod
+    def shape(self):
+        """Spatial shape of every volume, e.g. ``(160, 224, 192)``."""
+
+    @property
+    @abc.abstractmethod
+    def label_values(self):
+        """Structure name -> integer in the label maps that are scored (background 0 excluded)."""
+
+    @abc.abstractmethod
+    def batches(self, batch_size, seed=0, drop_remainder=False):
+        """A ``tf.data.Dataset`` of ``{"moving": [B, *shape, 1], "fixed": [B, *shape, 1]}`` float32 batches: one
+        pass is one epoch, each pass in a new seeded order (see :mod:`gsmorph_tf.data.streaming`)."""
 
 
 class ModelPlugin(abc.ABC):

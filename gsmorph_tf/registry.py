@@ -39,6 +39,9 @@ class Option:
         lower_bound: smallest allowed value (each element for ``int_list``), or None.
         length: required number of elements of an ``int_list``, or None.
         multiple_of: each element of an ``int_list`` must be a multiple of this, or None.
+        choices: the values a ``string`` option takes, or None for any string.
+
+    Two datasets may declare the same option (one flag serves both) only with equal declarations.
     """
     name: str
     default: object
@@ -47,6 +50,7 @@ class Option:
     lower_bound: float | None = None
     length: int | None = None
     multiple_of: int | None = None
+    choices: tuple | None = None
 
     def check(self, value):
         """``value`` converted to the option's type; raises ``ValueError`` naming the option otherwise."""
@@ -56,12 +60,15 @@ class Option:
                 value = tuple(int(v) for v in items)
                 elements = value
             elif self.kind == "string":
-                return "" if value is None else str(value)
+                value = "" if value is None else str(value)
+                elements = ()
             else:
                 value = int(value) if self.kind == "int" else float(value)
                 elements = (value,)
         except (TypeError, ValueError):
             raise ValueError("%s must be %s, got %r" % (self.name, self._expected(), value)) from None
+        if self.choices is not None and value not in self.choices:
+            raise ValueError("%s must be one of %s, got %r" % (self.name, ", ".join(self.choices), value))
         if self.length is not None and len(elements) != self.length:
             raise ValueError("%s must be %s, got %r" % (self.name, self._expected(), value))
         for element in elements:
@@ -112,12 +119,14 @@ class ModelEntry(Entry):
         batch_norm: its network has BatchNormalization layers (``sync_batchnorm`` applies).
         mixed_precision: its network takes a mixed dtype policy with float32 outputs, and its training model
             a ``LossScaleOptimizer`` (``mixed_precision`` applies).
+        takes_unet_width: whether it builds its U-Net ``unet_width`` times wider (``TrainConfig.unet_width``).
     """
     ndims: tuple = (2, 3)
     surgeries: tuple | None = None
     similarities: tuple | None = None
     batch_norm: bool = False
     mixed_precision: bool = False
+    takes_unet_width: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,7 +183,7 @@ SIMILARITIES = Registry("similarity")
 
 MODELS.add(ModelEntry("gsmorph", "gsmorph_tf.models.gsmorph:MODEL",
                       "the GSMorph paper's U-Net (1,968,002 parameters in 2D at 128x128), any surgery mode",
-                      batch_norm=True, mixed_precision=True))
+                      batch_norm=True, mixed_precision=True, takes_unet_width=True))
 MODELS.add(ModelEntry("hypermorph", "gsmorph_tf.models.hypermorph:MODEL",
                       "HyperMorph baseline (voxelmorph's HyperVxmDense, lambda chosen on validation)",
                       ndims=(2,), surgeries=("none",), similarities=("mse", "ncc")))
@@ -193,16 +202,38 @@ DATASETS.add(DatasetEntry("acdc", "gsmorph_tf.data.acdc:DATASET",
                           "ACDC as published (patientNNN folders): " + _CARDIAC_HELP))
 DATASETS.add(DatasetEntry("mnms", "gsmorph_tf.data.mnms:DATASET",
                           "M&Ms as distributed (CSV + Training/Validation/Testing): " + _CARDIAC_HELP))
+#: Settings shared by the datasets read in the Learn2Reg layout (one flag each, see :class:`Option`).
+PAIRS_PER_EPOCH = Option("pairs_per_epoch", 0, "Learn2Reg layout: training pairs drawn per epoch (0: one pass over "
+                         "all of them, N(N-1) for N training images).", lower_bound=0)
+TEST_FRACTION = Option("test_fraction", 0.2, "Learn2Reg layout: fraction of the training subjects held out as the "
+                       "test split when registration_test has no labels.", kind="float", lower_bound=1e-6)
 DATASETS.add(DatasetEntry("brain", "gsmorph_tf.data.brain:DATASET",
-                          "3D pairs made from nilearn's MNI152 template with known deformations "
-                          '(pip install -e ".[brain]")', ndim=3, needs_data_dir=False,
+                          "synthetic 3D brain subjects (nilearn's MNI152 template under known deformations) "
+                          'written in the Learn2Reg layout under --data_dir on first use (pip install -e ".[brain]")',
+                          ndim=3,
                           options=(
-                              Option("brain_pairs", 20, "Brain: number of synthetic pairs.", lower_bound=3),
+                              Option("brain_subjects", 16, "Brain: number of synthetic subjects.", lower_bound=7),
                               Option("brain_shape", (80, 96, 80), "Brain: volume shape D,H,W (voxels, "
                                      "multiples of 16).", kind="int_list", lower_bound=16, length=3,
                                      multiple_of=16),
                               Option("brain_max_displacement", 8.0, "Brain: largest displacement of the random "
-                                     "deformations (voxels).", kind="float", lower_bound=1e-6))))
+                                     "deformations (voxels).", kind="float", lower_bound=1e-6),
+                              PAIRS_PER_EPOCH, TEST_FRACTION)))
+DATASETS.add(DatasetEntry("learn2reg", "gsmorph_tf.data.streaming:DATASET",
+                          "3D inter-subject registration on a dataset in the Learn2Reg layout (OASIS, LUMIR, "
+                          "AbdomenCTCT, NLST, or your own): <data_dir>/<NAME>_dataset.json, imagesTr/, labelsTr/",
+                          ndim=3,
+                          options=(
+                              Option("atlas", "", "Learn2Reg: atlas image (moving) registered to every subject "
+                                     "(fixed), as the JSON writes it (./imagesTr/...) or a path; empty: every ordered "
+                                     "pair of distinct training images.", kind="string"),
+                              Option("label_groups", "", "Learn2Reg: JSON file {\"group\": [label names or "
+                                     "integers], ...} merging labels into named groups for scoring; empty: every "
+                                     "label of the dataset JSON.", kind="string"),
+                              Option("intensity_norm", "max", "Learn2Reg: max = divide each volume by its maximum "
+                                     "(ULAE-net's paper); percentile = minimum to 0, 99.5th percentile to 1, "
+                                     "clipped (the cardiac loaders).", kind="string", choices=("max", "percentile")),
+                              PAIRS_PER_EPOCH, TEST_FRACTION)))
 
 SIMILARITIES.add(Entry("mse", "gsmorph_tf.losses:mse_from_config", "mean squared intensity difference"))
 SIMILARITIES.add(Entry("ncc", "gsmorph_tf.losses:ncc_from_config", "local NCC over a --ncc_window cube"))

@@ -39,6 +39,7 @@ from gsmorph_tf.export import export_saved_model, run_provenance
 from gsmorph_tf.errors import ConfigError
 from gsmorph_tf.fileio import atomic_write_text
 from gsmorph_tf.provenance import default_model_name
+from gsmorph_tf.plugins import StreamedSplit
 from gsmorph_tf.registry import DATASETS, MODELS
 
 
@@ -61,10 +62,35 @@ def load_data(config, generate=True):
     synthetic data on disk first if absent) and validate all of it before training starts.
 
     Returns:
-        ``{"train": [...], "val": [...], "test": [...]}`` lists of
-        :class:`~gsmorph_tf.data.subjects.SubjectPairs`.
+        ``{"train": ..., "val": ..., "test": ...}``: lists of :class:`~gsmorph_tf.data.subjects.SubjectPairs`,
+        or :class:`~gsmorph_tf.plugins.StreamedSplit` objects (datasets streamed from disk); optionally
+        ``"record"`` (how the splits were made).
     """
     return DATASETS.load(config.dataset).load(config, generate=generate)
+
+
+def pair_count(split):
+    """Registration pairs in a split (per epoch for a streamed training split), reading no volume."""
+    return split.pair_count if isinstance(split, StreamedSplit) else sum(len(p.moving) for p in split)
+
+
+def input_shape(split):
+    """Spatial shape of a split's images, e.g. ``(128, 128)`` or ``(160, 224, 192)``."""
+    return tuple(split.shape) if isinstance(split, StreamedSplit) else split[0].moving.shape[1:]
+
+
+def structure_names(split):
+    """The structures a split is scored on, in table order (:func:`reporting_order`)."""
+    return reporting_order(split.label_values if isinstance(split, StreamedSplit) else split[0].label_values)
+
+
+def batches(split, batch_size, shuffle, seed=0, drop_remainder=False):
+    """A split as ``tf.data`` batches of ``{"moving", "fixed"}``: streamed from disk for a
+    :class:`~gsmorph_tf.plugins.StreamedSplit` (always in a seeded order per epoch), else from memory
+    (:func:`~gsmorph_tf.data.pipeline.make_dataset`)."""
+    if isinstance(split, StreamedSplit):
+        return split.batches(batch_size, seed=seed, drop_remainder=drop_remainder)
+    return make_dataset(split, batch_size, shuffle=shuffle, seed=seed, drop_remainder=drop_remainder)
 
 
 def build_network(config, inshape):
@@ -85,8 +111,10 @@ def method_name(config, chosen=None):
 class ValidationMetrics(tf.keras.callbacks.Callback):
     """At each epoch's end, register the validation subjects with ``network`` (``[moving, fixed] ->
     [moved, flow]``, sharing the trained weights) and add their mean metrics to the logs as ``val_dice`` (%),
-    ``val_dice_<structure>``, ``val_hd95`` (mm), ``val_mse`` and ``val_njd`` (%), so the TensorBoard
-    callback after it writes them and the progress bar shows them."""
+    ``val_dice_<structure>``, ``val_hd95`` (mm), ``val_hd95_<structure>``, ``val_mse``, ``val_njd`` (%) and
+    ``val_sdlogj``, so the TensorBoard callback after it writes them and the progress bar shows them.
+    Structure names become tags by :func:`gsmorph_tf.monitoring.tag_name`. A split read from disk is read one
+    pair at a time."""
 
     def __init__(self, network, subjects, batch_size, protocol="volume"):
         super().__init__()
@@ -94,18 +122,20 @@ class ValidationMetrics(tf.keras.callbacks.Callback):
         self.subjects = subjects
         self.batch_size = batch_size
         self.protocol = protocol
+        self.structures = structure_names(subjects) if len(subjects) else []
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is None or not self.subjects:
+        if logs is None or not len(self.subjects):
             return
         rows = evaluation.evaluate_network(self.network, self.subjects, self.batch_size, protocol=self.protocol)
         summary = evaluation.summarize(rows)
         logs["val_dice"] = summary["dice_mean"]["mean"]
-        for name in reporting_order(self.subjects[0].label_values):
-            logs["val_dice_%s" % name] = summary["dice_%s" % name]["mean"]
         logs["val_hd95"] = summary["hd95_mean"]["mean"]
-        logs["val_mse"] = summary["mse"]["mean"]
-        logs["val_njd"] = summary["njd"]["mean"]
+        for name in self.structures:
+            logs["val_dice_%s" % monitoring.tag_name(name)] = summary["dice_%s" % name]["mean"]
+            logs["val_hd95_%s" % monitoring.tag_name(name)] = summary["hd95_%s" % name]["mean"]
+        for key in ("mse", "njd", "sdlogj"):
+            logs["val_%s" % key] = summary[key]["mean"]
 
 
 def drop_remainder(config, pairs, replicas=1):
@@ -148,10 +178,9 @@ def fit(model, splits, config, output_dir, verbose=None, write_dir=None):
         The Keras ``History`` (only the epochs run now).
     """
     replicas = model.distribute_strategy.num_replicas_in_sync
-    pairs = sum(len(p.moving) for p in splits["train"])
-    train = make_dataset(splits["train"], config.batch_size, shuffle=True, seed=config.seed,
-                         drop_remainder=drop_remainder(config, pairs, replicas))
-    val = make_dataset(splits["val"], config.batch_size, shuffle=False) if splits["val"] else None
+    train = batches(splits["train"], config.batch_size, shuffle=True, seed=config.seed,
+                    drop_remainder=drop_remainder(config, pair_count(splits["train"]), replicas))
+    val = batches(splits["val"], config.batch_size, shuffle=False) if len(splits["val"]) else None
     if config.strategy == "multi_worker":
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
@@ -186,11 +215,22 @@ def evaluate(network, subjects, batch_size=32, show_progress=True, protocol="vol
                                                protocol=protocol)
 
 
+def describe_test_split(record):
+    """How a streamed dataset's test split was made, from its record: e.g. "registration_test (4 pairs)" or
+    "a seeded hold-out of 2 training subjects (1 pairs), because the JSON has no registration_test"."""
+    test = record["test"]
+    if test["source"] == "registration_test":
+        return "registration_test (%d pairs)" % len(test["pairs"])
+    held = ("%d training subjects" % len(test["subjects"])) if "subjects" in test else "training pairs"
+    return ("a seeded hold-out of %s (%d pairs; fraction %g, seed %d), because %s"
+            % (held, len(test["pairs"]), test["fraction"], test["seed"], test["reason"]))
+
+
 def check_batches(config, splits, replicas=1):
     """Raise ConfigError when ``drop_last`` would leave no training batch (fewer pairs than ``batch_size``),
     when ``batch_size`` is not a multiple of the strategy's ``replicas`` (each replica gets an equal share), or
     when there are fewer training pairs than replicas."""
-    pairs = sum(len(p.moving) for p in splits["train"])
+    pairs = pair_count(splits["train"])
     if config.drop_last and pairs < config.batch_size:
         raise ConfigError("batch_size=%d is larger than the %d training pairs, and drop_last drops the partial "
                           "batch: lower batch_size or set drop_last=False" % (config.batch_size, pairs))
@@ -257,7 +297,7 @@ def train_and_evaluate(config, verbose=None, log=print, export=True):
 
 def _train_and_evaluate(config, strategy, splits, write_dir, verbose, log, export):
     """:func:`train_and_evaluate` after the checks, writing into ``write_dir`` and holding its lock."""
-    inshape = splits["train"][0].moving.shape[1:]
+    inshape = input_shape(splits["train"])
     model_entry = MODELS.load(config.model)
     # Seed before the weights are drawn: the same seed gives the same initial network (and, with fit's
     # seeding of shuffling and noise, the same run), so compared methods really start alike.
@@ -269,9 +309,16 @@ def _train_and_evaluate(config, strategy, splits, write_dir, verbose, log, expor
         model = model_entry.build_training_model(config, network)
     devices = "" if config.strategy == "default" else " on %d replicas (%s)" % (
         strategy.num_replicas_in_sync, config.strategy)
-    log("Training %s (surgery=%s)%s on %d/%d/%d train/val/test subjects (%d training pairs), output in %s"
-        % (config.model, config.surgery, devices, len(splits["train"]), len(splits["val"]), len(splits["test"]),
-           sum(len(p.moving) for p in splits["train"]), config.output_dir))
+    record = splits.get("record")
+    if record is None:
+        log("Training %s (surgery=%s)%s on %d/%d/%d train/val/test subjects (%d training pairs), output in %s"
+            % (config.model, config.surgery, devices, len(splits["train"]), len(splits["val"]),
+               len(splits["test"]), pair_count(splits["train"]), config.output_dir))
+    else:
+        log("Training %s (surgery=%s)%s on %d training pairs per epoch (%s), %d validation pairs, %d test pairs "
+            "(test split: %s), streamed from disk, output in %s"
+            % (config.model, config.surgery, devices, pair_count(splits["train"]), record["train"]["pairs_rule"],
+               len(splits["val"]), len(splits["test"]), record["test"]["source"], config.output_dir))
     done = completed_epochs(config.output_dir)
     if done:
         log("Resuming %s: %d of %d epochs completed%s" % (
@@ -280,23 +327,30 @@ def _train_and_evaluate(config, strategy, splits, write_dir, verbose, log, expor
     history = fit(model, splits, config, config.output_dir, verbose=verbose, write_dir=write_dir)
 
     network, chosen = model_entry.finalize(config, network, splits, log=log)
-    log("Evaluating on %d test subjects" % len(splits["test"]))
+    log("Evaluating on %d test %s" % (len(splits["test"]), "subjects" if record is None else "pairs"))
     results = evaluate(network, splits["test"], config.batch_size, show_progress=verbose != 0,
                        protocol=config.metric_protocol)
     name = model_entry.method_name(config, chosen)
     caption = evaluation.protocol_caption(config.metric_protocol, results["Model"]["subjects"])
-    table = caption + "\n\n" + evaluation.format_table({"Initial": results["Initial"]["summary"],
-                                                         name: results["Model"]["summary"]})
-    record = {"config": config.to_dict(), "structures": reporting_order(splits["test"][0].label_values),
-              "method": model_entry.method_name(config), "chosen": chosen, "metric_protocol": config.metric_protocol,
-              "methods": results, "crop": evaluation.crop_report(splits["test"], config.crop_center)}
-    evaluation.write_json(os.path.join(write_dir, "evaluation.json"), record)
+    summaries = {"Initial": results["Initial"]["summary"], name: results["Model"]["summary"]}
+    structures = structure_names(splits["test"])
+    table = (caption + "\n\n" + evaluation.format_table(summaries) + "\n\nPer structure:\n\n"
+             + evaluation.structure_table(summaries, structures))
+    if record is not None:
+        table = "Test split: %s.\n\n%s" % (describe_test_split(record), table)
+    evaluation_record = {"config": config.to_dict(), "structures": structures, "data": record,
+                         "method": model_entry.method_name(config), "chosen": chosen,
+                         "metric_protocol": config.metric_protocol, "methods": results,
+                         "crop": None if record is not None else evaluation.crop_report(splits["test"],
+                                                                                         config.crop_center)}
+    evaluation.write_json(os.path.join(write_dir, "evaluation.json"), evaluation_record)
     atomic_write_text(os.path.join(write_dir, "evaluation.md"), table + "\n")
     monitoring.log_hparams(os.path.join(write_dir, "tensorboard"), config, results["Model"]["summary"])
     export_dir = None
     if export:
         model_name = default_model_name(config)
-        provenance = run_provenance(config, list(inshape), model_name, json.loads(evaluation.to_json(record)))
+        provenance = run_provenance(config, list(inshape), model_name,
+                                    json.loads(evaluation.to_json(evaluation_record)))
         base_dir = os.path.join(config.output_dir, "export", model_name)
         if write_dir == config.output_dir:
             export_dir = rundir.export_once(

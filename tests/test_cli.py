@@ -64,13 +64,19 @@ def test_run_train_reads_a_project_flagfile_named_from_anywhere(tmp_path):
 
 def test_dataset_settings_of_another_dataset_are_refused():
     values = flags.FlagValues()
-    for entry_option in ("phantom_subjects", "brain_pairs"):
+    for entry_option in ("phantom_subjects", "brain_subjects", "pairs_per_epoch"):
         flags.DEFINE_integer(entry_option, None, "", flag_values=values)
     flags.DEFINE_float("phantom_size", None, "", flag_values=values)
     flags.DEFINE_list("phantom_slices", None, "", flag_values=values)
     flags.DEFINE_list("brain_shape", None, "", flag_values=values)
     flags.DEFINE_float("brain_max_displacement", None, "", flag_values=values)
-    values(["prog", "--brain_pairs=5"])
-    assert cli.dataset_options_from_flags(values, "brain") == {"brain_pairs": 5}
-    with pytest.raises(ConfigError, match="--brain_pairs is a setting of dataset=brain, not of dataset=phantom"):
+    values(["prog", "--brain_subjects=8", "--pairs_per_epoch=3"])
+    assert cli.dataset_options_from_flags(values, "brain") == {"brain_subjects": 8, "pairs_per_epoch": 3}
+    with pytest.raises(ConfigError, match="--brain_subjects is a setting of dataset=brain, not of dataset=phantom"):
         cli.dataset_options_from_flags(values, "phantom")
+    values.unparse_flags()
+    values(["prog", "--pairs_per_epoch=3"])  # one flag shared by the datasets in the Learn2Reg layout
+    assert cli.dataset_options_from_flags(values, "learn2reg") == {"pairs_per_epoch": 3}
+    with pytest.raises(ConfigError, match="--pairs_per_epoch is a setting of dataset=brain or learn2reg, not of "
+                                          "dataset=acdc"):
+        cli.dataset_options_from_flags(values, "acdc")

@@ -26,7 +26,7 @@ def test_every_similarity_entry_builds_a_loss(name):
 def test_unknown_names_list_the_registered_ones():
     with pytest.raises(RegistryError, match="unknown model 'voxelmorph'; registered: gsmorph, hypermorph, ulae"):
         MODELS["voxelmorph"]
-    with pytest.raises(ConfigError, match="dataset='oasis' is not one of: phantom, acdc, mnms, brain"):
+    with pytest.raises(ConfigError, match="dataset='oasis' is not one of: phantom, acdc, mnms, brain, learn2reg"):
         TrainConfig(dataset="oasis", data_dir="x").validate()
 
 
@@ -44,7 +44,7 @@ def test_an_entrys_constraints_are_checked_before_any_data_is_read():
         TrainConfig(model="hypermorph", surgery="pcgrad", data_dir="x").validate()
     with pytest.raises(ConfigError, match="model=hypermorph takes similarity mse or ncc, not 'multi_ncc'"):
         TrainConfig(model="hypermorph", surgery="none", similarity="multi_ncc", data_dir="x").validate()
-    TrainConfig(dataset="brain", model="ulae", similarity="multi_ncc").validate()  # no data_dir needed
+    TrainConfig(dataset="brain", model="ulae", similarity="multi_ncc", data_dir="x").validate()
 
 
 def test_option_conversion():

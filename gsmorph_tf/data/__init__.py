@@ -6,9 +6,11 @@
 - :mod:`~gsmorph_tf.data.pipeline`: ``tf.data`` batches for training from subjects held in memory;
 - :mod:`~gsmorph_tf.data.learn2reg`: Learn2Reg-layout tasks read, checked and split, evaluation pairs read
   lazily (NumPy and nibabel only);
-- :mod:`~gsmorph_tf.data.streaming`: ``tf.data`` pairs streamed from disk for datasets too large to hold;
-- one module per dataset of :data:`gsmorph_tf.registry.DATASETS` (``acdc``, ``mnms``, ``phantom``,
-  ``brain``), each holding a ``DATASET`` (:class:`gsmorph_tf.plugins.DatasetPlugin`).
+- :mod:`~gsmorph_tf.data.streaming`: ``tf.data`` pairs streamed from disk for datasets too large to hold,
+  and the ``learn2reg`` entry of :data:`gsmorph_tf.registry.DATASETS` (its splits as streams);
+- one module per other dataset of the registry (``acdc``, ``mnms``, ``phantom``, ``brain``: the latter writes
+  its subjects in the Learn2Reg layout and serves them through the ``learn2reg`` code), each holding a
+  ``DATASET`` (:class:`gsmorph_tf.plugins.DatasetPlugin`).
 
 Importing this package loads nothing else.
 """

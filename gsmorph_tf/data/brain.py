@@ -3,6 +3,9 @@
 ULAE-net is a 3D brain method for large deformations, but no brain MRI data set can be downloaded here.
 nilearn carries the skull-stripped MNI152 (ICBM 2009a, 1 mm) T1 template and its grey- and white-matter
 probability maps inside its wheel, so this module builds registration pairs from them with no download.
+The ``brain`` dataset entry (:class:`BrainDataset`) writes subjects in the Learn2Reg layout
+(:func:`write_brain_learn2reg`) and trains on them through the ``learn2reg`` code; :func:`make_brain_pairs`
+(pairs in memory with their known field) remains for scoring against a true field.
 
 Ground truth without inverting a field. For pair ``i`` two smooth random fields are drawn: a *subject*
 field ``w`` and a *registration* field ``u`` (voxels, channel k along array axis k, voxelmorph's 'ij'
@@ -34,7 +37,9 @@ import numpy as np
 from scipy import ndimage
 
 from gsmorph_tf import compat  # noqa: F401  (legacy Keras must be selected before TensorFlow loads)
+from gsmorph_tf.data import learn2reg, streaming
 from gsmorph_tf.data.subjects import SubjectPairs, split_subjects
+from gsmorph_tf.errors import DatasetError
 from gsmorph_tf.extras import import_extra
 from gsmorph_tf.flows import compose_flows
 from gsmorph_tf.plugins import DatasetPlugin
@@ -380,13 +385,41 @@ def write_brain_learn2reg(root, n_subjects, shape=(80, 96, 80), max_displacement
     return root
 
 
+#: Version of what :func:`write_brain_learn2reg` writes, part of the folder name: a change that alters the
+#: written subjects bumps it, so an old folder is never read as the new task.
+BRAIN_FORMAT_VERSION = 1
+
+
+def brain_dataset_dir(config):
+    """Where the brain task of ``config`` is written: ``<data_dir>/MNIBrain_v<format>_<n>subjects_<D>x<H>x<W>_
+    disp<max displacement>_seed<data seed>``, so other settings never read another task's files."""
+    shape = "x".join(str(int(s)) for s in config.option("brain_shape"))
+    name = "MNIBrain_v%d_%dsubjects_%s_disp%g_seed%d" % (
+        BRAIN_FORMAT_VERSION, config.option("brain_subjects"), shape, config.option("brain_max_displacement"),
+        config.data_seed)
+    return pathlib.Path(config.data_dir) / name
+
+
 class BrainDataset(DatasetPlugin):
-    """The ``brain`` entry of :data:`gsmorph_tf.registry.DATASETS`: :func:`load_brain` with the ``brain_*``
-    options (pairs made in memory; ``data_dir`` is not read)."""
+    """The ``brain`` entry of :data:`gsmorph_tf.registry.DATASETS`: ``brain_subjects`` synthetic subjects
+    written by :func:`write_brain_learn2reg` under ``data_dir`` on first use (:func:`brain_dataset_dir`), then
+    read, split and streamed by the ``learn2reg`` dataset's code (:mod:`gsmorph_tf.data.learn2reg`,
+    :mod:`gsmorph_tf.data.streaming`), as real
+    data: training on every ordered pair of distinct training subjects (``pairs_per_epoch`` of them per
+    epoch), validation on the ``registration_val`` pairs of the last 3 subjects, test on a seeded hold-out of
+    ``test_fraction`` of the others."""
 
     def load(self, config, generate=True):
-        return load_brain(n_pairs=config.option("brain_pairs"), shape=self.network_shape(config),
-                          max_displacement=config.option("brain_max_displacement"), seed=config.data_seed)
+        streaming.check_test_fraction(config.option("test_fraction"))
+        root = brain_dataset_dir(config)
+        if not root.exists():
+            if not generate:
+                raise DatasetError(f"{root}: the brain task is not there; a training run with the same settings "
+                                   "writes it")
+            write_brain_learn2reg(root, config.option("brain_subjects"), shape=self.network_shape(config),
+                                  max_displacement=config.option("brain_max_displacement"), seed=config.data_seed)
+        data = learn2reg.load_learn2reg(root, test_fraction=config.option("test_fraction"), seed=config.data_seed)
+        return streaming.training_splits(data, config.option("pairs_per_epoch"))
 
     def network_shape(self, config):
         return tuple(int(s) for s in config.option("brain_shape"))

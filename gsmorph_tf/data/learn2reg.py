@@ -226,6 +226,19 @@ def _parse_pairs(data, key, json_path, required, listed):
     return tuple(out)
 
 
+def _read_dataset_json(data_dir):
+    """``(path, parsed object)`` of the dataset JSON in ``data_dir``; errors name the file."""
+    json_path = find_dataset_json(data_dir)
+    try:
+        data = json.loads(json_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DatasetError(f"{json_path}: cannot read as JSON ({type(error).__name__}: {error})") from error
+    if not isinstance(data, dict):
+        raise DatasetError(f"{json_path}: expected a JSON object with the keys tensorImageShape, labels, training "
+                           f"and registration_val, got {type(data).__name__}")
+    return json_path, data
+
+
 def read_task(data_dir):
     """Read ``<data_dir>/<NAME>_dataset.json`` and check the files it lists, from their headers only.
 
@@ -242,14 +255,7 @@ def read_task(data_dir):
     Raises:
         DatasetError: naming the JSON file and key, or the image or label file, for anything wrong.
     """
-    json_path = find_dataset_json(data_dir)
-    try:
-        data = json.loads(json_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DatasetError(f"{json_path}: cannot read as JSON ({type(error).__name__}: {error})") from error
-    if not isinstance(data, dict):
-        raise DatasetError(f"{json_path}: expected a JSON object with the keys tensorImageShape, labels, training "
-                           f"and registration_val, got {type(data).__name__}")
+    json_path, data = _read_dataset_json(data_dir)
     shape = _parse_shape(data, json_path)
     label_names = _parse_labels(data, json_path)
     training = _parse_entries(data, "training", json_path, required=True)
@@ -677,21 +683,23 @@ class EvaluationPairs(collections.abc.Sequence):
     ``moving_labels``, ``fixed_labels`` ``[1, D, H, W]`` int32 mapped by ``mapping`` (zeros for an image
     without labels), ``spacing_mm`` the fixed image's voxel size (the flow lives on its grid), subject
     ``"<moving stem>_to_<fixed stem>"``. Slicing gives another :class:`EvaluationPairs`.
+    (:class:`gsmorph_tf.data.streaming.StreamedEvaluationPairs` adds a ``tf.data`` stream of the pairs.)
     """
 
-    def __init__(self, pairs, mapping, intensity_norm="max"):
+    def __init__(self, pairs, mapping, intensity_norm="max", shape=None):
         if intensity_norm not in INTENSITY_NORMS:
             raise ValueError(f"intensity_norm must be one of {INTENSITY_NORMS}, got {intensity_norm!r}")
         self.pairs = tuple(pairs)
         self.mapping = mapping
         self.intensity_norm = intensity_norm
+        self._shape = None if shape is None else tuple(int(v) for v in shape)
 
     def __len__(self):
         return len(self.pairs)
 
     def __getitem__(self, index):
         if isinstance(index, slice):
-            return EvaluationPairs(self.pairs[index], self.mapping, self.intensity_norm)
+            return type(self)(self.pairs[index], self.mapping, self.intensity_norm, self._shape)
         moving_scan, fixed_scan = self.pairs[index]
         moving, moving_labels, _ = read_scan(moving_scan, self.mapping, self.intensity_norm)
         fixed, fixed_labels, spacing = read_scan(fixed_scan, self.mapping, self.intensity_norm)
@@ -703,6 +711,23 @@ class EvaluationPairs(collections.abc.Sequence):
     def subjects(self):
         """The items' names, without reading anything."""
         return [pair_name(m, f) for m, f in self.pairs]
+
+    @property
+    def pair_count(self):
+        """Pairs in the split, without reading any volume."""
+        return len(self.pairs)
+
+    @property
+    def shape(self):
+        """``(D, H, W)`` of the volumes (``tensorImageShape``)."""
+        if self._shape is None:
+            self._shape = read_nifti_header(self.pairs[0][0].image)[0]
+        return self._shape
+
+    @property
+    def label_values(self):
+        """Structure name -> integer in the mapped label maps."""
+        return dict(self.mapping.label_values)
 
 
 def pair_name(moving, fixed):
@@ -755,5 +780,15 @@ def load_learn2reg(data_dir, atlas=None, label_groups=None, intensity_norm="max"
         validate_voxels(task, mapping, intensity_norm)
     splits = make_splits(task, atlas=atlas, test_fraction=test_fraction, seed=seed)
     return Learn2RegData(task=task, splits=splits, mapping=mapping, intensity_norm=intensity_norm,
-                         val=EvaluationPairs(splits.val, mapping, intensity_norm),
-                         test=EvaluationPairs(splits.test, mapping, intensity_norm))
+                         val=EvaluationPairs(splits.val, mapping, intensity_norm, task.shape),
+                         test=EvaluationPairs(splits.test, mapping, intensity_norm, task.shape))
+
+
+def read_tensor_shape(data_dir):
+    """``tensorImageShape`` of the dataset JSON in ``data_dir`` (the JSON alone, no image is opened).
+
+    Raises:
+        DatasetError: naming the folder or the JSON file.
+    """
+    json_path, data = _read_dataset_json(data_dir)
+    return _parse_shape(data, json_path)

@@ -6,6 +6,10 @@ pair is only two indices into a list of files: each epoch draws its ``(moving, f
 generator (:func:`epoch_pairs`), and ``tf.data`` reads the two volumes with nibabel in parallel threads
 (``num_parallel_calls=AUTOTUNE``), scales them, batches and prefetches. Memory holds the batches in flight,
 whatever the number of scans.
+
+This module also holds the ``learn2reg`` dataset entry (:data:`DATASET`, :class:`Learn2RegDataset`): a task
+read and split by :mod:`gsmorph_tf.data.learn2reg` (NumPy and nibabel only), its splits served as streams
+(:class:`StreamedTrainingPairs`, :class:`StreamedEvaluationPairs`).
 """
 from gsmorph_tf import compat  # noqa: F401  (legacy Keras must be selected before TensorFlow loads)
 
@@ -16,6 +20,8 @@ import tensorflow as tf
 
 from gsmorph_tf.data import learn2reg
 from gsmorph_tf.data.nifti import read_nifti_header
+from gsmorph_tf.errors import ConfigError, DatasetError
+from gsmorph_tf.plugins import DatasetPlugin, StreamedSplit
 
 
 def _epoch_length(n_images, pairs, pairs_per_epoch):
@@ -143,3 +149,108 @@ def training_dataset(data, batch_size, seed=0, pairs_per_epoch=None, drop_remain
     return pair_dataset([scan.image for scan in splits.train_images], batch_size, pairs=splits.train_pairs,
                         pairs_per_epoch=pairs_per_epoch, seed=seed, intensity_norm=data.intensity_norm,
                         shape=data.task.shape, drop_remainder=drop_remainder, first_epoch=first_epoch)
+
+
+# --- the learn2reg dataset entry: its splits as streams -------------------------------------------------------
+
+class StreamedEvaluationPairs(learn2reg.EvaluationPairs, StreamedSplit):
+    """Validation or test pairs (:class:`~gsmorph_tf.data.learn2reg.EvaluationPairs`: read one pair per item)
+    that also stream as ``tf.data`` batches, for Keras' validation loss (:meth:`batches`)."""
+
+    def batches(self, batch_size, seed=0, drop_remainder=False):
+        images = list(dict.fromkeys(scan.image for pair in self.pairs for scan in pair))
+        index = {image: i for i, image in enumerate(images)}
+        return pair_dataset(images, batch_size, pairs=[(index[m.image], index[f.image]) for m, f in self.pairs],
+                            seed=seed, intensity_norm=self.intensity_norm, shape=self.shape,
+                            drop_remainder=drop_remainder)
+
+
+class StreamedTrainingPairs(StreamedSplit):
+    """The training pairs of a task (:attr:`~gsmorph_tf.data.learn2reg.Learn2RegSplits.train_pairs`), streamed
+    from disk by :func:`training_dataset`: nothing is read until training pulls a batch.
+
+    Args:
+        data: :class:`~gsmorph_tf.data.learn2reg.Learn2RegData`.
+        pairs_per_epoch: pairs drawn per epoch; None: one pass over all training pairs.
+    """
+
+    def __init__(self, data, pairs_per_epoch=None):
+        self.data = data
+        self.pairs_per_epoch = pairs_per_epoch
+
+    @property
+    def pair_count(self):
+        return self.pairs_per_epoch or self.data.splits.n_train_pairs
+
+    @property
+    def shape(self):
+        return tuple(self.data.task.shape)
+
+    @property
+    def label_values(self):
+        return dict(self.data.mapping.label_values)
+
+    def batches(self, batch_size, seed=0, drop_remainder=False):
+        return training_dataset(self.data, batch_size, seed=seed, pairs_per_epoch=self.pairs_per_epoch,
+                                drop_remainder=drop_remainder)
+
+
+#: Every size of a volume must be a multiple of this: the registered networks halve the grid four times.
+NETWORK_SIZE_MULTIPLE = 16
+
+
+def training_splits(data, pairs_per_epoch=0):
+    """A loaded task as the framework's splits (see :meth:`gsmorph_tf.plugins.DatasetPlugin.load`).
+
+    Args:
+        data: :class:`~gsmorph_tf.data.learn2reg.Learn2RegData`.
+        pairs_per_epoch: training pairs drawn per epoch; 0: one pass over all of them.
+
+    Returns:
+        ``{"train": StreamedTrainingPairs, "val": StreamedEvaluationPairs, "test": StreamedEvaluationPairs,
+        "record": dict}``; the record (:attr:`~gsmorph_tf.data.learn2reg.Learn2RegData.record`) says which
+        test rule was used, and why.
+
+    Raises:
+        DatasetError: naming the dataset JSON, if a size of ``tensorImageShape`` is not a multiple of
+            :data:`NETWORK_SIZE_MULTIPLE`.
+    """
+    shape = data.task.shape
+    if any(size % NETWORK_SIZE_MULTIPLE for size in shape):
+        raise DatasetError(f"{data.task.json_path}: tensorImageShape {list(shape)} has a size that is not a multiple "
+                           f"of {NETWORK_SIZE_MULTIPLE}; the networks halve the grid four times, so crop or pad the "
+                           "volumes (and their labels) to multiples of 16")
+    train = StreamedTrainingPairs(data, pairs_per_epoch or None)
+    record = data.record
+    record["train"] = {**record["train"], "pairs_per_epoch": train.pair_count}
+    val, test = (StreamedEvaluationPairs(pairs.pairs, data.mapping, data.intensity_norm, shape)
+                 for pairs in (data.val, data.test))
+    return {"train": train, "val": val, "test": test, "record": record}
+
+
+def check_test_fraction(value):
+    """Raise :class:`~gsmorph_tf.errors.ConfigError` unless the ``test_fraction`` setting is in (0, 1)."""
+    if not 0.0 < value < 1.0:
+        raise ConfigError(f"test_fraction must be in (0, 1) (a fraction of the training subjects), got {value}")
+
+
+class Learn2RegDataset(DatasetPlugin):
+    """The ``learn2reg`` entry of :data:`gsmorph_tf.registry.DATASETS`:
+    :func:`~gsmorph_tf.data.learn2reg.load_learn2reg` on ``config.data_dir`` with the options ``atlas``,
+    ``label_groups``, ``intensity_norm``, ``test_fraction`` (seeded by ``config.data_seed``) and
+    ``pairs_per_epoch``. Every file is checked from its header before training starts; training pairs are
+    streamed, evaluation pairs read one at a time."""
+
+    def load(self, config, generate=True):
+        check_test_fraction(config.option("test_fraction"))
+        data = learn2reg.load_learn2reg(config.data_dir, atlas=config.option("atlas") or None,
+                                        label_groups=config.option("label_groups") or None,
+                                        intensity_norm=config.option("intensity_norm"),
+                                        test_fraction=config.option("test_fraction"), seed=config.data_seed)
+        return training_splits(data, config.option("pairs_per_epoch"))
+
+    def network_shape(self, config):
+        return learn2reg.read_tensor_shape(config.data_dir)
+
+
+DATASET = Learn2RegDataset()

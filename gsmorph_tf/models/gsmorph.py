@@ -8,7 +8,7 @@ from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
 import tensorflow as tf
 
 from gsmorph_tf.model import GradientSurgeryModel
-from gsmorph_tf.networks import build_gsmorph_unet
+from gsmorph_tf.networks import PAPER_FEATURES, build_gsmorph_unet
 from gsmorph_tf.plugins import ModelPlugin
 from gsmorph_tf.registry import SIMILARITIES
 
@@ -48,20 +48,23 @@ def surgery_training_model(config, network):
 
 
 class GSMorphModel(ModelPlugin):
-    """The paper's U-Net (:func:`gsmorph_tf.networks.build_gsmorph_unet`), any surgery mode; with
+    """The paper's U-Net (:func:`gsmorph_tf.networks.build_gsmorph_unet`), any surgery mode; its feature
+    widths times ``config.unet_width`` (2: "VoxelMorph x2", the wider baseline of ULAE-net's Table 1); with
     ``config.mixed_precision`` its body computes in float16 (:data:`MIXED_PRECISION_POLICY`)."""
 
     def build_network(self, config, inshape):
-        return build_gsmorph_unet(inshape, int_steps=config.int_steps,
+        features = tuple(config.unet_width * f for f in PAPER_FEATURES)
+        return build_gsmorph_unet(inshape, features=features, int_steps=config.int_steps,
                                   dtype_policy=MIXED_PRECISION_POLICY if config.mixed_precision else None)
 
     def build_training_model(self, config, network):
         return surgery_training_model(config, network)
 
     def method_name(self, config, chosen=None):
+        width = "" if config.unet_width == 1 else " x%d" % config.unet_width
         if config.surgery == "none":
-            return "VoxelMorph (lam=%g)" % config.lam
-        return SURGERY_METHOD_NAMES[config.surgery]
+            return "VoxelMorph%s (lam=%g)" % (width, config.lam)
+        return SURGERY_METHOD_NAMES[config.surgery] + width
 
 
 MODEL = GSMorphModel()
