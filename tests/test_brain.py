@@ -69,6 +69,7 @@ def test_template_spacing_is_isotropic_and_brain_fills_90_percent_of_the_tightes
 def test_missing_nilearn_names_the_extra(monkeypatch):
     brain._template_1mm.cache_clear()
     monkeypatch.setitem(sys.modules, "nilearn", None)
+    monkeypatch.setitem(sys.modules, "nilearn.datasets", None)  # also when imported earlier
     with pytest.raises(MissingExtraError, match=r'the brain task .*needs nilearn.*pip install -e "\.\[brain\]"'):
         load_mni152(SMALL)
 

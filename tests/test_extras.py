@@ -38,6 +38,7 @@ def test_install_command_with_another_interpreter_or_without_a_checkout(tmp_path
 
 def test_missing_module_is_one_error_naming_package_and_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "nilearn", None)   # makes `import nilearn...` raise ImportError
+    monkeypatch.setitem(sys.modules, "nilearn.datasets", None)  # also when imported earlier
     with pytest.raises(extras.MissingExtraError) as caught:
         extras.import_extra("nilearn.datasets", "brain", "nilearn", "the brain task")
     message = str(caught.value)

@@ -173,8 +173,8 @@ def test_hparams_dashboard_has_a_declared_config(finished_run):
     assert "phantom" in [v.string_value for v in domains["dataset"].domain_discrete.values]
     assert not domains["lam"].HasField("domain_interval") and not domains["lam"].HasField("domain_discrete")
     tags = [info.name.tag for info in experiment.metric_infos]
-    assert tags == ["test/dice", "test/hd95", "test/mse", "test/njd", "test/dice_LV", "test/dice_Myo",
-                    "test/dice_RV"]
+    assert tags == ["test/dice", "test/hd95", "test/mse", "test/njd", "test/sdlogj",
+                    "test/dice_LV", "test/hd95_LV", "test/dice_Myo", "test/hd95_Myo", "test/dice_RV", "test/hd95_RV"]
 
 
 def test_profile_batch_traces_the_steps_asked_for(finished_run):
@@ -210,7 +210,7 @@ def test_crop_center_is_validated_and_motion_crops_the_phantom_from_its_cine(tmp
     with pytest.raises(ConfigError, match="crop_center='heart' is not one of: labels, motion, image"):
         tiny_config(tmp_path, crop_center="heart").validate()
     with pytest.raises(ConfigError, match="crop_center=motion places the crop of 2D cardiac slices; dataset=brain"):
-        TrainConfig(dataset="brain", model="ulae", crop_center="motion").validate()
+        TrainConfig(dataset="brain", model="ulae", crop_center="motion", data_dir=str(tmp_path)).validate()
     config = tiny_config(tmp_path, crop_center="motion")
     splits = load_data(config)
     subjects = splits["train"] + splits["val"] + splits["test"]
