@@ -138,6 +138,14 @@ def write_learn2reg_task(root, n_images=6, val_pairs=((5, 4),), paired=None, tes
     return data
 
 
+@pytest.fixture
+def task_dir(tmp_path):
+    """A toy Learn2Reg task of 8 unpaired 3D images, validation pair (7, 6), in ``<tmp_path>/TOY``."""
+    root = tmp_path / "TOY"
+    write_learn2reg_task(root, n_images=8, val_pairs=((7, 6),))
+    return root
+
+
 def write_dataset_json(root, data, name="TOY"):
     """(Re)write ``<root>/<name>_dataset.json``."""
     (root / f"{name}_dataset.json").write_text(json.dumps(data, indent=2), encoding="utf-8")

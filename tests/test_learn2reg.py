@@ -32,13 +32,6 @@ def _pair_indices(pairs):
     return [tuple(_indices(pair)) for pair in pairs]
 
 
-@pytest.fixture
-def task_dir(tmp_path):
-    root = tmp_path / "TOY"
-    write_learn2reg_task(root, n_images=8, val_pairs=((7, 6),))
-    return root
-
-
 # --- reading and checking the task --------------------------------------------------------------------------
 
 def test_read_task_reads_shape_labels_entries_and_pairs(task_dir):

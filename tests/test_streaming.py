@@ -68,13 +68,6 @@ def test_an_empty_epoch_is_refused():
 
 # --- the stream ---------------------------------------------------------------------------------------------
 
-@pytest.fixture
-def task_dir(tmp_path):
-    root = tmp_path / "TOY"
-    write_learn2reg_task(root, n_images=8, val_pairs=((7, 6),))
-    return root
-
-
 def test_batches_have_the_volume_shape_and_one_channel(task_dir):
     data = load_learn2reg(task_dir, test_fraction=0.25)     # 4 training images left: 12 pairs
     dataset = training_dataset(data, batch_size=5, seed=0)
