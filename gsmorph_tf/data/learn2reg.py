@@ -187,14 +187,21 @@ def _resolve(root, value, json_path, key):
     return pathlib.Path(os.path.normpath(root / value))
 
 
-def _parse_entries(data, key, json_path, required):
+def _listed(data, key, json_path, required, expected):
+    """The list under ``key`` of the dataset JSON (``[]`` when absent and not ``required``); DatasetError naming
+    the file and key when a required key is missing or the value is not a list (``expected`` describes it)."""
     entries = data.get(key)
     if entries is None:
         if required:
             raise DatasetError(f"{json_path}: key {key} is missing; {_EXPECTED_LAYOUT}")
-        return ()
+        return []
     if not isinstance(entries, list):
-        raise _key_error(json_path, key, 'a list of {"image": ..., "label": ...}', entries)
+        raise _key_error(json_path, key, expected, entries)
+    return entries
+
+
+def _parse_entries(data, key, json_path, required):
+    entries = _listed(data, key, json_path, required, 'a list of {"image": ..., "label": ...}')
     scans = []
     for index, entry in enumerate(entries):
         where = f"{key}[{index}]"
@@ -208,13 +215,7 @@ def _parse_entries(data, key, json_path, required):
 
 
 def _parse_pairs(data, key, json_path, required, listed):
-    pairs = data.get(key)
-    if pairs is None:
-        if required:
-            raise DatasetError(f"{json_path}: key {key} is missing; {_EXPECTED_LAYOUT}")
-        return ()
-    if not isinstance(pairs, list):
-        raise _key_error(json_path, key, 'a list of {"fixed": ..., "moving": ...}', pairs)
+    pairs = _listed(data, key, json_path, required, 'a list of {"fixed": ..., "moving": ...}')
     out = []
     for index, pair in enumerate(pairs):
         where = f"{key}[{index}]"
