@@ -5,7 +5,8 @@ Runs under a Python that has PyTorch (not this project's virtualenv) and a check
 so that both sides are measured back to back on the same machine. It builds the reference's network
 (``source/model_func.load_model`` with ``cfg/VoxelMorph.yaml``, image size overridden) and its training-step
 object (``source/model_func.GradientDescent`` with ``torch.optim.AdamW(lr, weight_decay)`` as
-``scripts/TrainModel.py`` does), and times the step as ``scripts/TrainModel.train()`` runs it::
+``scripts/TrainModel.py`` does; ``reference_train.build_reference``), and times the step as
+``scripts/TrainModel.train()`` runs it::
 
     fwd = model(moving, fixed)          # model.train() mode
     updater.update_gradient(fwd)        # sim backward (retain_graph), reg backward, combine, optimizer step
@@ -18,9 +19,7 @@ Usage: ``python benchmarks/reference_step.py --ref /path/to/GSMorph [--size 128]
 import argparse
 import os
 import statistics
-import sys
 import time
-import warnings
 
 
 def main():
@@ -32,23 +31,10 @@ def main():
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
     args = parser.parse_args()
-    source = os.path.join(args.ref, "source")
-    if not os.path.isfile(os.path.join(source, "model_func.py")):
-        sys.exit("--ref=%s: no source/model_func.py there; expected a checkout of wulalago/GSMorph" % args.ref)
-    sys.path.insert(0, source)
-    warnings.filterwarnings("ignore", message=".*meshgrid.*")  # the reference's torch.meshgrid(vectors)
+    from reference_train import build_reference   # this folder: the reference built as its trainer builds it
     import torch
-    from help_func import read_yaml
-    from model_func import GradientDescent, load_model
 
-    torch.set_num_threads(args.threads)
-    cfg = read_yaml(os.path.join(args.ref, "cfg", "VoxelMorph.yaml"))
-    cfg["ImgSize"] = args.size
-    torch.manual_seed(cfg["Seed"])
-    model = load_model(cfg)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["LearningRate"], weight_decay=cfg["WeightDecay"])
-    updater = GradientDescent(model, optimizer, sim_loss=cfg["SimLoss"], reg_loss=cfg["RegLoss"],
-                              loss_weight=cfg["LossWeight"], gradient_surgery="LayerWise")
+    model, _, updater = build_reference(args.ref, args.size, "layerwise", threads=args.threads)
     model.train()
     generator = torch.Generator().manual_seed(0)
     moving = torch.rand(args.batch, 1, args.size, args.size, generator=generator)

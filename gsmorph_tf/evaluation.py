@@ -110,6 +110,14 @@ def warp_labels(labels, flow):
     return np.rint(warped.numpy()[..., 0]).astype(labels.dtype)
 
 
+def warp_images(images, flow):
+    """Warp images ``[S, H, W]`` by flows ``[S, H, W, 2]`` (pixels along row, col) with voxelmorph's linear
+    transformer, as the networks make their ``moved`` output (edge values outside the image)."""
+    warped = vxm.layers.SpatialTransformer(interp_method="linear", indexing="ij")(
+        [tf.convert_to_tensor(images[..., None], tf.float32), tf.convert_to_tensor(flow, tf.float32)])
+    return warped.numpy()[..., 0]
+
+
 def subject_metrics(pairs, moved, moved_labels, flow):
     """Metrics of one subject's registration.
 
@@ -247,6 +255,38 @@ def evaluate_predictor(predict, subjects, progress=None, protocol="volume"):
                              seconds, len(pairs.moving))
         if progress is not None:
             progress(done, len(subjects))
+    return rows
+
+
+def evaluate_flows(subjects, flows, protocol="volume", source="flows"):
+    """Metric rows of 2D displacement fields computed elsewhere (another implementation, a saved run), scored
+    exactly as a network's: the moving images and labels are warped here (:func:`warp_images`,
+    :func:`warp_labels`), so two sets of flows differ in their scores only by the flows.
+
+    Args:
+        subjects: list of 2D :class:`~gsmorph_tf.data.subjects.SubjectPairs`.
+        flows: ``[N, H, W, 2]``: the subjects' slice pairs in order (subject by subject, slice by slice),
+            pixels along (row, col).
+        protocol: as :func:`evaluate_predictor`; source: names the flows in errors (e.g. their file).
+
+    Returns:
+        The rows of :func:`metric_rows`, with ``seconds`` NaN (the flows' time is not known here).
+
+    Raises:
+        ValueError: ``flows`` is not shaped like the subjects' pairs.
+    """
+    counts = [len(p.moving) for p in subjects]
+    expected = (sum(counts),) + tuple(subjects[0].moving.shape[1:]) + (2,)
+    flows = np.asarray(flows)
+    if subjects[0].moving.ndim != 3 or flows.shape != expected:
+        raise ValueError("%s: expected 2D flows of shape %s (the %d slice pairs of %d subjects in order), got %s"
+                         % (source, expected, sum(counts), len(subjects), flows.shape))
+    rows, start = [], 0
+    for pairs, count in zip(subjects, counts):
+        flow = flows[start:start + count].astype(np.float32)
+        start += count
+        rows += _with_timing(metric_rows(pairs, warp_images(pairs.moving, flow), warp_labels(pairs.moving_labels, flow),
+                                         flow, protocol), float("nan"), count)
     return rows
 
 

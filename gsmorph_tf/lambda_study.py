@@ -56,18 +56,19 @@ def study_methods(lambdas=STUDY_LAMBDAS, surgery_methods=SURGERY_METHODS):
     return methods
 
 
-def _validation_curve(run_dir):
-    """Validation Dice per epoch (``epoch_dice`` of the run's TensorBoard validation events), as a list."""
+def epoch_curve(run_dir, split="validation", tag="epoch_dice"):
+    """One value per epoch of a run's TensorBoard events (``<run_dir>/tensorboard/<split>``, scalar ``tag``),
+    as a list in epoch order: e.g. validation Dice (%), or ``split="train", tag="epoch_sim_loss"``."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.util.tensor_util import make_ndarray
 
-    folder = os.path.join(run_dir, "tensorboard", "validation")
+    folder = os.path.join(run_dir, "tensorboard", split)
     if not os.path.isdir(folder):
         return []
     events = EventAccumulator(folder, size_guidance={"tensors": 0}).Reload()
-    if "epoch_dice" not in events.Tags()["tensors"]:
+    if tag not in events.Tags()["tensors"]:
         return []
-    by_step = {event.step: float(make_ndarray(event.tensor_proto)) for event in events.Tensors("epoch_dice")}
+    by_step = {event.step: float(make_ndarray(event.tensor_proto)) for event in events.Tensors(tag)}
     return [by_step[step] for step in sorted(by_step)]
 
 
@@ -86,7 +87,7 @@ def run_one(method, seed, base_config, output_dir, steps_per_epoch, log=print):
     log("%s, seed %d: training in %s" % (method.name, seed, folder))
     outcome = training.train_and_evaluate(config, verbose=0, log=log, export=False)
     rows = outcome["results"]["Model"]["subjects"]
-    curve = _validation_curve(folder)
+    curve = epoch_curve(folder)
     record = {"method": method.name, "seed": seed, "test": evaluation.summarize(rows),
               "test_subjects": evaluation.per_subject_means(rows),
               "validation_dice": curve[-1] if curve else float("nan"), "validation_curve": curve,
@@ -260,3 +261,128 @@ def run_study(base_config, output_dir, seeds, methods=None, log=print):
                            "runs": records})
     summary["table"] = table
     return summary
+
+
+# --- The port against the reference code (wulalago/GSMorph), trained on the same data ----------------------------
+
+#: Keys of the comparison table: (record key, header).
+COMPARISON_KEYS = (("dice_mean", "Dice (%)"), ("hd95_mean", "HD95 (mm)"), ("njd", "NJD (%)"),
+                   ("mse_x100", "MSE (x1e-2)"))
+
+
+def flows_record(method, seed, flows, splits, protocol, source="flows"):
+    """The study record (as :func:`run_one` writes) of a run trained elsewhere, scored with this package's
+    evaluator (:func:`gsmorph_tf.evaluation.evaluate_flows`) on the study's split.
+
+    Args:
+        method: its :class:`StudyMethod`; seed: its training seed.
+        flows: mapping (e.g. an opened ``.npz``) with ``test_flow`` ``[N_test, H, W, 2]`` and ``val_flow``
+            ``[epochs, N_val, H, W, 2]`` (the split's pairs in order, pixels along row and column), ``steps``
+            (optimiser steps), ``sim_loss`` and ``reg_loss`` ``[epochs]`` (training losses, epoch means);
+            optionally ``conflict_fraction`` and ``whole_conflict`` ``[epochs]`` (the fraction of parameter
+            tensors, and of steps for the whole network, whose two gradients conflict; epoch means).
+        splits: the study's ``{"val", "test"}`` subject lists; protocol: the metric protocol; source: names the
+            flows in errors.
+    """
+    rows = evaluation.evaluate_flows(splits["test"], flows["test_flow"], protocol, source)
+    curve = [evaluation.summarize(evaluation.evaluate_flows(splits["val"], epoch_flows, protocol, source))
+             ["dice_mean"]["mean"] for epoch_flows in flows["val_flow"]] if len(splits["val"]) else []
+    return {"method": method.name, "seed": seed, "test": evaluation.summarize(rows),
+            "test_subjects": evaluation.per_subject_means(rows),
+            "validation_dice": curve[-1] if curve else float("nan"), "validation_curve": curve,
+            "sim_loss_curve": [float(v) for v in flows["sim_loss"]],
+            "reg_loss_curve": [float(v) for v in flows["reg_loss"]],
+            "steps": int(flows["steps"]), "metric_protocol": protocol,
+            **{"%s_curve" % key: [float(v) for v in flows[key]] for key in ("conflict_fraction", "whole_conflict")
+               if key in getattr(flows, "files", flows)}}
+
+
+def seed_test(records_a, records_b):
+    """Welch's two-sided t-test (``scipy.stats.ttest_ind``, unequal variances) of two methods' test Dice over
+    their seeds (each seed's mean over the test split): are the two implementations' runs drawn from one
+    distribution? Unlike :func:`paired_test` it counts the seed-to-seed spread, which moves every subject of a
+    run together. Returns ``{"seeds": (n_a, n_b), "mean_difference", "statistic", "p_value"}`` (a - b)."""
+    a = [r["test"]["dice_mean"]["mean"] for r in records_a]
+    b = [r["test"]["dice_mean"]["mean"] for r in records_b]
+    if min(len(a), len(b)) < 2:
+        return {"seeds": (len(a), len(b)), "mean_difference": float(np.mean(a) - np.mean(b)),
+                "statistic": float("nan"), "p_value": float("nan")}
+    test = stats.ttest_ind(a, b, equal_var=False)
+    return {"seeds": (len(a), len(b)), "mean_difference": float(np.mean(a) - np.mean(b)),
+            "statistic": float(test.statistic), "p_value": float(test.pvalue)}
+
+
+def compare_implementations(port_records, reference_records, methods):
+    """Per method, the port's and the reference's test metrics (mean, std over seeds), each seed's Dice, a
+    two-sided Welch test over seeds (:func:`seed_test`) and a paired two-sided Wilcoxon test over the test
+    subjects (:func:`paired_test`), both port against reference.
+
+    Args:
+        port_records, reference_records: ``{method name: [record per seed]}``; methods: the rows, in order.
+    """
+    comparison = {}
+    for method in methods:
+        port, reference = port_records[method.name], reference_records[method.name]
+        comparison[method.name] = {
+            "port": {key: _over_seeds(port, key) for key, _ in COMPARISON_KEYS},
+            "reference": {key: _over_seeds(reference, key) for key, _ in COMPARISON_KEYS},
+            "port_seed_dice": {r["seed"]: r["test"]["dice_mean"]["mean"] for r in port},
+            "reference_seed_dice": {r["seed"]: r["test"]["dice_mean"]["mean"] for r in reference},
+            "welch": seed_test(port, reference), "wilcoxon": paired_test(port, reference)}
+    return comparison
+
+
+def comparison_table(comparison, protocol):
+    """Markdown: port and reference side by side per method, then the two tests of their Dice per method."""
+    lines = ["Test split, metric protocol %s; both implementations scored by this package's evaluator on the same "
+             "pairs; each cell mean +- std over seeds of the split's mean." % protocol, "",
+             "| Method | Code | %s | seeds (Dice per seed) |" % " | ".join(h for _, h in COMPARISON_KEYS),
+             "|---|---|%s---|" % ("---|" * len(COMPARISON_KEYS))]
+    for name, row in comparison.items():
+        for side in ("port", "reference"):
+            cells = ["%.2f +- %.2f" % row[side][key] for key, _ in COMPARISON_KEYS]
+            seeds = ", ".join("%s: %.1f" % item for item in sorted(row["%s_seed_dice" % side].items()))
+            lines.append("| %s | %s | %s | %s |" % (name, side, " | ".join(cells), seeds))
+    lines += ["", "Port - reference, Dice points: over seeds (Welch's t-test on each seed's split mean, which counts "
+              "the seed-to-seed spread), and over test subjects (paired Wilcoxon on each subject's Dice averaged over "
+              "slices and seeds, which does not).", ""]
+    for name, row in comparison.items():
+        welch, test = row["welch"], row["wilcoxon"]
+        lines.append("- %s: mean %+.2f; Welch t = %.2f, p = %.3g over %d + %d seeds; over %d subjects median %+.2f, "
+                     "Wilcoxon W = %.1f, p = %.3g (two-sided)."
+                     % (name, welch["mean_difference"], welch["statistic"], welch["p_value"], welch["seeds"][0],
+                        welch["seeds"][1], test["subjects"], test["median_difference"], test["statistic"],
+                        test["p_value"]))
+    return "\n".join(lines)
+
+
+def plot_comparison(port_records, reference_records, path):
+    """Three panels per epoch, mean over the seeds that have the curve: validation Dice, training similarity
+    loss, and the fraction of parameter tensors whose two gradients conflict (surgery methods); one colour per
+    method, the port solid and the reference dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, name in enumerate(port_records):
+        for records, style, label in ((port_records[name], "-", "port"), (reference_records[name], "--", "reference")):
+            for axis, key in zip(axes, ("validation_curve", "sim_loss_curve", "conflict_fraction_curve")):
+                curves = [r.get(key) for r in records if r.get(key)]
+                if not curves:
+                    continue
+                length = min(len(c) for c in curves)
+                axis.plot(np.arange(1, length + 1), np.mean([c[:length] for c in curves], axis=0), style,
+                          color=colours[index % len(colours)], label="%s (%s)" % (name, label))
+    axes[0].set_ylabel("validation Dice (%)")
+    axes[1].set_ylabel("training MSE (epoch mean)")
+    axes[1].set_yscale("log")
+    axes[2].set_ylabel("tensors with g_sim . g_reg < 0 (fraction)")
+    for axis in axes:
+        axis.set_xlabel("epoch")
+    axes[0].legend(fontsize=6)
+    fig.tight_layout()
+    _save_figure(fig, path)
+    plt.close(fig)

@@ -114,3 +114,34 @@ def test_paper_protocol_rows_and_captions():
     assert "over 1 subjects" in evaluation.protocol_caption("volume", evaluation.evaluate_identity([subject]))
     with pytest.raises(ValueError, match="unknown metric protocol 'slices'"):
         evaluation.metric_rows(subject, subject.moving, subject.moving_labels, None, protocol="slices")
+
+
+def test_evaluate_flows_scores_precomputed_flows_as_a_predictor_would():
+    fixed = square_labels((3, 16, 16))
+    first, second = make_subject(np.roll(fixed, 1, axis=2), fixed), make_subject(fixed, fixed)
+    second = SubjectPairs(**dict(vars(second), subject="s2", moving=second.moving[:2], fixed=second.fixed[:2],
+                                 moving_labels=second.moving_labels[:2], fixed_labels=second.fixed_labels[:2]))
+    flows = np.zeros((5, 16, 16, 2), np.float32)
+    flows[:3, ..., 1] = 1.0   # the first subject's three pairs: one column back, which undoes the roll
+    rows = evaluation.evaluate_flows([first, second], flows, protocol="paper")
+    stacks = iter((flows[:3], flows[3:]))
+
+    def predict(moving, fixed):   # the same flows, given subject by subject as a network would
+        flow = next(stacks)
+        return evaluation.warp_images(moving, flow), flow
+    expected = evaluation.evaluate_predictor(predict, [first, second], protocol="paper")
+    assert [(r["subject"], r["dice_mean"], r["mse_x100"], r["njd"]) for r in rows] == \
+        [(r["subject"], r["dice_mean"], r["mse_x100"], r["njd"]) for r in expected]
+    assert all(np.isnan(r["seconds"]) for r in rows)
+    assert rows[0]["dice_LV"] == pytest.approx(100.0)   # the roll undone away from the image border
+    identity = evaluation.evaluate_flows([first], np.zeros((3, 16, 16, 2)), protocol="volume")[0]
+    assert identity["dice_mean"] == pytest.approx(evaluation.evaluate_identity([first])[0]["dice_mean"])
+    with pytest.raises(ValueError, match=r"run\.npz: expected 2D flows of shape \(5, 16, 16, 2\)"):
+        evaluation.evaluate_flows([first, second], flows[:4], source="run.npz")
+
+
+def test_warp_images_moves_content_like_the_label_warp():
+    image = (square_labels() > 0).astype(np.float32)
+    flow = np.zeros((*image.shape, 2), np.float32)
+    flow[..., 0] = 1.0
+    np.testing.assert_allclose(evaluation.warp_images(image, flow)[:, 3:7, 4:8], image[:, 4:8, 4:8])

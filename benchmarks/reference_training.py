@@ -1,0 +1,181 @@
+"""Does the port train like the reference code? The study's runs against the GSMorph reference, same data.
+
+    python benchmarks/reference_training.py --study_dir=runs/study \\
+        --reference_dir=/path/to/GSMorph --reference_python=/path/to/python-with-torch
+
+Takes a finished or partial ``run_study.py`` output (``--study_dir``: its ``study.json`` gives the data, split,
+crop, batch, epochs, learning rate, penalty and metric protocol) and, for every method and seed asked for:
+
+- the port's run: read back from the study (trained into it first if the study lacks that seed);
+- the reference's run: ``benchmarks/reference_train.py`` under ``--reference_python`` trains the reference's
+  own network, training step and loop on the **same pairs** (the study's split, already scaled and cropped,
+  exported to ``<output_dir>/pairs.npz``), the same batch, epochs, learning rate, lambda and surgery mode;
+  its test and per-epoch validation flows come back and are scored by this package's evaluator, warped as
+  the port's are, so that the two differ only by how their networks were trained.
+
+Writes to ``--output_dir`` (default ``<study_dir>/reference``): ``reference_comparison.md`` (port and
+reference side by side, mean +- std over seeds, and a paired Wilcoxon test over test subjects per method),
+``reference_comparison.json`` (every run's numbers) and ``reference_curves.png`` (validation Dice and
+training MSE per epoch). Resumable: a finished run is read back, an interrupted reference run continues from
+its last epoch.
+"""
+import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
+
+import json
+import os
+import subprocess
+
+from absl import app, flags
+
+from gsmorph_tf.cli import fail, quiet_logs, run_app
+from gsmorph_tf.errors import ConfigError, DatasetError
+
+#: VoxelMorph's lambdas compared by default: the paper's VoxelMorph-l, -m and -s (l1 penalty).
+REFERENCE_LAMBDAS = ("0.1", "0.01", "0.001")
+
+flags.DEFINE_string("study_dir", "runs/study", "A run_study.py output folder (with its study.json).")
+flags.DEFINE_string("reference_dir", None, "Checkout of wulalago/GSMorph.", required=True)
+flags.DEFINE_string("reference_python", None, "Python interpreter with PyTorch, for the reference.", required=True)
+flags.DEFINE_string("output_dir", None, "Where the reference runs and the comparison go (default "
+                    "<study_dir>/reference).")
+flags.DEFINE_list("lambdas", list(REFERENCE_LAMBDAS), "VoxelMorph lambdas to compare.")
+flags.DEFINE_list("surgery_methods", ["GSMorph", "GS-PCGrad"], "Surgery methods to compare (names as in the study).")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds of both implementations.")
+flags.DEFINE_integer("threads", os.cpu_count(), "PyTorch intra-op threads of the reference runs.", lower_bound=1)
+flags.register_validator("seeds", lambda values: bool(values) and all(v.strip().isdigit() for v in values),
+                         "--seeds takes comma-separated non-negative integers")
+FLAGS = flags.FLAGS
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def check_reference():
+    """Fail at once, naming the path, if the reference checkout or its Python is unusable."""
+    if not os.path.isfile(os.path.join(FLAGS.reference_dir, "source", "model_func.py")):
+        raise ConfigError("--reference_dir=%s: no source/model_func.py there; expected a checkout of "
+                          "wulalago/GSMorph" % FLAGS.reference_dir)
+    probe = subprocess.run([FLAGS.reference_python, "-c", "import torch, numpy"], capture_output=True, text=True)
+    if probe.returncode:
+        raise ConfigError("--reference_python=%s cannot import torch and numpy: %s"
+                          % (FLAGS.reference_python,
+                             (probe.stderr.strip().splitlines() or ["exit status %d" % probe.returncode])[-1]))
+
+
+def study_config(study_dir):
+    """The study's :class:`~gsmorph_tf.config.TrainConfig` from ``<study_dir>/study.json``."""
+    from gsmorph_tf.config import TrainConfig
+
+    path = os.path.join(study_dir, "study.json")
+    if not os.path.isfile(path):
+        raise ConfigError("--study_dir=%s: no study.json; run run_study.py with --output_dir=%s first"
+                          % (study_dir, study_dir))
+    with open(path, encoding="utf-8") as f:
+        return TrainConfig.from_dict(json.load(f)["config"])
+
+
+def chosen_methods():
+    """The study's methods named by ``--lambdas`` and ``--surgery_methods``."""
+    from gsmorph_tf import lambda_study
+
+    known = {name for name, _ in lambda_study.SURGERY_METHODS}
+    unknown = sorted(set(FLAGS.surgery_methods) - known)
+    if unknown:
+        raise ConfigError("--surgery_methods: unknown %s; known: %s" % (", ".join(unknown), ", ".join(sorted(known))))
+    surgery = tuple(m for m in lambda_study.SURGERY_METHODS if m[0] in FLAGS.surgery_methods)
+    return lambda_study.study_methods(tuple(float(v) for v in FLAGS.lambdas), surgery)
+
+
+def export_pairs(splits, path):
+    """The splits' image pairs as the ``.npz`` ``reference_train.py`` reads (subjects and slices in order)."""
+    import numpy as np
+
+    arrays = {"%s_%s" % (split, side): np.concatenate([getattr(p, side) for p in splits[split]]).astype(np.float32)
+              for split in ("train", "val", "test") for side in ("moving", "fixed")}
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def reference_run(method, seed, config, pairs_path, folder):
+    """Train the reference for one (method, seed) unless its flows exist; returns the flows' path."""
+    out = os.path.join(folder, "reference.npz")
+    if os.path.exists(out):
+        return out
+    os.makedirs(folder, exist_ok=True)
+    settings = dict(method.settings)
+    command = [FLAGS.reference_python, os.path.join(HERE, "reference_train.py"), "--ref", FLAGS.reference_dir,
+               "--data", pairs_path, "--out", out, "--surgery", settings["surgery"],
+               "--lam", str(settings.get("lam", config.lam)), "--seed", str(seed), "--epochs", str(config.epochs),
+               "--batch", str(config.batch_size), "--lr", str(config.learning_rate), "--threads", str(FLAGS.threads)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in process.stdout:
+        print("  reference: " + line.rstrip(), flush=True)
+    if process.wait():
+        raise RuntimeError("the reference run failed (exit %d): %s" % (process.returncode, " ".join(command)))
+    return out
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
+    quiet_logs(FLAGS["verbosity"].present)
+    output_dir = FLAGS.output_dir or os.path.join(FLAGS.study_dir, "reference")
+    try:
+        check_reference()
+        config = study_config(FLAGS.study_dir)
+        if (config.model, config.similarity, config.reg_penalty, config.drop_last) != ("gsmorph", "mse", "l1", True):
+            raise ConfigError("%s: the reference trains the GSMorph U-Net with MSE, the l1 Grad() penalty and "
+                              "drop_last; the study has model=%s, similarity=%s, reg_penalty=%s, drop_last=%s"
+                              % (FLAGS.study_dir, config.model, config.similarity, config.reg_penalty,
+                                 config.drop_last))
+    except ConfigError as error:
+        return fail(error)
+    import numpy as np   # TensorFlow and the rest only once the inputs are known to be usable
+    from gsmorph_tf import evaluation, lambda_study, training
+    from gsmorph_tf.fileio import atomic_write_text
+
+    try:
+        methods = chosen_methods()
+        seeds = [int(s) for s in FLAGS.seeds]
+        splits = training.load_data(config)
+        training.check_batches(config, splits)
+    except (ConfigError, DatasetError) as error:
+        return fail(error)
+    os.makedirs(output_dir, exist_ok=True)
+    pairs_path = os.path.join(output_dir, "pairs.npz")
+    export_pairs(splits, pairs_path)
+    steps_per_epoch = training.pair_count(splits["train"]) // config.batch_size
+    port, reference, total = {}, {}, len(methods) * len(seeds)
+    for method in methods:
+        for seed in seeds:
+            done = sum(len(v) for v in reference.values()) + 1
+            print("[%d/%d] %s, seed %d" % (done, total, method.name, seed), flush=True)
+            record = lambda_study.run_one(method, seed, config, FLAGS.study_dir, steps_per_epoch)
+            run_dir = os.path.join(FLAGS.study_dir, method.slug, "seed%d" % seed)
+            record["sim_loss_curve"] = lambda_study.epoch_curve(run_dir, "train", "epoch_sim_loss")
+            record["conflict_fraction_curve"] = lambda_study.epoch_curve(run_dir, "train", "epoch_conflict_fraction")
+            port.setdefault(method.name, []).append(record)
+            folder = os.path.join(output_dir, method.slug, "seed%d" % seed)
+            record_path = os.path.join(folder, "reference_run.json")
+            if os.path.exists(record_path):
+                with open(record_path, encoding="utf-8") as f:
+                    record = json.load(f)
+            else:
+                flows_path = reference_run(method, seed, config, pairs_path, folder)
+                with np.load(flows_path) as flows:
+                    record = lambda_study.flows_record(method, seed, flows, splits, config.metric_protocol, flows_path)
+                evaluation.write_json(record_path, record)
+            reference.setdefault(method.name, []).append(record)
+    comparison = lambda_study.compare_implementations(port, reference, methods)
+    table = lambda_study.comparison_table(comparison, config.metric_protocol)
+    atomic_write_text(os.path.join(output_dir, "reference_comparison.md"), table + "\n")
+    evaluation.write_json(os.path.join(output_dir, "reference_comparison.json"),
+                          {"config": config.to_dict(), "seeds": seeds, "reference_dir": FLAGS.reference_dir,
+                           "comparison": comparison, "port_runs": port, "reference_runs": reference})
+    lambda_study.plot_comparison(port, reference, os.path.join(output_dir, "reference_curves.png"))
+    print("\n" + table)
+    print("\nWrote reference_comparison.md, reference_comparison.json and reference_curves.png to %s" % output_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    run_app(main, __name__)
