@@ -60,9 +60,10 @@ class StreamedSplit(abc.ABC):
         """Structure name -> integer in the label maps that are scored (background 0 excluded)."""
 
     @abc.abstractmethod
-    def batches(self, batch_size, seed=0, drop_remainder=False):
+    def batches(self, batch_size, seed=0, drop_remainder=False, first_epoch=0):
         """A ``tf.data.Dataset`` of ``{"moving": [B, *shape, 1], "fixed": [B, *shape, 1]}`` float32 batches: one
-        pass is one epoch, each pass in a new seeded order (see :mod:`gsmorph_tf.data.streaming`)."""
+        pass is one epoch, each pass in a new seeded order (see :mod:`gsmorph_tf.data.streaming`); the first
+        pass draws epoch ``first_epoch``'s order, so that a run resumed at that epoch continues its sequence."""
 
 
 class ModelPlugin(abc.ABC):

@@ -84,12 +84,14 @@ def structure_names(split):
     return reporting_order(split.label_values if isinstance(split, StreamedSplit) else split[0].label_values)
 
 
-def batches(split, batch_size, shuffle, seed=0, drop_remainder=False):
+def batches(split, batch_size, shuffle, seed=0, drop_remainder=False, first_epoch=0):
     """A split as ``tf.data`` batches of ``{"moving", "fixed"}``: streamed from disk for a
-    :class:`~gsmorph_tf.plugins.StreamedSplit` (always in a seeded order per epoch), else from memory
-    (:func:`~gsmorph_tf.data.pipeline.make_dataset`)."""
+    :class:`~gsmorph_tf.plugins.StreamedSplit` (always in a seeded order per epoch, the first pass epoch
+    ``first_epoch``'s: a resumed run continues the sequence), else from memory
+    (:func:`~gsmorph_tf.data.pipeline.make_dataset`; ``first_epoch`` unused: a resumed run reshuffles from the
+    seed's first order)."""
     if isinstance(split, StreamedSplit):
-        return split.batches(batch_size, seed=seed, drop_remainder=drop_remainder)
+        return split.batches(batch_size, seed=seed, drop_remainder=drop_remainder, first_epoch=first_epoch)
     return make_dataset(split, batch_size, shuffle=shuffle, seed=seed, drop_remainder=drop_remainder)
 
 
@@ -179,7 +181,8 @@ def fit(model, splits, config, output_dir, verbose=None, write_dir=None):
     """
     replicas = model.distribute_strategy.num_replicas_in_sync
     train = batches(splits["train"], config.batch_size, shuffle=True, seed=config.seed,
-                    drop_remainder=drop_remainder(config, pair_count(splits["train"]), replicas))
+                    drop_remainder=drop_remainder(config, pair_count(splits["train"]), replicas),
+                    first_epoch=completed_epochs(output_dir))   # where BackupAndRestore resumes
     val = batches(splits["val"], config.batch_size, shuffle=False) if len(splits["val"]) else None
     if config.strategy == "multi_worker":
         options = tf.data.Options()

@@ -3,6 +3,7 @@ import gsmorph_tf  # noqa: F401  (selects legacy Keras before TensorFlow is impo
 
 import collections
 import itertools
+import types
 
 import numpy as np
 import pytest
@@ -159,3 +160,28 @@ def test_percentile_norm_and_listed_pairs_through_pair_dataset(tmp_path):
     for volume in (batch["moving"].numpy(), batch["fixed"].numpy()):
         assert volume.min() == 0.0 and volume.max() == 1.0
         assert (volume == 1.0).sum() == 21      # the top 0.5 % of 4096 voxels clipped at the 99.5th percentile
+
+
+def test_a_resumed_training_run_continues_the_streamed_pair_order(task_dir, tmp_path, monkeypatch):
+    from gsmorph_tf import training
+    from gsmorph_tf.data.streaming import StreamedTrainingPairs
+
+    split = StreamedTrainingPairs(load_learn2reg(task_dir, test_fraction=0.25))
+    uninterrupted = training.batches(split, 4, shuffle=True, seed=3)
+    epochs = [_pairs_of(uninterrupted) for _ in range(3)]
+    assert _pairs_of(training.batches(split, 4, shuffle=True, seed=3, first_epoch=2)) == epochs[2]
+    # fit starts the stream at the epoch BackupAndRestore resumes from
+    class Stop(Exception):
+        pass
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+    seen = {}
+    monkeypatch.setattr(training, "completed_epochs", lambda output_dir: 2)
+    monkeypatch.setattr(training, "batches", spy)
+    model = types.SimpleNamespace(distribute_strategy=tf.distribute.get_strategy())
+    config = types.SimpleNamespace(batch_size=4, seed=3, drop_last=False)
+    with pytest.raises(Stop):
+        training.fit(model, {"train": split, "val": []}, config, str(tmp_path))
+    assert seen["first_epoch"] == 2 and seen["seed"] == 3

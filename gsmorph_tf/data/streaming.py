@@ -157,12 +157,12 @@ class StreamedEvaluationPairs(learn2reg.EvaluationPairs, StreamedSplit):
     """Validation or test pairs (:class:`~gsmorph_tf.data.learn2reg.EvaluationPairs`: read one pair per item)
     that also stream as ``tf.data`` batches, for Keras' validation loss (:meth:`batches`)."""
 
-    def batches(self, batch_size, seed=0, drop_remainder=False):
+    def batches(self, batch_size, seed=0, drop_remainder=False, first_epoch=0):
         images = list(dict.fromkeys(scan.image for pair in self.pairs for scan in pair))
         index = {image: i for i, image in enumerate(images)}
         return pair_dataset(images, batch_size, pairs=[(index[m.image], index[f.image]) for m, f in self.pairs],
                             seed=seed, intensity_norm=self.intensity_norm, shape=self.shape,
-                            drop_remainder=drop_remainder)
+                            drop_remainder=drop_remainder, first_epoch=first_epoch)
 
 
 class StreamedTrainingPairs(StreamedSplit):
@@ -190,9 +190,9 @@ class StreamedTrainingPairs(StreamedSplit):
     def label_values(self):
         return dict(self.data.mapping.label_values)
 
-    def batches(self, batch_size, seed=0, drop_remainder=False):
+    def batches(self, batch_size, seed=0, drop_remainder=False, first_epoch=0):
         return training_dataset(self.data, batch_size, seed=seed, pairs_per_epoch=self.pairs_per_epoch,
-                                drop_remainder=drop_remainder)
+                                drop_remainder=drop_remainder, first_epoch=first_epoch)
 
 
 #: Every size of a volume must be a multiple of this: the registered networks halve the grid four times.
