@@ -85,14 +85,13 @@ def chosen_methods():
 
 
 def export_pairs(splits, path):
-    """The splits' image pairs as the ``.npz`` ``reference_train.py`` reads (subjects and slices in order)."""
+    """The splits' image pairs as the ``.npz`` ``reference_train.py`` reads (subjects and slices in order),
+    written by its own writer (a temporary file, then a rename)."""
     import numpy as np
+    from reference_train import save_npz   # this folder
 
-    arrays = {"%s_%s" % (split, side): np.concatenate([getattr(p, side) for p in splits[split]]).astype(np.float32)
-              for split in ("train", "val", "test") for side in ("moving", "fixed")}
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    save_npz(path, **{"%s_%s" % (split, side): np.concatenate([getattr(p, side) for p in splits[split]])
+                      .astype(np.float32) for split in ("train", "val", "test") for side in ("moving", "fixed")})
 
 
 def reference_run(method, seed, config, pairs_path, folder):
@@ -143,7 +142,7 @@ def main(argv):
     os.makedirs(output_dir, exist_ok=True)
     pairs_path = os.path.join(output_dir, "pairs.npz")
     export_pairs(splits, pairs_path)
-    steps_per_epoch = training.pair_count(splits["train"]) // config.batch_size
+    steps_per_epoch = lambda_study.epoch_steps(config, splits)
     port, reference, total = {}, {}, len(methods) * len(seeds)
     for method in methods:
         for seed in seeds:

@@ -103,19 +103,23 @@ def savedmodel_predictor(path, batch_size=32):
     return predict
 
 
+def _warp(stack, flow, interp_method):
+    """``stack [S, H, W]`` (or volumes ``[N, D, H, W]``) warped by ``flow [..., ndim]`` (voxels along each
+    axis) with voxelmorph's transformer, ``interp_method`` ``linear`` or ``nearest``; float32 numpy."""
+    warped = vxm.layers.SpatialTransformer(interp_method=interp_method, indexing="ij")(
+        [tf.convert_to_tensor(stack[..., None], tf.float32), tf.convert_to_tensor(flow, tf.float32)])
+    return warped.numpy()[..., 0]
+
+
 def warp_labels(labels, flow):
     """Warp integer label maps ``[S, H, W]`` by flows ``[S, H, W, 2]`` (nearest neighbour, voxelmorph)."""
-    warped = vxm.layers.SpatialTransformer(interp_method="nearest", indexing="ij")(
-        [tf.convert_to_tensor(labels[..., None], tf.float32), tf.convert_to_tensor(flow, tf.float32)])
-    return np.rint(warped.numpy()[..., 0]).astype(labels.dtype)
+    return np.rint(_warp(labels, flow, "nearest")).astype(labels.dtype)
 
 
 def warp_images(images, flow):
     """Warp images ``[S, H, W]`` by flows ``[S, H, W, 2]`` (pixels along row, col) with voxelmorph's linear
     transformer, as the networks make their ``moved`` output (edge values outside the image)."""
-    warped = vxm.layers.SpatialTransformer(interp_method="linear", indexing="ij")(
-        [tf.convert_to_tensor(images[..., None], tf.float32), tf.convert_to_tensor(flow, tf.float32)])
-    return warped.numpy()[..., 0]
+    return _warp(images, flow, "linear")
 
 
 def subject_metrics(pairs, moved, moved_labels, flow):

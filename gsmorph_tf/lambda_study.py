@@ -72,6 +72,13 @@ def epoch_curve(run_dir, split="validation", tag="epoch_dice"):
     return [by_step[step] for step in sorted(by_step)]
 
 
+def epoch_steps(config, splits):
+    """Optimiser steps per epoch of a run on ``splits`` (one device): training pairs over the batch size,
+    the last partial batch dropped with ``config.drop_last``."""
+    pairs = training.pair_count(splits["train"])
+    return pairs // config.batch_size if config.drop_last else -(-pairs // config.batch_size)
+
+
 def run_one(method, seed, base_config, output_dir, steps_per_epoch, log=print):
     """Train (or resume, or read back) one (method, seed) run and return its record::
 
@@ -242,8 +249,7 @@ def run_study(base_config, output_dir, seeds, methods=None, log=print):
     splits = training.load_data(base_config)  # every bad input fails here, before any training
     training.check_batches(base_config, splits)
     os.makedirs(output_dir, exist_ok=True)
-    pairs = training.pair_count(splits["train"])
-    steps_per_epoch = pairs // base_config.batch_size if base_config.drop_last else -(-pairs // base_config.batch_size)
+    steps_per_epoch = epoch_steps(base_config, splits)
     records = {}
     total = len(methods) * len(seeds)
     for method in methods:
