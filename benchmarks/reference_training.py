@@ -14,9 +14,9 @@ crop, batch, epochs, learning rate, penalty and metric protocol) and, for every 
   the port's are, so that the two differ only by how their networks were trained.
 
 Writes to ``--output_dir`` (default ``<study_dir>/reference``): ``reference_comparison.md`` (port and
-reference side by side, mean +- std over seeds, and a paired Wilcoxon test over test subjects per method),
-``reference_comparison.json`` (every run's numbers) and ``reference_curves.png`` (validation Dice and
-training MSE per epoch). Resumable: a finished run is read back, an interrupted reference run continues from
+reference side by side, mean +- std over seeds, a Welch test over seeds and a paired Wilcoxon test over test
+subjects per method), ``reference_comparison.json`` (every run's numbers) and ``reference_curves.png``
+(validation Dice, training MSE and the fraction of parameter tensors in conflict, per epoch). Resumable: a finished run is read back, an interrupted reference run continues from
 its last epoch.
 """
 import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
