@@ -19,6 +19,7 @@ import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 from absl import app, flags
 
 from gsmorph_tf.cli import config_from_flags, define_dataset_options, fail, quiet_logs, run_app
+from gsmorph_tf.config import ULAE_INITS, ULAE_MOVED, WARP_PADDINGS
 from gsmorph_tf.errors import ConfigError, DatasetError
 from gsmorph_tf.registry import DATASETS, SIMILARITIES
 
@@ -37,6 +38,12 @@ flags.DEFINE_float("ncc_gamma", 0.5, "multi_ncc weight decay between windows.", 
 flags.DEFINE_float("lam", None, "3D comparison: smoothness weight of VoxelMorph and ULAE-net (default 1, the ULAE "
                    "paper's); the 2D comparison sets its own per row (VoxelMorph-s/m/l: 0.001/0.01/0.1).",
                    lower_bound=0.0)
+flags.DEFINE_enum("warp_padding", "border", WARP_PADDINGS, "What every learned method's warps read outside the "
+                  "volume: border (voxelmorph's) or zeros (the reference codes' grid_sample).")
+flags.DEFINE_enum("ulae_moved", "composed", ULAE_MOVED, "3D comparison: the image ULAE-net's similarity scores "
+                  "(warp3: the reference's, resampled by the three steps in sequence; composed: ours).")
+flags.DEFINE_enum("ulae_init", "keras", ULAE_INITS, "3D comparison: ULAE-net's initialisation (pytorch: the "
+                  "reference's; keras: ours).")
 flags.DEFINE_integer("crop_size", 128, "Square crop around the heart (pixels, multiple of 16).", lower_bound=16)
 flags.DEFINE_integer("seed", 0, "Seed shared by every method (split, init, shuffling).")
 flags.DEFINE_enum("reg_penalty", "l1", ["l1", "l2"], "Smoothness penalty of every learned method: l1 is the GSMorph "
@@ -65,10 +72,14 @@ def selected_methods(names, available):
 
 
 def three_d_defaults(dataset, lam, metric_protocol):
-    """The settings whose defaults depend on the comparison: on 3D datasets lambda 1 (ULAE-net's) and the
-    ``volume`` protocol; on 2D ones the ``paper`` protocol (each VoxelMorph row sets its own lambda)."""
+    """The settings whose defaults depend on the comparison: on 3D datasets lambda 1 (ULAE-net's), the
+    ``volume`` protocol and ULAE-net as the base config's model (so that it takes ULAE's settings; every 3D row
+    names its model, and a row keeps only the settings its model takes); on 2D ones the ``paper`` protocol
+    (each VoxelMorph row sets its own lambda)."""
     three_d = DATASETS[dataset].ndim == 3
     settings = {"metric_protocol": metric_protocol or ("volume" if three_d else "paper")}
+    if three_d:
+        settings["model"] = "ulae"
     if lam is not None or three_d:
         settings["lam"] = 1.0 if lam is None else lam
     return settings
@@ -83,7 +94,8 @@ def main(argv):
 
     try:
         config = config_from_flags(FLAGS, ("data_dir", "output_dir", "epochs", "batch_size", "learning_rate",
-                                           "similarity", "ncc_gamma", "crop_size", "seed", "reg_penalty"),
+                                           "similarity", "ncc_gamma", "crop_size", "seed", "reg_penalty",
+                                           "warp_padding", "ulae_moved", "ulae_init"),
                                    PHANTOM_DEFAULTS if FLAGS.dataset == "phantom" else None,
                                    ncc_windows=tuple(int(w) for w in FLAGS.ncc_windows),
                                    **three_d_defaults(FLAGS.dataset, FLAGS.lam, FLAGS.metric_protocol))

@@ -10,7 +10,8 @@ from absl import app, flags
 
 from gsmorph_tf.cli import dataset_options_from_flags, define_dataset_options, fail, quiet_logs, run_app
 from gsmorph_tf.config import (CROP_CENTERS, GROUPINGS, METRIC_PROTOCOLS, REG_PENALTIES, STRATEGIES,
-                               SURGERY_MODES, TrainConfig, check_profile_batch)
+                               SURGERY_MODES, ULAE_INITS, ULAE_MOVED, WARP_PADDINGS, TrainConfig,
+                               check_profile_batch)
 from gsmorph_tf.errors import ConfigError, DatasetError
 from gsmorph_tf.registry import DATASETS, MODELS, SIMILARITIES
 
@@ -45,6 +46,16 @@ flags.DEFINE_integer("int_steps", _DEFAULTS.int_steps,
                      "0: displacement field; >0: diffeomorphic (scaling and squaring steps).", lower_bound=0)
 flags.DEFINE_integer("unet_width", _DEFAULTS.unet_width, "--model=gsmorph: multiply the U-Net's feature widths "
                      "(16..256) by this (2 = VoxelMorph x2, ULAE-net's wider baseline).", lower_bound=1)
+flags.DEFINE_enum("warp_padding", _DEFAULTS.warp_padding, WARP_PADDINGS,
+                  "--model=gsmorph or ulae: what the warps (and ULAE's composition) read outside the volume: border = "
+                  "the nearest border voxel (voxelmorph's, our default); zeros = 0 (PyTorch grid_sample's, the "
+                  "reference codes').")
+flags.DEFINE_enum("ulae_moved", _DEFAULTS.ulae_moved, ULAE_MOVED,
+                  "--model=ulae: the image the similarity scores: warp3 = the moving image resampled by the three "
+                  "steps in sequence (the reference's objective); composed = warped once by the composed field (ours).")
+flags.DEFINE_enum("ulae_init", _DEFAULTS.ulae_init, ULAE_INITS,
+                  "--model=ulae: initialisation of the convolutions (flow heads: N(0, 1e-5)): pytorch = PyTorch's "
+                  "defaults (the reference's); keras = Keras' defaults (ours).")
 flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate, "Adam learning rate.", lower_bound=0.0)
 flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Slice pairs per step.", lower_bound=1)
 flags.DEFINE_integer("epochs", _DEFAULTS.epochs, "Training epochs (total, counting resumed ones).", lower_bound=1)
@@ -78,8 +89,9 @@ flags.DEFINE_integer("cpu_replicas", _DEFAULTS.cpu_replicas, "With --strategy=mi
                      "logical devices (to try distributed training without GPUs; not faster). 0: off.", lower_bound=0)
 flags.DEFINE_boolean("sync_batchnorm", _DEFAULTS.sync_batchnorm, "BatchNorm uses the global batch's statistics "
                      "instead of each replica's slice (--strategy=mirrored or multi_worker; --model=gsmorph).")
-flags.DEFINE_boolean("mixed_precision", _DEFAULTS.mixed_precision, "mixed_float16: the U-Net body computes in "
-                     "float16, the flow head and losses in float32, with loss scaling (GPUs; --model=gsmorph).")
+flags.DEFINE_boolean("mixed_precision", _DEFAULTS.mixed_precision, "mixed_float16: the network body computes in "
+                     "float16, the flow heads, warps and losses in float32, with loss scaling (GPUs; --model=gsmorph "
+                     "or ulae).")
 for _name in define_dataset_options():
     flags.declare_key_flag(_name)  # listed by --help with the flags above
 flags.register_validator("crop_size", lambda size: size % 16 == 0,

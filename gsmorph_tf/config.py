@@ -39,14 +39,31 @@ STRATEGIES = ("default", "mirrored", "multi_worker")
 #: (label-free, as at deployment); ``image``, the image centre.
 CROP_CENTERS = ("labels", "motion", "image")
 
+#: What the networks' warps read outside the volume (see gsmorph_tf.flows.warp): ``border``, the nearest border
+#: voxel (voxelmorph's); ``zeros``, 0 (PyTorch ``grid_sample``'s, both papers' reference codes).
+WARP_PADDINGS = ("border", "zeros")
+
+#: Which moved image ULAE-net's similarity scores: ``composed``, the moving image warped once by the composed
+#: field (our variant); ``warp3``, the image resampled by the three step fields in sequence (the reference's).
+ULAE_MOVED = ("composed", "warp3")
+
+#: How ULAE-net's convolutions start (flow heads excepted): ``keras`` (Keras' defaults) or ``pytorch`` (PyTorch's
+#: defaults, the reference's).
+ULAE_INITS = ("keras", "pytorch")
+
+#: Settings only some models take: each model's registry entry lists its own (``ModelEntry.settings``); another
+#: model refuses a value other than the default.
+MODEL_SETTINGS = ("unet_width", "warp_padding", "ulae_moved", "ulae_init")
+
 #: Settings that may change between an interrupted run and its resumption: more epochs, another place, what to
 #: profile, another number of logical CPU devices (as the number of GPUs may change). Not ``strategy``,
 #: ``sync_batchnorm`` or ``mixed_precision``: they change what a step computes (which examples BatchNorm's
 #: statistics see, float16), so a run resumes under the settings it started with.
 RESUMABLE_CHANGES = ("epochs", "output_dir", "profile_batch", "cpu_replicas")
 
-__all__ = ["CROP_CENTERS", "ConfigError", "GROUPINGS", "METRIC_PROTOCOLS", "REG_PENALTIES", "RESUMABLE_CHANGES",
-           "STRATEGIES", "SURGERY_MODES", "TrainConfig", "check_profile_batch"]
+__all__ = ["CROP_CENTERS", "ConfigError", "GROUPINGS", "METRIC_PROTOCOLS", "MODEL_SETTINGS", "REG_PENALTIES",
+           "RESUMABLE_CHANGES", "STRATEGIES", "SURGERY_MODES", "TrainConfig", "ULAE_INITS", "ULAE_MOVED",
+           "WARP_PADDINGS", "check_profile_batch"]
 
 
 def check_profile_batch(steps):
@@ -90,8 +107,12 @@ class TrainConfig:
     ``profile_batch``: ``(first, last)`` training steps (1-based, counted from the start of this process's
     ``fit``) that TensorBoard's profiler traces; ``()`` traces none.
 
-    ``unet_width`` multiplies the U-Net's feature widths (2: "VoxelMorph x2", ULAE-net's wider baseline); only
-    models whose registry entry takes it (``gsmorph``) accept a value other than 1.
+    Model settings (:data:`MODEL_SETTINGS`; a model whose registry entry does not list one refuses a value other
+    than its default): ``unet_width`` multiplies the U-Net's feature widths (2: "VoxelMorph x2", ULAE-net's
+    wider baseline); ``warp_padding`` is what the networks' warps read outside the volume
+    (:data:`WARP_PADDINGS`); ``ulae_moved`` and ``ulae_init`` choose ULAE-net's scored image and initialisation
+    (:data:`ULAE_MOVED`, :data:`ULAE_INITS`). The defaults are our variants; ``flags/ulae_*.flags`` set the
+    reference's (``warp3``, ``zeros``, ``pytorch``).
 
     ``dataset_options`` holds the chosen dataset's own settings (declared by its registry entry, e.g.
     ``phantom_subjects`` or ``brain_shape``); missing ones take the entry's defaults.
@@ -111,6 +132,9 @@ class TrainConfig:
     reg_penalty: str = "l1"
     int_steps: int = 0
     unet_width: int = 1
+    warp_padding: str = "border"
+    ulae_moved: str = "composed"
+    ulae_init: str = "keras"
     learning_rate: float = 5e-3
     batch_size: int = 32
     epochs: int = 500
@@ -166,7 +190,8 @@ class TrainConfig:
         """Raise :class:`ConfigError` for the first invalid setting; return ``self``."""
         choices = {"dataset": DATASETS.names(), "model": MODELS.names(), "surgery": SURGERY_MODES,
                    "grouping": GROUPINGS, "similarity": SIMILARITIES.names(), "reg_penalty": REG_PENALTIES,
-                   "metric_protocol": METRIC_PROTOCOLS, "crop_center": CROP_CENTERS, "strategy": STRATEGIES}
+                   "metric_protocol": METRIC_PROTOCOLS, "crop_center": CROP_CENTERS, "strategy": STRATEGIES,
+                   "warp_padding": WARP_PADDINGS, "ulae_moved": ULAE_MOVED, "ulae_init": ULAE_INITS}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ConfigError("%s=%r is not one of: %s" % (name, getattr(self, name), ", ".join(valid)))
@@ -185,10 +210,12 @@ class TrainConfig:
             raise ConfigError("lam must be >= 0, got %r" % self.lam)
         if not (isinstance(self.unet_width, int) and self.unet_width >= 1):
             raise ConfigError("unet_width must be a positive integer, got %r" % (self.unet_width,))
-        if self.unet_width != 1 and not model.takes_unet_width:
-            raise ConfigError("model=%s has no U-Net width to scale: unet_width must be 1, got %d; models that take "
-                              "it: %s" % (self.model, self.unet_width,
-                                          ", ".join(m.name for m in MODELS if m.takes_unet_width)))
+        for name in MODEL_SETTINGS:
+            default = TrainConfig.__dataclass_fields__[name].default
+            if getattr(self, name) != default and name not in model.settings:
+                raise ConfigError("model=%s does not take %s: %s must be %r, got %r; models that take it: %s"
+                                  % (self.model, name, name, default, getattr(self, name),
+                                     ", ".join(m.name for m in MODELS if name in m.settings)))
         if self.int_steps < 0:
             raise ConfigError("int_steps must be >= 0, got %r" % self.int_steps)
         if self.crop_size <= 0 or self.crop_size % 16:
@@ -247,6 +274,15 @@ class TrainConfig:
         if self.mixed_precision and not model.mixed_precision:
             raise ConfigError("mixed_precision is not available for model=%s (models that support it: %s)"
                               % (self.model, ", ".join(m.name for m in MODELS if m.mixed_precision) or "none"))
+
+    def replace_for_model(self, **changes):
+        """``dataclasses.replace(self, **changes)`` with the model settings (:data:`MODEL_SETTINGS`) that the
+        resulting config's model does not take put back to their defaults: a comparison's shared settings
+        (e.g. ULAE-net's ``ulae_moved``) then reach the rows whose model takes them and no other."""
+        config = dataclasses.replace(self, **changes)
+        foreign = {name: TrainConfig.__dataclass_fields__[name].default for name in MODEL_SETTINGS
+                   if name not in MODELS[config.model].settings and name not in changes}
+        return dataclasses.replace(config, **foreign)
 
     def to_dict(self):
         return dataclasses.asdict(self)

@@ -13,26 +13,88 @@ For ULAE-net's three steps this is the paper's ``phi = S(S(phi1) o phi2 + phi2) 
 ``vxm.utils.compose`` computes the same transform but nests the look-ups (``u1`` is resampled once at the
 final locations); :func:`compose_flows` keeps the paper's recursion, which resamples the field accumulated
 so far at each step, as the reference code does. The two agree up to linear-interpolation error.
+
+Out-of-volume rule (:data:`WARP_PADDINGS`): voxelmorph's transform clamps a location outside the volume to the
+nearest border voxel (``border``); PyTorch's ``grid_sample`` (``padding_mode='zeros'``, ``align_corners=True``),
+which both papers' reference codes use for every warp and for ULAE-net's composition, reads 0 outside, so
+within one voxel of the edge a sample blends the border voxel with 0 (``zeros``). :func:`warp` does either.
 """
 from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
 
 import tensorflow as tf
 import voxelmorph as vxm
 
+from gsmorph_tf.config import WARP_PADDINGS
 
-def _resample_field(field, flow):
-    """``(field o flow)(x) = field(x + flow(x))``, linear, per batch item; locations outside the volume take
-    the nearest border value (voxelmorph's default, as for the images). Both ``[B, *vol, ndim]``."""
+
+
+
+def check_padding(padding):
+    """``padding`` if it is one of :data:`WARP_PADDINGS`, else ``ValueError`` naming it."""
+    if padding not in WARP_PADDINGS:
+        raise ValueError("unknown warp padding %r; valid: %s" % (padding, ", ".join(WARP_PADDINGS)))
+    return padding
+
+
+def warp(image, flow, padding="border"):
+    """``moved(x) = image(x + flow(x))``, linear interpolation, per batch item (voxelmorph's transform).
+
+    Args:
+        image: ``[B, *vol, C]`` (an image, or a displacement field to resample).
+        flow: ``[B, *vol, ndim]`` displacement in voxels, channel k along array axis k ('ij').
+        padding: ``border``: a location outside the volume reads the nearest border voxel (voxelmorph's
+            ``SpatialTransformer``); ``zeros``: it reads 0, and a location within one voxel outside the edge
+            blends the border voxel with 0 linearly, exactly as PyTorch's ``grid_sample(padding_mode='zeros',
+            align_corners=True)``. Zeros is computed as the border rule on the image padded with one voxel of
+            zeros on every side, at locations shifted by that voxel.
+
+    Returns:
+        ``[B, *vol, C]``, the dtype of ``image``.
+    """
+    check_padding(padding)
+    if padding == "zeros":
+        ndim = flow.shape[-1]
+        image = tf.pad(image, [[0, 0]] + [[1, 1]] * ndim + [[0, 0]])
+        flow = flow + tf.cast(1.0, flow.dtype)  # location x + u in the padded volume is x + u + 1
     return tf.map_fn(lambda pair: vxm.utils.transform(pair[0], pair[1], interp_method="linear", indexing="ij"),
-                     (field, flow), fn_output_signature=field.dtype)
+                     (image, flow), fn_output_signature=image.dtype)
 
 
-def compose_flows(flows):
+class Warp(tf.keras.layers.Layer):
+    """Keras wrapper of :func:`warp`: ``[image, flow] -> moved`` with a fixed out-of-volume rule ``padding``.
+
+    With ``padding="border"`` it computes what voxelmorph's ``SpatialTransformer`` (linear, 'ij') does."""
+
+    def __init__(self, padding="border", **kwargs):
+        super().__init__(**kwargs)
+        self.padding = check_padding(padding)
+
+    def call(self, inputs):
+        image, flow = inputs
+        return warp(image, flow, self.padding)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self):
+        return {**super().get_config(), "padding": self.padding}
+
+
+def warp_layer(padding, name, dtype=None):
+    """The Keras layer a network warps its moving image with: voxelmorph's ``SpatialTransformer`` (linear,
+    'ij') for ``border``, :class:`Warp` for ``zeros``. ``[image, flow] -> moved``; ``dtype``: a dtype policy."""
+    if check_padding(padding) == "border":
+        return vxm.layers.SpatialTransformer(interp_method="linear", indexing="ij", name=name, dtype=dtype)
+    return Warp(padding, name=name, dtype=dtype)
+
+
+def compose_flows(flows, padding="border"):
     """Compose displacement fields applied one after the other into one field.
 
     Args:
         flows: non-empty list of full-resolution displacement fields ``[B, *vol, ndim]`` in voxels, in the
             order they were applied (``flows[0]`` warps the original image, ``flows[1]`` warps the result...).
+        padding: out-of-volume rule of the resampling (see :func:`warp`); ``zeros`` as the ULAE reference.
 
     Returns:
         ``[B, *vol, ndim]``: the displacement ``phi`` such that warping once by ``phi`` equals warping by the
@@ -43,15 +105,22 @@ def compose_flows(flows):
         raise ValueError("compose_flows needs at least one displacement field, got an empty list")
     composed = flows[0]
     for flow in flows[1:]:
-        composed = _resample_field(composed, flow) + flow
+        composed = warp(composed, flow, padding) + flow
     return composed
 
 
 class ComposeFlows(tf.keras.layers.Layer):
     """Keras wrapper of :func:`compose_flows`: called on a list of fields ``[B, *vol, ndim]``, returns one."""
 
+    def __init__(self, padding="border", **kwargs):
+        super().__init__(**kwargs)
+        self.padding = check_padding(padding)
+
     def call(self, flows):
-        return compose_flows(list(flows))
+        return compose_flows(list(flows), self.padding)
 
     def compute_output_shape(self, input_shape):
         return input_shape[0]
+
+    def get_config(self):
+        return {**super().get_config(), "padding": self.padding}

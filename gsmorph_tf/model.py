@@ -102,13 +102,22 @@ class GradientSurgeryModel(tf.keras.Model):
         conflict_diagnostics: with surgery ``none``, compute the two gradients separately so the conflict
             statistics can be logged (an extra backward pass); False takes one backward pass of
             ``L_sim + lam * L_reg`` and logs no conflict statistics. Other modes always need both gradients.
+        moved_output: name of the network output the similarity scores; None: the first output. ULAE-net's
+            reference objective scores ``step3_moved`` (its image resampled step by step). The smoothness
+            loss always takes the second output, the field.
     """
 
     def __init__(self, network, similarity="mse", reg_penalty="l1", surgery="layerwise", lam=0.01,
-                 grouping="variable", seed=0, ncc_window=9, conflict_diagnostics=True, **kwargs):
+                 grouping="variable", seed=0, ncc_window=9, conflict_diagnostics=True, moved_output=None,
+                 **kwargs):
         super().__init__(**kwargs)
         check_mode(surgery)
         self.network = network
+        names = list(network.output_names)
+        if moved_output is not None and moved_output not in names:
+            raise ValueError("moved_output=%r is not an output of network %s; its outputs: %s"
+                             % (moved_output, network.name, ", ".join(names)))
+        self.moved_index = 0 if moved_output is None else names.index(moved_output)
         self.similarity_fn = similarity if callable(similarity) else losses.similarity_loss(similarity, ncc_window)
         self.regularizer_fn = reg_penalty if callable(reg_penalty) else losses.smoothness_loss(reg_penalty)
         self.surgery = surgery
@@ -139,7 +148,7 @@ class GradientSurgeryModel(tf.keras.Model):
     def compute_losses(self, moving, fixed, training):
         """Forward pass; returns ``(sim_loss, reg_loss)`` scalars."""
         outputs = self.network([moving, fixed], training=training)
-        moved, flow = outputs[0], outputs[1]
+        moved, flow = outputs[self.moved_index], outputs[1]
         return self.similarity_fn(fixed, moved), self.regularizer_fn(flow)
 
     def train_step(self, data):

@@ -10,7 +10,8 @@ and 3D:
 - decoder: x2 (bi/tri)linear upsampling, concatenation with the encoder skip, a block at 128, 64, 32, 16;
 - flow head: 3x3 conv 16 -> ndim, weights ~ N(0, 1e-5), bias 0, so training starts at the identity;
 - optional scaling-and-squaring integration (voxelmorph ``VecInt``) for a diffeomorphic variant;
-- voxelmorph ``SpatialTransformer`` (linear) warps the moving image.
+- voxelmorph ``SpatialTransformer`` (linear) warps the moving image (or, with ``warp_padding="zeros"``,
+  :class:`gsmorph_tf.flows.Warp`, zero outside the volume as the reference's ``grid_sample``).
 
 In 2D at 128x128 this has 1,968,002 trainable parameters in 75 trainable tensors (paper: 1.96M).
 
@@ -24,6 +25,8 @@ from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
 import neurite as ne
 import tensorflow as tf
 import voxelmorph as vxm
+
+from gsmorph_tf.flows import check_padding, warp_layer
 
 KL = tf.keras.layers
 
@@ -75,7 +78,8 @@ def conv_block(x, filters, name, dtype=None):
     return x
 
 
-def build_gsmorph_unet(inshape, features=PAPER_FEATURES, int_steps=0, name="gsmorph_unet", dtype_policy=None):
+def build_gsmorph_unet(inshape, features=PAPER_FEATURES, int_steps=0, name="gsmorph_unet", dtype_policy=None,
+                       warp_padding="border"):
     """Build the GSMorph registration network as a functional Keras model.
 
     Args:
@@ -90,6 +94,8 @@ def build_gsmorph_unet(inshape, features=PAPER_FEATURES, int_steps=0, name="gsmo
             (float32 weights, 16-bit activations) while the flow head, the integration and the spatial
             transformer run in float32, so ``moved`` and ``flow`` (what the losses see) stay float32.
             Train it with a ``tf.keras.mixed_precision.LossScaleOptimizer`` for float16.
+        warp_padding: what the warp of the moving image reads outside the volume (see
+            :func:`gsmorph_tf.flows.warp`): ``border`` (voxelmorph's) or ``zeros`` (the reference's ``grid_sample``).
 
     Returns:
         A ``tf.keras.Model`` with inputs ``moving`` and ``fixed`` (``[B, *inshape, 1]`` float32, intensities in
@@ -107,6 +113,7 @@ def build_gsmorph_unet(inshape, features=PAPER_FEATURES, int_steps=0, name="gsmo
                          % (factor, len(features) - 1, inshape))
     if int_steps < 0:
         raise ValueError("int_steps must be >= 0, got %d" % int_steps)
+    check_padding(warp_padding)
 
     body = dtype_policy  # None leaves every layer on the global policy, as before this option existed
     output = None if dtype_policy is None else "float32"
@@ -134,6 +141,5 @@ def build_gsmorph_unet(inshape, features=PAPER_FEATURES, int_steps=0, name="gsmo
     flow = head(x)
     if int_steps > 0:
         flow = vxm.layers.VecInt(method="ss", int_steps=int_steps, name="flow", dtype=output)(flow)
-    moved = vxm.layers.SpatialTransformer(interp_method="linear", indexing="ij", name="moved",
-                                          dtype=output)([moving, flow])
+    moved = warp_layer(warp_padding, name="moved", dtype=output)([moving, flow])
     return tf.keras.Model(inputs=[moving, fixed], outputs=[moved, flow], name=name)

@@ -135,7 +135,7 @@ def run_method(method, base_config, splits, output_dir, log=print, predictors=No
         log("%s: registering %d test pairs" % (method.name, training.pair_count(test)))
         rows, times = _score(classical_predictor(settings["method"]), test, protocol)
     else:
-        config = dataclasses.replace(base_config, output_dir=folder, **settings)
+        config = base_config.replace_for_model(output_dir=folder, **settings)
         log("%s: training (%s)" % (method.name, ", ".join("%s=%s" % kv for kv in method.settings)))
         outcome = training.train_and_evaluate(config, log=log, export=False)
         _, network = load_run_for_inference(folder)

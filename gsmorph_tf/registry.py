@@ -119,14 +119,15 @@ class ModelEntry(Entry):
         batch_norm: its network has BatchNormalization layers (``sync_batchnorm`` applies).
         mixed_precision: its network takes a mixed dtype policy with float32 outputs, and its training model
             a ``LossScaleOptimizer`` (``mixed_precision`` applies).
-        takes_unet_width: whether it builds its U-Net ``unet_width`` times wider (``TrainConfig.unet_width``).
+        settings: the model settings (``gsmorph_tf.config.MODEL_SETTINGS``) it takes, e.g. ``unet_width``
+            (builds its U-Net that many times wider) or ``warp_padding``; other models refuse them.
     """
     ndims: tuple = (2, 3)
     surgeries: tuple | None = None
     similarities: tuple | None = None
     batch_norm: bool = False
     mixed_precision: bool = False
-    takes_unet_width: bool = False
+    settings: tuple = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,12 +184,13 @@ SIMILARITIES = Registry("similarity")
 
 MODELS.add(ModelEntry("gsmorph", "gsmorph_tf.models.gsmorph:MODEL",
                       "the GSMorph paper's U-Net (1,968,002 parameters in 2D at 128x128), any surgery mode",
-                      batch_norm=True, mixed_precision=True, takes_unet_width=True))
+                      batch_norm=True, mixed_precision=True, settings=("unet_width", "warp_padding")))
 MODELS.add(ModelEntry("hypermorph", "gsmorph_tf.models.hypermorph:MODEL",
                       "HyperMorph baseline (voxelmorph's HyperVxmDense, lambda chosen on validation)",
                       ndims=(2,), surgeries=("none",), similarities=("mse", "ncc")))
 MODELS.add(ModelEntry("ulae", "ulae_tf.registration:MODEL",
-                      "ULAE-net: uncoupled encoder, 3 accumulative warping steps, recursive flow composition"))
+                      "ULAE-net: uncoupled encoder, 3 accumulative warping steps, recursive flow composition",
+                      mixed_precision=True, settings=("warp_padding", "ulae_moved", "ulae_init")))
 
 _CARDIAC_HELP = "2D ES->ED short-axis slice pairs cropped around the heart"
 DATASETS.add(DatasetEntry("phantom", "gsmorph_tf.data.phantom:DATASET",

@@ -202,7 +202,8 @@ def phantom_config(tmp_path, **settings):
 
 
 @pytest.mark.parametrize("settings, message", [
-    (dict(model="ulae", mixed_precision=True), "mixed_precision is not available for model=ulae"),
+    (dict(model="hypermorph", surgery="none", mixed_precision=True),
+     "mixed_precision is not available for model=hypermorph"),
     (dict(model="hypermorph", surgery="none", mixed_precision=True), "models that support it: gsmorph"),
     (dict(strategy="default", cpu_replicas=2), "cpu_replicas=2 splits the CPU for strategy=mirrored"),
     (dict(strategy="mirrored", cpu_replicas=-1), "cpu_replicas must be an integer >= 0"),
@@ -227,7 +228,8 @@ def test_multi_worker_without_tf_config_is_a_clear_error_before_anything_is_writ
     (["--strategy=mirrored", "--cpu_replicas=3", "--batch_size=4"], "batch_size=4 is the global batch, split "
                                                                      "evenly over the cpu_replicas=3 replicas"),
     (["--sync_batchnorm"], "sync_batchnorm synchronises BatchNorm across replicas; strategy=default has one"),
-    (["--strategy=mirrored", "--mixed_precision", "--model=ulae"], "mixed_precision is not available for model=ulae"),
+    (["--strategy=mirrored", "--mixed_precision", "--model=hypermorph", "--surgery=none"],
+     "mixed_precision is not available for model=hypermorph"),
 ])
 def test_run_train_device_flags_are_checked_at_once(tmp_path, flags, message):
     """run_train.py checks the device flags before TensorFlow loads: one error line, exit 2, nothing written."""

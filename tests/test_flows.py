@@ -94,3 +94,47 @@ def test_agrees_with_voxelmorph_compose_and_keras_wrapper():
     interior = (slice(6, -6), slice(6, -6))
     assert np.abs(ours[0][interior] - theirs[interior]).max() < 0.1
     np.testing.assert_allclose(ComposeFlows()(flows).numpy(), ours, atol=1e-6)
+
+
+def test_zero_padding_reads_zero_outside_and_blends_within_one_voxel():
+    """``warp(padding="zeros")`` is PyTorch's grid_sample(padding_mode='zeros', align_corners=True): a shift of
+    -0.5 voxel along the rows blends each row with the one above, and the first row with 0."""
+    image = np.arange(1, 17, dtype=np.float32).reshape(1, 4, 4, 1)
+    half = constant_field((-0.5, 0.0), (4, 4))
+    zeros = warp_with_padding(image, half, "zeros")[0, ..., 0]
+    np.testing.assert_allclose(zeros[0], 0.5 * image[0, 0, :, 0])
+    np.testing.assert_allclose(zeros[1:], 0.5 * (image[0, :-1, :, 0] + image[0, 1:, :, 0]))
+    border = warp_with_padding(image, half, "border")[0, ..., 0]
+    np.testing.assert_allclose(border[0], image[0, 0, :, 0])  # voxelmorph's rule: the border voxel
+    np.testing.assert_allclose(border[1:], zeros[1:])
+    np.testing.assert_allclose(border, warp(image, half)[0, ..., 0])  # border is voxelmorph's SpatialTransformer
+    far = warp_with_padding(image, constant_field((0.0, 6.0), (4, 4)), "zeros")
+    np.testing.assert_array_equal(far, 0.0)  # entirely outside: 0, not the border column
+
+
+def warp_with_padding(image, flow, padding):
+    from gsmorph_tf.flows import Warp
+
+    return Warp(padding)([tf.constant(image), tf.constant(flow)]).numpy()
+
+
+def test_zero_padded_composition_in_3d():
+    """With zeros, composing a field with a shift that leaves the volume reads 0 there (the field is not
+    extended), where the border rule repeats the edge value."""
+    shape = (6, 6, 6)
+    first = constant_field((1.0, 0.0, 0.0), shape)
+    shift = constant_field((0.0, 0.0, 2.0), shape)
+    border = compose_flows([first, shift]).numpy()
+    zeros = compose_flows([first, shift], padding="zeros").numpy()
+    np.testing.assert_allclose(border[..., 0], 1.0)
+    np.testing.assert_allclose(zeros[0, :, :, :4, 0], 1.0)  # samples inside: the first field
+    np.testing.assert_allclose(zeros[0, :, :, 4:, 0], 0.0)  # samples 2 voxels past the edge: 0
+    np.testing.assert_allclose(zeros[..., 2], 2.0)
+    np.testing.assert_allclose(ComposeFlows("zeros")([first, shift]).numpy(), zeros)
+
+
+def test_unknown_padding_is_named():
+    from gsmorph_tf.flows import warp as warp_fn
+
+    with pytest.raises(ValueError, match="'reflect'.*border, zeros"):
+        warp_fn(tf.zeros((1, 4, 4, 1)), tf.zeros((1, 4, 4, 2)), padding="reflect")

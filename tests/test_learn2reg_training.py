@@ -44,7 +44,7 @@ def benchmark(tmp_path_factory):
 
 
 def test_run_train_flags_give_the_learn2reg_settings_of_the_oasis_flagfiles(tmp_path):
-    # As run_app parses them: the nested flagfile (ulae_oasis.flags) is found in the project's flags/.
+    # As run_app parses them: the nested flagfile (oasis_protocol.flags) is found in the project's flags/.
     code = ("import json, run_train; from gsmorph_tf import cli; cli._install_flagfile_lookup(); "
             "run_train.FLAGS(['run_train', '--flagfile=gsmorph_oasis.flags', "
             "'--data_dir=/data/OASIS', '--label_groups=lobes.json', '--atlas=./imagesTr/A.nii.gz']); "
@@ -56,8 +56,23 @@ def test_run_train_flags_give_the_learn2reg_settings_of_the_oasis_flagfiles(tmp_
     assert (config["dataset"], config["model"], config["surgery"]) == ("learn2reg", "gsmorph", "layerwise")
     assert (config["similarity"], config["ncc_windows"], config["ncc_gamma"]) == ("multi_ncc", [11, 9, 7], 0.5)
     assert (config["lam"], config["learning_rate"], config["batch_size"]) == (1.0, 1e-4, 1)
+    assert (config["warp_padding"], config["ulae_moved"], config["ulae_init"]) == ("zeros", "composed", "keras")
     assert config["dataset_options"] == {"atlas": "./imagesTr/A.nii.gz", "label_groups": "lobes.json",
                                          "intensity_norm": "max", "pairs_per_epoch": 2000, "test_fraction": 0.2}
+
+
+@pytest.mark.parametrize("flagfile", ["ulae_oasis.flags", "ulae_brain.flags"])
+def test_the_ulae_paper_flagfiles_train_the_reference_objective(tmp_path, flagfile):
+    code = ("import json, run_train; from gsmorph_tf import cli; cli._install_flagfile_lookup(); "
+            "run_train.FLAGS(['run_train', '--flagfile=%s', '--data_dir=/data/x']); "
+            "print(json.dumps(run_train.config_from_flags().validate().to_dict()))" % flagfile)
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=ROOT))
+    assert done.returncode == 0, done.stderr[-2000:]
+    config = json.loads(done.stdout)
+    assert (config["model"], config["surgery"], config["lam"], config["reg_penalty"]) == ("ulae", "none", 1.0, "l2")
+    assert (config["warp_padding"], config["ulae_moved"], config["ulae_init"]) == ("zeros", "warp3", "pytorch")
+    assert (config["similarity"], config["ncc_windows"], config["ncc_gamma"]) == ("multi_ncc", [11, 9, 7], 0.5)
 
 
 def test_the_run_holds_out_validation_images_and_records_the_test_rule(benchmark):

@@ -168,8 +168,8 @@ def build_step_decoder(inshape, base_channels, step, name):
     From the deepest feature ``e4`` (1/16) it upsamples x2 and concatenates the skips ``e3``, ..., down to
     ``e_{4-step}``; two refining blocks; a last x2 upsampling concatenated with the (moving, fixed) pair
     average-pooled to that resolution; a block; and the flow head, a 3x3 conv with weights ~ N(0, 1e-5)
-    and zero bias so each step starts at (almost) zero displacement. Feature upsampling is
-    :func:`upsample_linear_x2`.
+    and zero bias so each step starts at (almost) zero displacement, computed in float32 under any dtype
+    policy. Feature upsampling is :func:`upsample_linear_x2`.
 
     Args:
         inshape: spatial image shape, every size divisible by 16.
@@ -203,7 +203,8 @@ def build_step_decoder(inshape, base_channels, step, name):
         pair = getattr(KL, "AveragePooling%dD" % ndim)(2, name="pair_pool%d" % (i + 1))(pair)
     x = KL.Concatenate(name="pair_skip")([x, pair])
     x = conv_norm_act(x, base_channels, name="dec_pair")
+    # float32 also under a mixed dtype policy: N(0, 1e-5) weights and sub-voxel displacements need it.
     flow = _conv(ndim, ndim, 3, name="flow_head", padding="same",
                  kernel_initializer=tf.keras.initializers.RandomNormal(mean=0.0, stddev=1e-5),
-                 bias_initializer="zeros")(x)
+                 bias_initializer="zeros", dtype="float32")(x)
     return tf.keras.Model(features + [moving, fixed], flow, name=name)

@@ -34,13 +34,14 @@ def build_optimizer(config):
     return optimizer
 
 
-def surgery_training_model(config, network):
+def surgery_training_model(config, network, moved_output=None):
     """``network`` wrapped in a compiled, built :class:`GradientSurgeryModel` with the config's similarity
-    (from :data:`gsmorph_tf.registry.SIMILARITIES`), smoothness penalty, surgery mode, lambda and grouping."""
+    (from :data:`gsmorph_tf.registry.SIMILARITIES`), smoothness penalty, surgery mode, lambda and grouping;
+    the similarity scores the network output named ``moved_output`` (None: the first)."""
     model = GradientSurgeryModel(network, similarity=SIMILARITIES.load(config.similarity)(config),
                                  reg_penalty=config.reg_penalty, surgery=config.surgery, lam=config.lam,
                                  grouping=config.grouping, seed=config.seed,
-                                 conflict_diagnostics=config.conflict_diagnostics)
+                                 conflict_diagnostics=config.conflict_diagnostics, moved_output=moved_output)
     model.compile(optimizer=build_optimizer(config))
     zeros = tf.zeros((1, *network.inputs[0].shape[1:]))
     model([zeros, zeros])  # BackupAndRestore needs a built model to restore into.
@@ -49,13 +50,15 @@ def surgery_training_model(config, network):
 
 class GSMorphModel(ModelPlugin):
     """The paper's U-Net (:func:`gsmorph_tf.networks.build_gsmorph_unet`), any surgery mode; its feature
-    widths times ``config.unet_width`` (2: "VoxelMorph x2", the wider baseline of ULAE-net's Table 1); with
-    ``config.mixed_precision`` its body computes in float16 (:data:`MIXED_PRECISION_POLICY`)."""
+    widths times ``config.unet_width`` (2: "VoxelMorph x2", the wider baseline of ULAE-net's Table 1); its warp
+    reads ``config.warp_padding`` outside the volume; with ``config.mixed_precision`` its body computes in
+    float16 (:data:`MIXED_PRECISION_POLICY`)."""
 
     def build_network(self, config, inshape):
         features = tuple(config.unet_width * f for f in PAPER_FEATURES)
         return build_gsmorph_unet(inshape, features=features, int_steps=config.int_steps,
-                                  dtype_policy=MIXED_PRECISION_POLICY if config.mixed_precision else None)
+                                  dtype_policy=MIXED_PRECISION_POLICY if config.mixed_precision else None,
+                                  warp_padding=config.warp_padding)
 
     def build_training_model(self, config, network):
         return surgery_training_model(config, network)
