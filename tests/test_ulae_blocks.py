@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ulae_tf.blocks import (build_step_decoder, build_uncoupled_encoder, stride2_conv,
-                            upsample_linear_x2)
+from ulae_tf.blocks import (EvenVoxelsConv3D, build_step_decoder, build_uncoupled_encoder,
+                            even_voxels_of_dilated_conv, stride2_conv, upsample_linear_x2)
 
 
 @pytest.mark.parametrize("kernel_size, dilation", [(1, 1), (3, 1), (3, 2), (3, 3)])
@@ -27,6 +27,41 @@ def test_stride2_branches_sample_even_voxels(kernel_size, dilation):
     expected = np.zeros((8, 8), np.float32)
     expected[4, 3] = 1.0
     np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("shape", [(12, 16), (8, 10, 12)])
+@pytest.mark.parametrize("dilation", [1, 2, 3, 4, 9])
+def test_even_voxels_equal_the_subsampled_dilated_conv_with_gradients(shape, dilation):
+    """The direct form computes every voxel and keeps the even ones; the fast one computes only those. Equal
+    values and equal gradients (input and kernel) to float round-off, for even and odd dilations (a dilation
+    larger than the image reads only zeros on some taps)."""
+    rng = np.random.default_rng(dilation)
+    ndim = len(shape)
+    x = tf.Variable(rng.random((2, *shape, 3), np.float32))
+    kernel = tf.Variable(rng.standard_normal((3,) * ndim + (3, 4)).astype(np.float32))
+    weights = tf.constant(rng.standard_normal((2, *(s // 2 for s in shape), 4)).astype(np.float32))
+    results = []
+    for conv in (lambda: tf.nn.convolution(x, kernel, padding="SAME", dilations=dilation)[
+                     (slice(None),) + (slice(None, None, 2),) * ndim],
+                 lambda: even_voxels_of_dilated_conv(x, kernel, dilation)):
+        @tf.function  # as training runs it (eager Conv3D gradients with dilations fail in TF 2.21)
+        def value_and_gradients(conv=conv):
+            with tf.GradientTape() as tape:
+                out = conv()
+                total = tf.reduce_sum(out * weights)
+            return [out] + tape.gradient(total, [x, kernel])
+        results.append(value_and_gradients())
+    for direct, fast in zip(*results):
+        assert direct.shape == fast.shape
+        np.testing.assert_allclose(fast.numpy(), direct.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_even_voxels_conv_is_a_keras_conv_with_the_plain_weights():
+    layer = EvenVoxelsConv3D(5, 3, padding="same", dilation_rate=3, name="rate3_conv")
+    out = layer(tf.zeros((1, 8, 8, 8, 2)))
+    assert tuple(out.shape) == (1, 4, 4, 4, 5) and isinstance(layer, tf.keras.layers.Conv3D)
+    assert [tuple(w.shape) for w in layer.weights] == [(3, 3, 3, 2, 5), (5,)]
+    assert tuple(layer.compute_output_shape((None, 16, 8, 8, 2))) == (None, 8, 4, 4, 5)
 
 
 def test_encoder_and_decoder_shapes():

@@ -7,11 +7,14 @@ steps (one set of weights) and give each step its own decoder. One code path for
 Stride-2 sampling: every stride-2 branch samples its output voxel ``i`` at input voxel ``2i`` (PyTorch's
 convention for a conv with padding ``dilation * (kernel - 1) / 2``, the reference code's). TensorFlow's
 ``padding='same'`` would centre a 3x3 stride-2 conv on ``2i + 1`` but a 1x1 one on ``2i``, misaligning the
-branches that are concatenated; and Keras refuses stride > 1 together with dilation > 1. So 3x3 convs are
-zero-padded by 1 and run 'valid', dilated convs run at stride 1 and are then subsampled, and 1x1 convs
-run on the subsampled input (see :func:`stride2_conv`).
+branches that are concatenated; and TensorFlow refuses stride > 1 together with dilation > 1. So 3x3 convs
+are zero-padded by 1 and run 'valid', dilated convs compute only the even output voxels of the 'same' conv
+(:func:`even_voxels_of_dilated_conv`, :class:`EvenVoxelsConv3D`), and 1x1 convs run on the subsampled input
+(see :func:`stride2_conv`).
 """
 from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
+
+import itertools
 
 import tensorflow as tf
 
@@ -55,6 +58,78 @@ class UpsampleLinear(KL.Layer):
         return (input_shape[0], *(2 * s for s in input_shape[1:-1]), input_shape[-1])
 
 
+def _parity_groups(kernel_size, dilation):
+    """How the taps of a dilated conv split over the even and odd input voxels, along one axis.
+
+    Output voxel ``2i`` of a 'same' conv reads input ``2i + t_j`` with ``t_j = dilation (j - c)`` for tap
+    ``j`` (``c`` the centre tap), i.e. voxel ``i + t_j // 2`` of the sub-grid ``x[t_j % 2::2]``. Returns, per
+    parity present, ``(parity, taps, spacing, pad_before, pad_after)``: the taps on that sub-grid (a slice of
+    the kernel axis: all taps for an even dilation, every other one for an odd one), their equal spacing on
+    the sub-grid, and the zero padding that makes a 'valid' conv of those taps return one voxel per sub-grid
+    voxel."""
+    centre, groups = kernel_size // 2, {}
+    for tap in range(kernel_size):
+        offset = dilation * (tap - centre)
+        groups.setdefault(offset % 2, []).append((tap, offset // 2))
+    options = []
+    for parity, taps in sorted(groups.items()):
+        indices, shifts = [tap for tap, _ in taps], [shift for _, shift in taps]
+        step, spacing = (indices[1] - indices[0], shifts[1] - shifts[0]) if len(taps) > 1 else (1, 1)
+        options.append((parity, slice(indices[0], indices[-1] + 1, step), spacing, -shifts[0], shifts[-1]))
+    return options
+
+
+def even_voxels_of_dilated_conv(x, kernel, dilation):
+    """The 'same' (zero-padded) stride-1 conv of ``x`` by ``kernel`` dilated by ``dilation``, at the even
+    voxels only: ``tf.nn.convolution(x, kernel, "SAME", dilations=dilation)[:, ::2, ::2(, ::2)]``, without
+    computing the odd ones (7/8 of the work in 3D).
+
+    The taps that fall on one parity sub-grid of the input (``x[p0::2, p1::2, p2::2]``) form a smaller
+    kernel, dilated by ``dilation / 2`` where ``dilation`` is even and by ``dilation`` on the odd taps where it
+    is odd; the result is the sum over the sub-grids of 'valid' convs of those taps (one conv for an even
+    dilation, up to ``2^ndim`` for an odd one). Equal to the direct form up to float round-off.
+
+    Args:
+        x: ``[B, *vol, C_in]`` with even spatial sizes.
+        kernel: ``[k, ..., k, C_in, C_out]`` with an odd ``k``.
+        dilation: dilation rate, >= 1 (the same along every axis).
+
+    Returns:
+        ``[B, *vol / 2, C_out]``.
+    """
+    ndim = len(x.shape) - 2
+    total = None
+    for combo in itertools.product(_parity_groups(kernel.shape[0], dilation), repeat=ndim):
+        grid = x[(slice(None),) + tuple(slice(parity, None, 2) for parity, *_ in combo) + (slice(None),)]
+        grid = tf.pad(grid, [[0, 0]] + [[before, after] for *_, before, after in combo] + [[0, 0]])
+        taps = kernel[tuple(indices for _, indices, *_ in combo)]  # a strided slice: dense gradients
+        part = tf.nn.convolution(grid, taps, padding="VALID", dilations=[spacing for _, _, spacing, *_ in combo])
+        total = part if total is None else total + part
+    return total
+
+
+def _even_voxels_conv_class(base):
+    class EvenVoxelsConv(base):
+        """A Keras conv (``padding='same'``, ``dilation_rate`` d, stride 1 as declared) whose output is only
+        its even voxels, ``[B, *vol / 2, filters]``: a dilated conv at stride 2 centred on input voxel ``2i``
+        (:func:`even_voxels_of_dilated_conv`). Its weights are the plain conv's (same names and shapes)."""
+
+        def convolution_op(self, inputs, kernel):
+            return even_voxels_of_dilated_conv(inputs, kernel, self.dilation_rate[0])
+
+        def compute_output_shape(self, input_shape):
+            shape = tf.TensorShape(input_shape).as_list()
+            return tf.TensorShape([shape[0], *(None if s is None else s // 2 for s in shape[1:-1]), self.filters])
+
+    EvenVoxelsConv.__name__ = EvenVoxelsConv.__qualname__ = "EvenVoxels" + base.__name__
+    return EvenVoxelsConv
+
+
+#: Stride-2 dilated convs of the uncoupled encoding blocks, 2D and 3D (see :func:`even_voxels_of_dilated_conv`).
+EvenVoxelsConv2D = _even_voxels_conv_class(KL.Conv2D)
+EvenVoxelsConv3D = _even_voxels_conv_class(KL.Conv3D)
+
+
 def stride2_conv(x, filters, kernel_size, name, dilation=1, use_bias=True):
     """Conv with stride 2 whose output voxel ``i`` is centred on input voxel ``2i``.
 
@@ -68,10 +143,11 @@ def stride2_conv(x, filters, kernel_size, name, dilation=1, use_bias=True):
         # crashed TensorFlow 2.21 here on the 1-channel image).
         return _conv(ndim, filters, 1, name=name + "_conv", use_bias=use_bias)(subsample(x))
     if dilation > 1:
-        # Keras has no strided dilated conv: a 'same' conv at stride 1 centres voxel j on j; keep even j.
-        x = _conv(ndim, filters, kernel_size, name=name + "_conv", padding="same", dilation_rate=dilation,
-                  use_bias=use_bias)(x)
-        return subsample(x)
+        # TensorFlow has no strided dilated conv: the even voxels of a 'same' conv at stride 1 (voxel j is
+        # centred on input voxel j), computed without the odd ones.
+        conv = EvenVoxelsConv2D if ndim == 2 else EvenVoxelsConv3D
+        return conv(filters, kernel_size, name=name + "_conv", padding="same", dilation_rate=dilation,
+                    use_bias=use_bias)(x)
     x = getattr(KL, "ZeroPadding%dD" % ndim)(kernel_size // 2, name=name + "_pad")(x)
     return _conv(ndim, filters, kernel_size, name=name + "_conv", strides=2, padding="valid",
                  use_bias=use_bias)(x)
