@@ -62,6 +62,14 @@ def assert_close(actual, expected, rtol):
     assert np.abs(actual - expected).max() <= rtol * np.abs(expected).max()
 
 
+def assert_same_loss(loss, expected, fixed, moved, rtol=1e-5):
+    """``loss(fixed, moved)`` equals ``expected(fixed, moved)`` within ``rtol``, in value and in gradient with
+    respect to ``moved``."""
+    actual, wanted = value_and_gradient(loss, fixed, moved), value_and_gradient(expected, fixed, moved)
+    assert_close(actual[0], wanted[0], rtol)
+    assert_close(actual[1], wanted[1], rtol)
+
+
 def ulae_reference_ncc(fixed, moved, window):
     """The ULAE-net reference code's ``NCC.forward`` (``ULAE/Loss.py``) in float64 numpy: zero-padded window
     sums, ``u = sum / window^ndim``, ``cc = cross^2 / (I_var * J_var + 1e-5)``, loss ``-mean(cc)``."""
@@ -98,11 +106,9 @@ def test_box_sums_equal_the_direct_convolution(shape, window):
     def weighted(sums):
         return lambda unused, x: tf.reduce_sum(sums(x, window) * upstream)
 
-    fast, fast_gradient = value_and_gradient(weighted(box_sums), images, images)
-    direct, direct_gradient = value_and_gradient(weighted(box_sums_direct), images, images)
     assert_close(box_sums(images, window), box_sums_direct(images, window), 1e-5)
-    assert_close(fast, direct, 1e-5)
-    assert_close(fast_gradient, direct_gradient, 1e-5)  # the adjoint, mirrored for the even window
+    # The gradient is the adjoint, mirrored for the even window.
+    assert_same_loss(weighted(box_sums), weighted(box_sums_direct), images, images)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -111,11 +117,9 @@ def test_box_sums_equal_the_direct_convolution(shape, window):
 def test_fast_ncc_equals_the_direct_convolution(shape, pair, formula):
     fixed, moved = PAIRS[pair](shape)
     for windows, weights in (((9,), (1.0,)), ((11, 9, 7), (1.0, 0.5, 0.25))):
-        fast = value_and_gradient(lambda f, m: windowed_ncc_loss(f, m, windows, weights, formula), fixed, moved)
-        direct = value_and_gradient(lambda f, m: windowed_ncc_loss(f, m, windows, weights, formula,
-                                                                   window_sums=box_sums_direct), fixed, moved)
-        assert_close(fast[0], direct[0], 1e-5)
-        assert_close(fast[1], direct[1], 1e-5)
+        assert_same_loss(lambda f, m: windowed_ncc_loss(f, m, windows, weights, formula),
+                         lambda f, m: windowed_ncc_loss(f, m, windows, weights, formula, window_sums=box_sums_direct),
+                         fixed, moved)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -123,10 +127,8 @@ def test_fast_ncc_equals_the_direct_convolution(shape, pair, formula):
 def test_voxelmorph_formula_is_voxelmorphs_ncc(shape, pair):
     fixed, moved = PAIRS[pair](shape)
     for window in (4, 9):
-        ours = value_and_gradient(ncc_loss(window, "voxelmorph"), fixed, moved)
-        theirs = value_and_gradient(lambda f, m: tf.reduce_mean(vxm.losses.NCC(window).loss(f, m)), fixed, moved)
-        assert_close(ours[0], theirs[0], 1e-5)
-        assert_close(ours[1], theirs[1], 1e-5)
+        assert_same_loss(ncc_loss(window, "voxelmorph"),
+                         lambda f, m: tf.reduce_mean(vxm.losses.NCC(window).loss(f, m)), fixed, moved)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
