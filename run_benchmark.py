@@ -19,7 +19,7 @@ import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 from absl import app, flags
 
 from gsmorph_tf.cli import config_from_flags, define_dataset_options, fail, quiet_logs, run_app
-from gsmorph_tf.config import ULAE_INITS, ULAE_MOVED, WARP_PADDINGS
+from gsmorph_tf.config import NCC_FORMULAS, ULAE_INITS, ULAE_MOVED, WARP_PADDINGS
 from gsmorph_tf.errors import ConfigError, DatasetError
 from gsmorph_tf.registry import DATASETS, SIMILARITIES
 
@@ -35,6 +35,8 @@ flags.DEFINE_float("learning_rate", 5e-3, "Adam learning rate of every learned m
 flags.DEFINE_enum("similarity", "mse", SIMILARITIES.names(), "Similarity loss of every learned method.")
 flags.DEFINE_list("ncc_windows", ["11", "9", "7"], "multi_ncc window sides, largest first.")
 flags.DEFINE_float("ncc_gamma", 0.5, "multi_ncc weight decay between windows.", lower_bound=0.0)
+flags.DEFINE_enum("ncc", NCC_FORMULAS[0], NCC_FORMULAS, "Local NCC formula of ncc and multi_ncc: voxelmorph "
+                  "(voxelmorph 0.2's, clamped) or reference (the ULAE-net code's); see run_train.py --help.")
 flags.DEFINE_float("lam", None, "3D comparison: smoothness weight of VoxelMorph and ULAE-net (default 1, the ULAE "
                    "paper's); the 2D comparison sets its own per row (VoxelMorph-s/m/l: 0.001/0.01/0.1).",
                    lower_bound=0.0)
@@ -94,7 +96,7 @@ def main(argv):
 
     try:
         config = config_from_flags(FLAGS, ("data_dir", "output_dir", "epochs", "batch_size", "learning_rate",
-                                           "similarity", "ncc_gamma", "crop_size", "seed", "reg_penalty",
+                                           "similarity", "ncc_gamma", "ncc", "crop_size", "seed", "reg_penalty",
                                            "warp_padding", "ulae_moved", "ulae_init"),
                                    PHANTOM_DEFAULTS if FLAGS.dataset == "phantom" else None,
                                    ncc_windows=tuple(int(w) for w in FLAGS.ncc_windows),

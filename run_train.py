@@ -9,7 +9,7 @@ import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 from absl import app, flags
 
 from gsmorph_tf.cli import dataset_options_from_flags, define_dataset_options, fail, quiet_logs, run_app
-from gsmorph_tf.config import (CROP_CENTERS, GROUPINGS, METRIC_PROTOCOLS, REG_PENALTIES, STRATEGIES,
+from gsmorph_tf.config import (CROP_CENTERS, GROUPINGS, METRIC_PROTOCOLS, NCC_FORMULAS, REG_PENALTIES, STRATEGIES,
                                SURGERY_MODES, ULAE_INITS, ULAE_MOVED, WARP_PADDINGS, TrainConfig,
                                check_profile_batch)
 from gsmorph_tf.errors import ConfigError, DatasetError
@@ -39,6 +39,10 @@ flags.DEFINE_enum("similarity", _DEFAULTS.similarity, SIMILARITIES.names(),
 flags.DEFINE_integer("ncc_window", _DEFAULTS.ncc_window, "NCC window side (pixels).", lower_bound=1)
 flags.DEFINE_list("ncc_windows", [str(w) for w in _DEFAULTS.ncc_windows], "multi_ncc window sides, largest first.")
 flags.DEFINE_float("ncc_gamma", _DEFAULTS.ncc_gamma, "multi_ncc weight decay between windows.", lower_bound=0.0)
+flags.DEFINE_enum("ncc", _DEFAULTS.ncc, NCC_FORMULAS, "Local NCC formula of ncc and multi_ncc: voxelmorph = "
+                  "voxelmorph 0.2's NCC, covariance and variances clamped at 1e-5 (flat windows score 1, "
+                  "anti-correlated ones pass no gradient); reference = the ULAE-net code's cross^2 / (I_var J_var + "
+                  "1e-5), no clamps (flat windows score 0, anti-correlated ones as high as correlated ones).")
 flags.DEFINE_enum("reg_penalty", _DEFAULTS.reg_penalty, REG_PENALTIES,
                   "Spatial-gradient penalty on the flow: l1 = mean |forward difference| averaged over the axes (the "
                   "GSMorph reference's Grad(), the scale of its lambdas), l2 = mean squared forward difference.")

@@ -1,11 +1,18 @@
 """ULAE-net vs the GSMorph U-Net in 3D: forward time, train-step time, peak memory; multi-window loss cost.
 
 For each network and volume size (batch 1) a fresh subprocess builds the network, times the forward pass and
-one ``GradientSurgeryModel`` train step (surgery ``none``, lam 1, ULAE's multi-window NCC), and reports the
-process's peak memory: resident set size on CPU, ``tf.config.experimental.get_memory_info`` peak on a GPU.
-Then the loss alone: multi-window NCC (11, 9, 7) vs single-window NCC (9), forward + gradient.
+one ``GradientSurgeryModel`` train step (surgery ``none``, lam 1, ULAE's multi-window NCC with the ``--ncc``
+formula), and reports the process's peak memory: resident set size on CPU,
+``tf.config.experimental.get_memory_info`` peak on a GPU.
 
-Usage: ``python benchmarks/ulae.py [--sizes=80x96x80,160x192x160] [--steps=3]``
+Then the loss alone (``loss`` lines), forward + gradient with respect to the moved image, with the ``--ncc``
+formula: multi-window NCC (11, 9, 7) and single-window NCC (9), each with window sums by separable box
+filtering (:func:`gsmorph_tf.losses.box_sums`, what training uses) and by the direct ``w^3`` convolution
+(:func:`gsmorph_tf.losses.box_sums_direct`, what voxelmorph's NCC and the ULAE reference code compute, and
+what this project used before), with the ratios multi / single.
+
+Usage: ``python benchmarks/ulae.py [--sizes=80x96x80,160x192x160] [--steps=3] [--parts=networks,loss]
+[--ncc=voxelmorph]``
 """
 import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 
@@ -18,8 +25,19 @@ import sys
 import numpy as np
 from absl import app, flags
 
+from gsmorph_tf.config import NCC_FORMULAS
+
+#: What the script can measure (``--parts``).
+PARTS = ("networks", "loss")
+
 flags.DEFINE_list("sizes", ["80x96x80", "160x192x160"], "Volume sizes D x H x W (multiples of 16).")
 flags.DEFINE_integer("steps", 3, "Timed repetitions (median) after one warm-up.", lower_bound=1)
+flags.DEFINE_list("parts", list(PARTS), "What to measure, comma-separated: networks = forward, train step and "
+                  "memory of each network; loss = the NCC losses alone.")
+flags.DEFINE_enum("ncc", NCC_FORMULAS[0], NCC_FORMULAS, "Local NCC formula of the train step and the loss lines "
+                  "(see gsmorph_tf.losses.local_ncc).")
+flags.register_validator("parts", lambda parts: bool(parts) and set(parts) <= set(PARTS),
+                         "--parts takes networks, loss or both (comma-separated)")
 flags.DEFINE_string("_child", None, "Internal: run one measurement 'network:size' and print JSON.")
 FLAGS = flags.FLAGS
 
@@ -31,7 +49,7 @@ def _peak_memory_mb(tf):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, "process peak RSS"
 
 
-def measure(network_name, shape, steps):
+def measure(network_name, shape, steps, formula):
     """Forward and train-step median ms and peak memory for one network at one shape (this process)."""
     import tensorflow as tf
 
@@ -48,8 +66,8 @@ def measure(network_name, shape, steps):
              "fixed": tf.constant(rng.random((1, *shape, 1), np.float32))}
     forward = tf.function(lambda m, f: network([m, f], training=False))
     forward_ms = median_ms(lambda: float(tf.reduce_sum(forward(batch["moving"], batch["fixed"])[1])), steps)
-    model = GradientSurgeryModel(network, similarity=multi_window_ncc(), reg_penalty="l2", surgery="none",
-                                 lam=1.0, conflict_diagnostics=False)
+    model = GradientSurgeryModel(network, similarity=multi_window_ncc(formula=formula), reg_penalty="l2",
+                                 surgery="none", lam=1.0, conflict_diagnostics=False)
     model.compile(optimizer=tf.keras.optimizers.Adam(1e-4))
     train_step = tf.function(model.train_step)
     step_ms = median_ms(lambda: float(train_step(batch)["sim_loss"]), steps)
@@ -59,23 +77,28 @@ def measure(network_name, shape, steps):
             "train_step_ms": step_ms, "peak_mb": memory, "memory_kind": memory_kind}
 
 
-def loss_cost(shape, steps):
-    """Median ms of forward + gradient of multi-window NCC (11, 9, 7) and of single-window NCC (9)."""
+#: The loss lines' columns: (key, windows, weights, window sums). ``direct``: the w^3 convolution.
+LOSSES = (("multi_fast", (11, 9, 7), (1.0, 0.5, 0.25), "box_sums"), ("single_fast", (9,), (1.0,), "box_sums"),
+          ("multi_direct", (11, 9, 7), (1.0, 0.5, 0.25), "box_sums_direct"),
+          ("single_direct", (9,), (1.0,), "box_sums_direct"))
+
+
+def loss_cost(shape, steps, formula):
+    """Median ms of forward + gradient (with respect to the moved image) of each of :data:`LOSSES`."""
     import tensorflow as tf
 
+    from gsmorph_tf import losses
     from gsmorph_tf.timing import median_ms
-    from gsmorph_tf.losses import similarity_loss
-    from ulae_tf.losses import multi_window_ncc
 
     rng = np.random.default_rng(0)
     fixed = tf.constant(rng.random((1, *shape, 1), np.float32))
     moved = tf.Variable(rng.random((1, *shape, 1), np.float32))
     result = {}
-    for name, loss in (("multi_window_ncc", multi_window_ncc()), ("ncc_9", similarity_loss("ncc", 9))):
+    for name, windows, weights, sums in LOSSES:
         @tf.function
-        def value_and_grad(loss=loss):
+        def value_and_grad(windows=windows, weights=weights, sums=getattr(losses, sums)):
             with tf.GradientTape() as tape:
-                value = loss(fixed, moved)
+                value = losses.windowed_ncc_loss(fixed, moved, windows, weights, formula, window_sums=sums)
             return value, tape.gradient(value, moved)
         result[name] = median_ms(lambda f=value_and_grad: float(f()[0]), steps)
     return result
@@ -93,21 +116,24 @@ def main(argv):
     if FLAGS._child:
         network_name, size = FLAGS._child.split(":")
         shape = parse_shape(size)
-        result = loss_cost(shape, FLAGS.steps) if network_name == "loss" else measure(network_name, shape,
-                                                                                      FLAGS.steps)
+        result = (loss_cost(shape, FLAGS.steps, FLAGS.ncc) if network_name == "loss"
+                  else measure(network_name, shape, FLAGS.steps, FLAGS.ncc))
         print("RESULT " + json.dumps(result))
         return
     from gsmorph_tf.timing import machine_description
 
     print("machine: %s" % machine_description())
-    print("batch 1, median of %d steps after one warm-up; each line measured in a fresh process\n" % FLAGS.steps)
-    print("%-8s %-12s %10s %12s %14s %12s" % ("network", "size", "params", "forward ms", "train step ms",
-                                              "peak MB"))
+    print("batch 1, median of %d steps after one warm-up; each line measured in a fresh process; NCC formula %s\n"
+          % (FLAGS.steps, FLAGS.ncc))
+    if "networks" in FLAGS.parts:
+        print("%-8s %-12s %10s %12s %14s %12s" % ("network", "size", "params", "forward ms", "train step ms",
+                                                  "peak MB"))
+    names = (("gsmorph", "ulae") if "networks" in FLAGS.parts else ()) + (("loss",) if "loss" in FLAGS.parts else ())
     for size in FLAGS.sizes:
         shape = parse_shape(size)
-        for network_name in ("gsmorph", "ulae", "loss"):
+        for network_name in names:
             done = subprocess.run([sys.executable, os.path.abspath(__file__), "--_child=%s:%s" % (network_name, size),
-                                   "--steps=%d" % FLAGS.steps], capture_output=True, text=True)
+                                   "--steps=%d" % FLAGS.steps, "--ncc=%s" % FLAGS.ncc], capture_output=True, text=True)
             lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
             if done.returncode != 0 or not lines:
                 print("%-8s %-12s failed (exit %d): %s" % (network_name, size, done.returncode,
@@ -115,8 +141,12 @@ def main(argv):
                 continue
             r = json.loads(lines[0][7:])
             if network_name == "loss":
-                print("%-8s %-12s multi-window NCC (11,9,7): %.1f ms, single NCC (9): %.1f ms (forward + grad)"
-                      % ("loss", size, r["multi_window_ncc"], r["ncc_9"]))
+                print("%-8s %-12s NCC forward + gradient: separable sums: multi-window (11,9,7) %.1f ms, single (9) "
+                      "%.1f ms, multi/single %.2f; direct w^3 convolution: multi %.1f ms, single %.1f ms, "
+                      "multi/single %.2f; separable multi / direct single %.2f"
+                      % ("loss", size, r["multi_fast"], r["single_fast"], r["multi_fast"] / r["single_fast"],
+                         r["multi_direct"], r["single_direct"], r["multi_direct"] / r["single_direct"],
+                         r["multi_fast"] / r["single_direct"]))
             else:
                 print("%-8s %-12s %10s %12.1f %14.1f %12.0f  (%s)" % (
                     network_name, size, "{:,}".format(r["parameters"]), r["forward_ms"], r["train_step_ms"],

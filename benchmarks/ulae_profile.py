@@ -1,9 +1,9 @@
 """Where ULAE-net's 3D train step goes: forward + gradient time of each of its parts, against the whole step.
 
 At ``--size`` (batch 1, the reference's objective: similarity on ``warp3``, zero padding, PyTorch's
-initialisation; ``--surgery=none``, lambda 1, the registry's ``multi_ncc`` with ``--ncc`` formula when the
-config has one) it times, each as one ``tf.function`` (forward and the gradient with respect to its inputs and
-its own weights), median of ``--steps`` after a warm-up:
+initialisation, the reference NCC formula; ``--surgery=none``, lambda 1, the registry's ``multi_ncc``) it times,
+each as one ``tf.function`` (forward and the gradient with respect to its inputs and its own weights), median
+of ``--steps`` after a warm-up:
 
 - the shared encoder (run 3 times a step, once per accumulative step);
 - each step's decoder;
@@ -70,8 +70,8 @@ def main(argv):
     from ulae_tf.registration import MODEL
 
     config = TrainConfig(model="ulae", dataset="brain", surgery="none", lam=1.0, similarity="multi_ncc",
-                         reg_penalty="l2", warp_padding="zeros", ulae_moved="warp3", ulae_init="pytorch",
-                         learning_rate=1e-4, batch_size=1)
+                         ncc="reference", reg_penalty="l2", warp_padding="zeros", ulae_moved="warp3",
+                         ulae_init="pytorch", learning_rate=1e-4, batch_size=1)
     network = MODEL.build_network(config, shape)
     model = MODEL.build_training_model(config, network)
     rng = np.random.default_rng(0)

@@ -16,6 +16,11 @@ from gsmorph_tf.errors import ConfigError
 from gsmorph_tf.fileio import atomic_write_text
 from gsmorph_tf.registry import DATASETS, MODELS, SIMILARITIES
 
+#: Local NCC formulas (see gsmorph_tf.losses.local_ncc): ``voxelmorph``, voxelmorph 0.2's NCC, which clamps the
+#: local covariance and variances (flat windows score 1, anti-correlated windows pass no gradient; our default);
+#: ``reference``, the ULAE-net reference code's ``cross^2 / (I_var * J_var + 1e-5)``, no clamps.
+NCC_FORMULAS = ("voxelmorph", "reference")
+
 #: Surgery modes. ``none``: weighted sum (VoxelMorph); ``layerwise``: GSMorph; ``pcgrad``: the same rule on
 #: the whole network at once (GS-PCGrad); ``agr_rand`` / ``agr_sum``: element-wise sign agreement (GS-Agr).
 SURGERY_MODES = ("none", "layerwise", "pcgrad", "agr_rand", "agr_sum")
@@ -61,9 +66,9 @@ MODEL_SETTINGS = ("unet_width", "warp_padding", "ulae_moved", "ulae_init")
 #: statistics see, float16), so a run resumes under the settings it started with.
 RESUMABLE_CHANGES = ("epochs", "output_dir", "profile_batch", "cpu_replicas")
 
-__all__ = ["CROP_CENTERS", "ConfigError", "GROUPINGS", "METRIC_PROTOCOLS", "MODEL_SETTINGS", "REG_PENALTIES",
-           "RESUMABLE_CHANGES", "STRATEGIES", "SURGERY_MODES", "TrainConfig", "ULAE_INITS", "ULAE_MOVED",
-           "WARP_PADDINGS", "check_profile_batch"]
+__all__ = ["CROP_CENTERS", "ConfigError", "GROUPINGS", "METRIC_PROTOCOLS", "MODEL_SETTINGS", "NCC_FORMULAS",
+           "REG_PENALTIES", "RESUMABLE_CHANGES", "STRATEGIES", "SURGERY_MODES", "TrainConfig", "ULAE_INITS",
+           "ULAE_MOVED", "WARP_PADDINGS", "check_profile_batch"]
 
 
 def check_profile_batch(steps):
@@ -104,6 +109,9 @@ class TrainConfig:
     ``sync_batchnorm`` makes BatchNorm use the global batch's statistics; ``mixed_precision`` computes the
     network body in float16 with loss scaling (GPUs).
 
+    Similarity: ``ncc_window`` (``ncc``) and ``ncc_windows`` weighted 1, ``ncc_gamma``, ``ncc_gamma^2``, ...
+    (``multi_ncc``) are window sides in voxels; ``ncc`` is the local NCC formula of both (:data:`NCC_FORMULAS`).
+
     ``profile_batch``: ``(first, last)`` training steps (1-based, counted from the start of this process's
     ``fit``) that TensorBoard's profiler traces; ``()`` traces none.
 
@@ -129,6 +137,7 @@ class TrainConfig:
     ncc_window: int = 9
     ncc_windows: tuple = (11, 9, 7)
     ncc_gamma: float = 0.5
+    ncc: str = "voxelmorph"
     reg_penalty: str = "l1"
     int_steps: int = 0
     unet_width: int = 1
@@ -189,9 +198,10 @@ class TrainConfig:
     def validate(self):
         """Raise :class:`ConfigError` for the first invalid setting; return ``self``."""
         choices = {"dataset": DATASETS.names(), "model": MODELS.names(), "surgery": SURGERY_MODES,
-                   "grouping": GROUPINGS, "similarity": SIMILARITIES.names(), "reg_penalty": REG_PENALTIES,
-                   "metric_protocol": METRIC_PROTOCOLS, "crop_center": CROP_CENTERS, "strategy": STRATEGIES,
-                   "warp_padding": WARP_PADDINGS, "ulae_moved": ULAE_MOVED, "ulae_init": ULAE_INITS}
+                   "grouping": GROUPINGS, "similarity": SIMILARITIES.names(), "ncc": NCC_FORMULAS,
+                   "reg_penalty": REG_PENALTIES, "metric_protocol": METRIC_PROTOCOLS, "crop_center": CROP_CENTERS,
+                   "strategy": STRATEGIES, "warp_padding": WARP_PADDINGS, "ulae_moved": ULAE_MOVED,
+                   "ulae_init": ULAE_INITS}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ConfigError("%s=%r is not one of: %s" % (name, getattr(self, name), ", ".join(valid)))

@@ -23,12 +23,12 @@ from matplotlib import colors
 from tensorboard.plugins.hparams import api as hparams_api
 
 from gsmorph_tf import evaluation, metrics
-from gsmorph_tf.config import GROUPINGS, METRIC_PROTOCOLS, REG_PENALTIES, SURGERY_MODES
+from gsmorph_tf.config import GROUPINGS, METRIC_PROTOCOLS, NCC_FORMULAS, REG_PENALTIES, SURGERY_MODES
 from gsmorph_tf.registry import DATASETS, MODELS, SIMILARITIES
 
 #: Settings shown as HParams columns (those a comparison varies).
-HPARAM_KEYS = ("model", "surgery", "lam", "grouping", "similarity", "reg_penalty", "learning_rate", "batch_size",
-               "epochs", "int_steps", "unet_width", "dataset", "seed", "metric_protocol")
+HPARAM_KEYS = ("model", "surgery", "lam", "grouping", "similarity", "ncc", "reg_penalty", "learning_rate",
+               "batch_size", "epochs", "int_steps", "unet_width", "dataset", "seed", "metric_protocol")
 
 #: Test metrics logged as HParams metrics: ``summary`` key -> (tag, what the column shows).
 TEST_METRICS = (("dice_mean", "test/dice", "Dice % (mean over structures)"), ("hd95_mean", "test/hd95", "HD95 mm"),
@@ -120,8 +120,8 @@ def hparams_domains():
     domain (the dashboard lists their values as logged).
     """
     choices = {"model": MODELS.names(), "surgery": SURGERY_MODES, "grouping": GROUPINGS,
-               "similarity": SIMILARITIES.names(), "reg_penalty": REG_PENALTIES, "dataset": DATASETS.names(),
-               "metric_protocol": METRIC_PROTOCOLS}
+               "similarity": SIMILARITIES.names(), "ncc": NCC_FORMULAS, "reg_penalty": REG_PENALTIES,
+               "dataset": DATASETS.names(), "metric_protocol": METRIC_PROTOCOLS}
     return [hparams_api.HParam(key, hparams_api.Discrete(list(choices[key])) if key in choices else None)
             for key in HPARAM_KEYS]
 

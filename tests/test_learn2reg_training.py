@@ -57,6 +57,7 @@ def test_run_train_flags_give_the_learn2reg_settings_of_the_oasis_flagfiles(tmp_
     assert (config["similarity"], config["ncc_windows"], config["ncc_gamma"]) == ("multi_ncc", [11, 9, 7], 0.5)
     assert (config["lam"], config["learning_rate"], config["batch_size"]) == (1.0, 1e-4, 1)
     assert (config["warp_padding"], config["ulae_moved"], config["ulae_init"]) == ("zeros", "composed", "keras")
+    assert config["ncc"] == "reference"  # the same loss as ULAE-net's protocol
     assert config["dataset_options"] == {"atlas": "./imagesTr/A.nii.gz", "label_groups": "lobes.json",
                                          "intensity_norm": "max", "pairs_per_epoch": 2000, "test_fraction": 0.2}
 
@@ -72,6 +73,7 @@ def test_the_ulae_paper_flagfiles_train_the_reference_objective(tmp_path, flagfi
     config = json.loads(done.stdout)
     assert (config["model"], config["surgery"], config["lam"], config["reg_penalty"]) == ("ulae", "none", 1.0, "l2")
     assert (config["warp_padding"], config["ulae_moved"], config["ulae_init"]) == ("zeros", "warp3", "pytorch")
+    assert config["ncc"] == "reference"
     assert (config["similarity"], config["ncc_windows"], config["ncc_gamma"]) == ("multi_ncc", [11, 9, 7], 0.5)
 
 

@@ -18,6 +18,7 @@ def run_train(tmp_path, *args):
     (["--flagfile=%s" % os.path.join(ROOT, "flags", "demo.flags"), "--no_such_flag=1"], "no_such_flag"),
     (["--dataset=acdc", "--data_dir=x", "--surgery=gradnorm"], "surgery"),
     (["--dataset=acdc", "--data_dir=x", "--crop_size=40"], "multiple of 16"),
+    (["--dataset=acdc", "--data_dir=x", "--ncc=ulae"], "--ncc=ulae: value should be one of <voxelmorph|reference>"),
     (["--dataset=acdc", "--data_dir=x", "--profile_batch=12,10"], "--profile_batch takes one training step or a "
                                                                    "range first,last of steps"),
 ])

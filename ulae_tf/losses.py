@@ -1,48 +1,44 @@
-"""ULAE-net's multi-window similarity loss, built on voxelmorph's local NCC (``vxm.losses.NCC``).
+"""ULAE-net's multi-window similarity loss, on gsmorph_tf's local NCC (:mod:`gsmorph_tf.losses`).
 
-voxelmorph's NCC is the reference code's squared local correlation except that it clamps the local
-covariance at ``eps`` before squaring, so anti-correlated windows score 0 rather than a positive value.
+The five maps ``I, J, I^2, J^2, IJ`` are computed once and their window sums taken by separable box filtering
+for each window (:func:`gsmorph_tf.losses.windowed_ncc_loss`). Two NCC formulas: ``voxelmorph`` (voxelmorph
+0.2's, which clamps the local covariance and variances, our default) and ``reference`` (the reference code's
+``cross^2 / (I_var * J_var + 1e-5)``); see :func:`gsmorph_tf.losses.local_ncc`.
 """
 from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
 
-import tensorflow as tf
-import voxelmorph as vxm
+from gsmorph_tf.losses import check_ncc_formula, check_ncc_window, windowed_ncc_loss
 
 #: The paper's NCC window sides (voxels), largest first, and the weight decay between them.
 PAPER_WINDOWS = (11, 9, 7)
 PAPER_GAMMA = 0.5
 
 
-def multi_window_ncc(windows=PAPER_WINDOWS, gamma=PAPER_GAMMA):
-    """The multi-window loss ``L_sim = - sum_i gamma^(i-1) NCC_{w_i}`` (Shu et al., MICCAI 2021).
+def multi_window_ncc(windows=PAPER_WINDOWS, gamma=PAPER_GAMMA, formula="voxelmorph"):
+    """The multi-window loss ``L_sim = - sum_i gamma^(i-1) NCC_{w_i}`` (Shu et al., MICCAI 2021; the reference
+    code's ``multi_window_loss``, whose three terms its training script adds up).
 
     Args:
         windows: NCC window sides in voxels (cubic windows), weighted 1, gamma, gamma^2, ... in this order.
         gamma: weight ratio between consecutive windows, > 0.
+        formula: local NCC formula, one of :data:`gsmorph_tf.losses.NCC_FORMULAS`.
 
     Returns:
-        ``f(fixed, moved) -> scalar``: images ``[B, *vol, 1]``; the weighted sum of voxelmorph's negative
-        local NCCs (each the mean over voxels of squared local correlation, in [-1, 0]), averaged over the
-        batch. Lower is better; usable as ``GradientSurgeryModel(similarity=...)``.
+        ``f(fixed, moved) -> scalar``: images ``[B, *vol, 1]`` (2D or 3D); the weighted sum of the negative
+        local NCCs (each the mean over batch and voxels of the squared local correlation, in [-1, 0]). Lower is
+        better; usable as ``GradientSurgeryModel(similarity=...)``.
     """
-    windows = tuple(int(w) for w in windows)
-    if not windows or min(windows) < 1:
-        raise ValueError("windows must be one or more positive window sides, got %r" % (windows,))
+    windows = tuple(check_ncc_window(w) for w in windows)
+    if not windows:
+        raise ValueError("windows must be one or more window sides, got %r" % (windows,))
     if gamma <= 0:
         raise ValueError("gamma must be > 0, got %r" % (gamma,))
-    weights = [gamma ** i for i in range(len(windows))]
-
-    def loss(fixed, moved):
-        fixed, moved = tf.convert_to_tensor(fixed), tf.convert_to_tensor(moved)  # vxm's NCC needs tensors
-        # A fresh NCC per call: vxm's NCC replaces its window by a list sized for the first image
-        # dimensionality it sees, so one instance cannot serve both 2D and 3D images.
-        per_item = [w * vxm.losses.NCC(win).loss(fixed, moved) for w, win in zip(weights, windows)]
-        return tf.reduce_mean(tf.add_n(per_item))
-
-    return loss
+    check_ncc_formula(formula)
+    weights = tuple(gamma ** i for i in range(len(windows)))
+    return lambda fixed, moved: windowed_ncc_loss(fixed, moved, windows, weights, formula)
 
 
 def multi_ncc_from_config(config):
     """The ``multi_ncc`` entry of :data:`gsmorph_tf.registry.SIMILARITIES`: :func:`multi_window_ncc` with the
-    config's ``ncc_windows`` and ``ncc_gamma``."""
-    return multi_window_ncc(windows=tuple(config.ncc_windows), gamma=config.ncc_gamma)
+    config's ``ncc_windows``, ``ncc_gamma`` and ``ncc`` formula."""
+    return multi_window_ncc(windows=tuple(config.ncc_windows), gamma=config.ncc_gamma, formula=config.ncc)

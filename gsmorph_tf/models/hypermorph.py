@@ -36,10 +36,11 @@ class HyperMorphModel(tf.keras.Model):
     Logs ``sim_loss``, ``reg_loss`` and ``loss`` = ``(1 - lambda) sim + lambda reg`` (running means).
     """
 
-    def __init__(self, network, similarity="mse", reg_penalty="l2", ncc_window=9, seed=0, **kwargs):
+    def __init__(self, network, similarity="mse", reg_penalty="l2", ncc_window=9, ncc_formula="voxelmorph", seed=0,
+                 **kwargs):
         super().__init__(**kwargs)
         self.network = network
-        self.similarity_fn = losses.similarity_loss(similarity, ncc_window)
+        self.similarity_fn = losses.similarity_loss(similarity, ncc_window, ncc_formula)
         self.regularizer_fn = losses.smoothness_loss(reg_penalty)
         self.seed = int(seed)
         self.loss_tracker = tf.keras.metrics.Mean(name="loss")
@@ -140,7 +141,7 @@ class HyperMorphPlugin(ModelPlugin):
 
     def build_training_model(self, config, network):
         model = HyperMorphModel(network, similarity=config.similarity, reg_penalty=config.reg_penalty,
-                                ncc_window=config.ncc_window, seed=config.seed)
+                                ncc_window=config.ncc_window, ncc_formula=config.ncc, seed=config.seed)
         model.compile(optimizer=build_optimizer(config))
         zeros = tf.zeros((1, *network.inputs[0].shape[1:]))
         model([zeros, zeros, tf.zeros((1, 1))])  # BackupAndRestore needs a built model to restore into.
