@@ -1,9 +1,10 @@
 """ULAE-net vs the GSMorph U-Net in 3D: forward time, train-step time, peak memory; multi-window loss cost.
 
-For each network and volume size (batch 1) a fresh subprocess builds the network, times the forward pass and
-one ``GradientSurgeryModel`` train step (surgery ``none``, lam 1, ULAE's multi-window NCC with the ``--ncc``
-formula), and reports the process's peak memory: resident set size on CPU,
-``tf.config.experimental.get_memory_info`` peak on a GPU.
+For each network and volume size (batch 1) a fresh subprocess builds the network through its registry entry,
+times the forward pass and one train step with the 3D protocol of ``flags/oasis_protocol.flags`` (surgery
+``none``, lam 1, L2 smoothness, ULAE's multi-window NCC with the ``--ncc`` formula, zero padding; ULAE-net with
+the reference's objective), in float32 or ``--mixed_precision``, and reports the process's peak memory:
+resident set size on CPU, ``tf.config.experimental.get_memory_info`` peak on a GPU.
 
 Then the loss alone (``loss`` lines), forward + gradient with respect to the moved image, with the ``--ncc``
 formula: multi-window NCC (11, 9, 7) and single-window NCC (9), each with window sums by separable box
@@ -12,7 +13,7 @@ filtering (:func:`gsmorph_tf.losses.box_sums`, what training uses) and by the di
 what this project used before), with the ratios multi / single.
 
 Usage: ``python benchmarks/ulae.py [--sizes=80x96x80,160x192x160] [--steps=3] [--parts=networks,loss]
-[--ncc=voxelmorph]``
+[--ncc=voxelmorph] [--mixed_precision]``
 """
 import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 
@@ -36,6 +37,8 @@ flags.DEFINE_list("parts", list(PARTS), "What to measure, comma-separated: netwo
                   "memory of each network; loss = the NCC losses alone.")
 flags.DEFINE_enum("ncc", NCC_FORMULAS[0], NCC_FORMULAS, "Local NCC formula of the train step and the loss lines "
                   "(see gsmorph_tf.losses.local_ncc).")
+flags.DEFINE_boolean("mixed_precision", False, "Train the networks in mixed_float16 (loss scaling; for GPUs: slower on "
+                     "CPUs).")
 flags.register_validator("parts", lambda parts: bool(parts) and set(parts) <= set(PARTS),
                          "--parts takes networks, loss or both (comma-separated)")
 flags.DEFINE_string("_child", None, "Internal: run one measurement 'network:size' and print JSON.")
@@ -49,26 +52,30 @@ def _peak_memory_mb(tf):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, "process peak RSS"
 
 
-def measure(network_name, shape, steps, formula):
-    """Forward and train-step median ms and peak memory for one network at one shape (this process)."""
+def measure(network_name, shape, steps, formula, mixed_precision):
+    """Forward and train-step median ms and peak memory for one network at one shape (this process), built
+    and trained through its registry entry with the 3D protocol of ``flags/oasis_protocol.flags`` (batch 1,
+    surgery ``none``, lambda 1, L2 smoothness, multi-window NCC with ``formula``, zero padding; ULAE-net with
+    the reference's objective: ``warp3``, PyTorch's initialisation), in mixed precision if asked."""
     import tensorflow as tf
 
-    from gsmorph_tf.model import GradientSurgeryModel
-    from gsmorph_tf.networks import build_gsmorph_unet, count_trainable_parameters
+    from gsmorph_tf.config import TrainConfig
+    from gsmorph_tf.networks import count_trainable_parameters
+    from gsmorph_tf.registry import MODELS
     from gsmorph_tf.timing import median_ms
-    from ulae_tf.losses import multi_window_ncc
-    from ulae_tf.networks import build_ulae_net
 
-    build = build_ulae_net if network_name == "ulae" else build_gsmorph_unet
-    network = build(shape)
+    own = {"ulae_moved": "warp3", "ulae_init": "pytorch"} if network_name == "ulae" else {}
+    config = TrainConfig(model=network_name, dataset="brain", data_dir="(random volumes)", surgery="none", lam=1.0,
+                         similarity="multi_ncc", ncc=formula, reg_penalty="l2", warp_padding="zeros", learning_rate=1e-4, batch_size=1,
+                         conflict_diagnostics=False, mixed_precision=mixed_precision, **own).validate()
+    plugin = MODELS.load(network_name)
+    network = plugin.build_network(config, shape)
     rng = np.random.default_rng(0)
     batch = {"moving": tf.constant(rng.random((1, *shape, 1), np.float32)),
              "fixed": tf.constant(rng.random((1, *shape, 1), np.float32))}
     forward = tf.function(lambda m, f: network([m, f], training=False))
     forward_ms = median_ms(lambda: float(tf.reduce_sum(forward(batch["moving"], batch["fixed"])[1])), steps)
-    model = GradientSurgeryModel(network, similarity=multi_window_ncc(formula=formula), reg_penalty="l2",
-                                 surgery="none", lam=1.0, conflict_diagnostics=False)
-    model.compile(optimizer=tf.keras.optimizers.Adam(1e-4))
+    model = plugin.build_training_model(config, network)
     train_step = tf.function(model.train_step)
     step_ms = median_ms(lambda: float(train_step(batch)["sim_loss"]), steps)
     memory, memory_kind = _peak_memory_mb(tf)
@@ -117,14 +124,14 @@ def main(argv):
         network_name, size = FLAGS._child.split(":")
         shape = parse_shape(size)
         result = (loss_cost(shape, FLAGS.steps, FLAGS.ncc) if network_name == "loss"
-                  else measure(network_name, shape, FLAGS.steps, FLAGS.ncc))
+                  else measure(network_name, shape, FLAGS.steps, FLAGS.ncc, FLAGS.mixed_precision))
         print("RESULT " + json.dumps(result))
         return
     from gsmorph_tf.timing import machine_description
 
     print("machine: %s" % machine_description())
-    print("batch 1, median of %d steps after one warm-up; each line measured in a fresh process; NCC formula %s\n"
-          % (FLAGS.steps, FLAGS.ncc))
+    print("batch 1, median of %d steps after one warm-up; each line measured in a fresh process; NCC formula %s; "
+          "%s\n" % (FLAGS.steps, FLAGS.ncc, "mixed_float16" if FLAGS.mixed_precision else "float32"))
     if "networks" in FLAGS.parts:
         print("%-8s %-12s %10s %12s %14s %12s" % ("network", "size", "params", "forward ms", "train step ms",
                                                   "peak MB"))
@@ -133,7 +140,8 @@ def main(argv):
         shape = parse_shape(size)
         for network_name in names:
             done = subprocess.run([sys.executable, os.path.abspath(__file__), "--_child=%s:%s" % (network_name, size),
-                                   "--steps=%d" % FLAGS.steps, "--ncc=%s" % FLAGS.ncc], capture_output=True, text=True)
+                                   "--steps=%d" % FLAGS.steps, "--ncc=%s" % FLAGS.ncc,
+                                   "--mixed_precision=%s" % FLAGS.mixed_precision], capture_output=True, text=True)
             lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
             if done.returncode != 0 or not lines:
                 print("%-8s %-12s failed (exit %d): %s" % (network_name, size, done.returncode,
