@@ -98,12 +98,16 @@ def even_voxels_of_dilated_conv(x, kernel, dilation):
         ``[B, *vol / 2, C_out]``.
     """
     ndim = len(x.shape) - 2
+    # Named explicitly: TensorFlow 2.21 records a 3D conv with unit dilations and no data_format without that
+    # attribute, and its eager gradient then fails (Conv3DGrad reads it); graph mode fills in the default.
+    data_format = "NDHWC" if ndim == 3 else "NHWC"
     total = None
     for combo in itertools.product(_parity_groups(kernel.shape[0], dilation), repeat=ndim):
         grid = x[(slice(None),) + tuple(slice(parity, None, 2) for parity, *_ in combo) + (slice(None),)]
         grid = tf.pad(grid, [[0, 0]] + [[before, after] for *_, before, after in combo] + [[0, 0]])
         taps = kernel[tuple(indices for _, indices, *_ in combo)]  # a strided slice: dense gradients
-        part = tf.nn.convolution(grid, taps, padding="VALID", dilations=[spacing for _, _, spacing, *_ in combo])
+        part = tf.nn.convolution(grid, taps, padding="VALID", dilations=[spacing for _, _, spacing, *_ in combo],
+                                 data_format=data_format)
         total = part if total is None else total + part
     return total
 
