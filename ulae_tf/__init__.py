@@ -8,6 +8,7 @@ Public API:
 
 - :func:`ulae_tf.networks.build_ulae_net`: the network, ``[moving, fixed] -> (moved, flow, ...)``;
 - :mod:`ulae_tf.registration`: the ``ulae`` entry of the model registry (:mod:`gsmorph_tf.registry`);
-- :func:`ulae_tf.losses.multi_window_ncc`: the multi-window NCC similarity loss.
+- :func:`ulae_tf.losses.multi_window_ncc`: the multi-window NCC similarity loss;
+- :func:`ulae_tf.reference.load_reference_weights`: the reference code's (PyTorch) weights in the network.
 """
 from gsmorph_tf import compat  # noqa: F401  (must run before TensorFlow is imported)
