@@ -105,14 +105,18 @@ def _declared_options():
     return declared
 
 
-def define_dataset_options():
+def define_dataset_options(only=None, defaults=None):
     """Define one flag per dataset setting declared in :data:`gsmorph_tf.registry.DATASETS` (default None:
-    the dataset entry's default applies); a setting several datasets share is one flag. Returns the flag
-    names."""
+    the dataset entry's default applies); a setting several datasets share is one flag. ``only``: the names of
+    the datasets whose settings become flags (an entry point for one dataset); None: every dataset's.
+    ``defaults``: an entry point's own defaults for some settings (``{name: value}``, applied by the entry point
+    when the flag is not given), which ``--help`` then shows. Returns the flag names."""
     names = []
     for option, datasets in _declared_options().values():
+        if only is not None and not set(datasets) & set(only):
+            continue
         helptext = "%s (dataset=%s; default %s)" % (option.help, " or ".join(datasets),
-                                                   _format_default(option.default))
+                                                   _format_default((defaults or {}).get(option.name, option.default)))
         if option.kind == "int_list":
             flags.DEFINE_list(option.name, None, helptext)
         elif option.kind == "int":

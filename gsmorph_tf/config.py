@@ -301,12 +301,12 @@ class TrainConfig:
         """Write the config as JSON (temp file, then rename: never half-written)."""
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
-    def check_resumable(self, path):
-        """Compare with the ``config.json`` of an earlier run in the same output dir.
+    def check_resumable(self, path, may_change=RESUMABLE_CHANGES):
+        """Compare with the ``config.json`` of an earlier run in the same output dir (or another saved config).
 
         Raises:
-            ConfigError: a setting other than :data:`RESUMABLE_CHANGES` differs; resuming would silently
-                mix two experiments in one checkpoint.
+            ConfigError: a setting other than ``may_change`` (default :data:`RESUMABLE_CHANGES`) differs;
+                resuming would silently mix two experiments in one checkpoint (or study).
         """
         with open(path, encoding="utf-8") as f:
             stored = json.load(f)
@@ -315,7 +315,7 @@ class TrainConfig:
         previous = json.loads(json.dumps(TrainConfig.from_dict(stored).to_dict()))
         now = json.loads(json.dumps(self.to_dict()))
         differences = ["%s: %r before, %r now" % (key, previous[key], value) for key, value in now.items()
-                       if key not in RESUMABLE_CHANGES and previous[key] != value]
+                       if key not in may_change and previous[key] != value]
         if differences:
             raise ConfigError("%s holds a run with other settings (%s); use another --output_dir or the same "
                               "settings to resume it" % (os.path.dirname(path) or ".", "; ".join(differences)))

@@ -13,3 +13,15 @@ def atomic_write_text(path, text):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def atomic_save_figure(fig, path, dpi=120):
+    """Save a Matplotlib figure to ``path`` (PNG) through a temp file and an atomic rename, as
+    :func:`atomic_write_text`."""
+    tmp = "%s.tmp-%d.png" % (path, os.getpid())
+    try:
+        fig.savefig(tmp, dpi=dpi)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -20,14 +20,14 @@ subject split is fixed by ``split_seed`` so that every seed is scored on the sam
 from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
 
 import dataclasses
-import json
 import os
 
 import numpy as np
-from scipy import stats
 
 from gsmorph_tf import evaluation, training
-from gsmorph_tf.fileio import atomic_write_text
+from gsmorph_tf.fileio import atomic_save_figure, atomic_write_text
+from gsmorph_tf.seed_studies import (epoch_curve, epoch_steps, over_seeds, paired_test, plot_curves,  # noqa: F401
+                                     read_or_make, seed_test, subject_dice)  # (re-exported: the study's API)
 
 #: VoxelMorph's smoothness weights (l1 penalty), strongest first: the paper's 0.1 / 0.01 / 0.001 and between.
 STUDY_LAMBDAS = (0.3, 0.1, 0.03, 0.01, 0.003, 0.001)
@@ -56,29 +56,6 @@ def study_methods(lambdas=STUDY_LAMBDAS, surgery_methods=SURGERY_METHODS):
     return methods
 
 
-def epoch_curve(run_dir, split="validation", tag="epoch_dice"):
-    """One value per epoch of a run's TensorBoard events (``<run_dir>/tensorboard/<split>``, scalar ``tag``),
-    as a list in epoch order: e.g. validation Dice (%), or ``split="train", tag="epoch_sim_loss"``."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from tensorboard.util.tensor_util import make_ndarray
-
-    folder = os.path.join(run_dir, "tensorboard", split)
-    if not os.path.isdir(folder):
-        return []
-    events = EventAccumulator(folder, size_guidance={"tensors": 0}).Reload()
-    if tag not in events.Tags()["tensors"]:
-        return []
-    by_step = {event.step: float(make_ndarray(event.tensor_proto)) for event in events.Tensors(tag)}
-    return [by_step[step] for step in sorted(by_step)]
-
-
-def epoch_steps(config, splits):
-    """Optimiser steps per epoch of a run on ``splits`` (one device): training pairs over the batch size,
-    the last partial batch dropped with ``config.drop_last``."""
-    pairs = training.pair_count(splits["train"])
-    return pairs // config.batch_size if config.drop_last else -(-pairs // config.batch_size)
-
-
 def run_one(method, seed, base_config, output_dir, steps_per_epoch, log=print):
     """Train (or resume, or read back) one (method, seed) run and return its record::
 
@@ -86,27 +63,18 @@ def run_one(method, seed, base_config, output_dir, steps_per_epoch, log=print):
          "validation_curve": [...], "steps": optimiser steps}
     """
     folder = os.path.join(output_dir, method.slug, "seed%d" % seed)
-    record_path = os.path.join(folder, "study_run.json")
-    if os.path.exists(record_path):
-        with open(record_path, encoding="utf-8") as f:
-            return json.load(f)
     config = dataclasses.replace(base_config, output_dir=folder, seed=seed, **dict(method.settings))
-    log("%s, seed %d: training in %s" % (method.name, seed, folder))
-    outcome = training.train_and_evaluate(config, verbose=0, log=log, export=False)
-    rows = outcome["results"]["Model"]["subjects"]
-    curve = epoch_curve(folder)
-    record = {"method": method.name, "seed": seed, "test": evaluation.summarize(rows),
-              "test_subjects": evaluation.per_subject_means(rows),
-              "validation_dice": curve[-1] if curve else float("nan"), "validation_curve": curve,
-              "steps": steps_per_epoch * config.epochs, "metric_protocol": config.metric_protocol}
-    evaluation.write_json(record_path, record)
-    return record
 
-
-def _over_seeds(records, key):
-    """Mean and std over seeds of the test-split mean of ``key``."""
-    values = [r["test"][key]["mean"] for r in records if key in r["test"]]
-    return float(np.nanmean(values)), float(np.nanstd(values))
+    def train():
+        log("%s, seed %d: training in %s" % (method.name, seed, folder))
+        outcome = training.train_and_evaluate(config, verbose=0, log=log, export=False)
+        rows = outcome["results"]["Model"]["subjects"]
+        curve = epoch_curve(folder)
+        return {"method": method.name, "seed": seed, "test": evaluation.summarize(rows),
+                "test_subjects": evaluation.per_subject_means(rows),
+                "validation_dice": curve[-1] if curve else float("nan"), "validation_curve": curve,
+                "steps": steps_per_epoch * config.epochs, "metric_protocol": config.metric_protocol}
+    return read_or_make(os.path.join(folder, "study_run.json"), train)
 
 
 def summarize_study(records_by_method, methods):
@@ -120,8 +88,8 @@ def summarize_study(records_by_method, methods):
     rows = {}
     for method in methods:
         records = records_by_method[method.name]
-        rows[method.name] = {key: _over_seeds(records, key) for key in ("dice_mean", "hd95_mean", "njd", "mse_x100")}
-        validation = [r["validation_dice"] for r in records]
+        rows[method.name] = {key: over_seeds(records, key) for key in ("dice_mean", "hd95_mean", "njd", "mse_x100")}
+        validation = [np.nan if r["validation_dice"] is None else r["validation_dice"] for r in records]
         rows[method.name]["validation_dice"] = (float(np.nanmean(validation)), float(np.nanstd(validation)))
         rows[method.name]["seeds"] = len(records)
         rows[method.name]["steps"] = records[0]["steps"]
@@ -132,31 +100,6 @@ def summarize_study(records_by_method, methods):
     if best is not None and "GSMorph" in records_by_method:
         result["wilcoxon"] = paired_test(records_by_method["GSMorph"], records_by_method[best.name])
     return result
-
-
-def subject_dice(records):
-    """``{subject: Dice averaged over seeds}`` from a method's records."""
-    values = {}
-    for record in records:
-        for row in record["test_subjects"]:
-            values.setdefault(row["subject"], []).append(row["dice_mean"])
-    return {subject: float(np.mean(v)) for subject, v in values.items()}
-
-
-def paired_test(records_a, records_b):
-    """Two-sided Wilcoxon signed-rank test of method a against method b on the test subjects' Dice.
-
-    Returns:
-        ``{"subjects", "median_difference", "mean_difference", "statistic", "p_value"}`` (Dice points, a - b).
-    """
-    a, b = subject_dice(records_a), subject_dice(records_b)
-    subjects = sorted(set(a) & set(b))
-    differences = np.array([a[s] - b[s] for s in subjects])
-    test = stats.wilcoxon(differences) if np.any(differences != 0) else None
-    return {"subjects": len(subjects), "median_difference": float(np.median(differences)),
-            "mean_difference": float(np.mean(differences)),
-            "statistic": float(test.statistic) if test else float("nan"),
-            "p_value": float(test.pvalue) if test else 1.0}
 
 
 def study_table(summary, protocol):
@@ -177,12 +120,6 @@ def study_table(summary, protocol):
                      % (summary["best_lambda_method"], test["subjects"], test["median_difference"],
                         test["mean_difference"], test["statistic"], test["p_value"]))
     return "\n".join(lines)
-
-
-def _save_figure(fig, path):
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
 
 
 def plot_front(summary, methods, path):
@@ -211,30 +148,7 @@ def plot_front(summary, methods, path):
     axis.set_title("Test split, mean +- std over seeds", fontsize=9)
     axis.legend(fontsize=7)
     fig.tight_layout()
-    _save_figure(fig, path)
-    plt.close(fig)
-
-
-def plot_curves(records_by_method, path):
-    """Validation Dice per epoch, mean over seeds, one line per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axis = plt.subplots(figsize=(6, 4.2))
-    for name, records in records_by_method.items():
-        curves = [r["validation_curve"] for r in records if r["validation_curve"]]
-        if not curves:
-            continue
-        length = min(len(c) for c in curves)
-        mean = np.mean([c[:length] for c in curves], axis=0)
-        axis.plot(np.arange(1, length + 1), mean, label=name, linestyle="-" if "VoxelMorph" in name else "--")
-    axis.set_xlabel("epoch")
-    axis.set_ylabel("validation Dice (%)")
-    axis.legend(fontsize=6)
-    fig.tight_layout()
-    _save_figure(fig, path)
+    atomic_save_figure(fig, path)
     plt.close(fig)
 
 
@@ -303,21 +217,6 @@ def flows_record(method, seed, flows, splits, protocol, source="flows"):
                if key in getattr(flows, "files", flows)}}
 
 
-def seed_test(records_a, records_b):
-    """Welch's two-sided t-test (``scipy.stats.ttest_ind``, unequal variances) of two methods' test Dice over
-    their seeds (each seed's mean over the test split): are the two implementations' runs drawn from one
-    distribution? Unlike :func:`paired_test` it counts the seed-to-seed spread, which moves every subject of a
-    run together. Returns ``{"seeds": (n_a, n_b), "mean_difference", "statistic", "p_value"}`` (a - b)."""
-    a = [r["test"]["dice_mean"]["mean"] for r in records_a]
-    b = [r["test"]["dice_mean"]["mean"] for r in records_b]
-    if min(len(a), len(b)) < 2:
-        return {"seeds": (len(a), len(b)), "mean_difference": float(np.mean(a) - np.mean(b)),
-                "statistic": float("nan"), "p_value": float("nan")}
-    test = stats.ttest_ind(a, b, equal_var=False)
-    return {"seeds": (len(a), len(b)), "mean_difference": float(np.mean(a) - np.mean(b)),
-            "statistic": float(test.statistic), "p_value": float(test.pvalue)}
-
-
 def compare_implementations(port_records, reference_records, methods):
     """Per method, the port's and the reference's test metrics (mean, std over seeds), each seed's Dice, a
     two-sided Welch test over seeds (:func:`seed_test`) and a paired two-sided Wilcoxon test over the test
@@ -330,8 +229,8 @@ def compare_implementations(port_records, reference_records, methods):
     for method in methods:
         port, reference = port_records[method.name], reference_records[method.name]
         comparison[method.name] = {
-            "port": {key: _over_seeds(port, key) for key, _ in COMPARISON_KEYS},
-            "reference": {key: _over_seeds(reference, key) for key, _ in COMPARISON_KEYS},
+            "port": {key: over_seeds(port, key) for key, _ in COMPARISON_KEYS},
+            "reference": {key: over_seeds(reference, key) for key, _ in COMPARISON_KEYS},
             "port_seed_dice": {r["seed"]: r["test"]["dice_mean"]["mean"] for r in port},
             "reference_seed_dice": {r["seed"]: r["test"]["dice_mean"]["mean"] for r in reference},
             "welch": seed_test(port, reference), "wilcoxon": paired_test(port, reference)}
@@ -390,5 +289,5 @@ def plot_comparison(port_records, reference_records, path):
         axis.set_xlabel("epoch")
     axes[0].legend(fontsize=6)
     fig.tight_layout()
-    _save_figure(fig, path)
+    atomic_save_figure(fig, path)
     plt.close(fig)

@@ -22,7 +22,7 @@ import numpy as np
 
 from gsmorph_tf import evaluation, training
 from gsmorph_tf.errors import ConfigError
-from gsmorph_tf.fileio import atomic_write_text
+from gsmorph_tf.fileio import atomic_save_figure, atomic_write_text
 from gsmorph_tf.networks import count_trainable_parameters
 from gsmorph_tf.registry import DATASETS
 from gsmorph_tf.runs import load_run_for_inference
@@ -108,11 +108,17 @@ def _score(predict, subjects, protocol):
 
 
 def run_method(method, base_config, splits, output_dir, log=print, predictors=None):
-    """Run one method (or read its finished results) and return its record:
-    ``{"name", "kind", "parameters", "ms_per_pair": [...], "subjects": rows, "summary", "chosen"}``.
-    A learned method trained now leaves its compiled predictor in ``predictors[method.name]`` (for the figure).
-    Training runs write no SavedModel: the comparison needs only their scores and checkpoints."""
-    folder = os.path.join(output_dir, method.slug)
+    """Run one method in ``<output_dir>/<method.slug>/`` (or read its finished results): :func:`method_record`."""
+    return method_record(method, base_config, splits, os.path.join(output_dir, method.slug), log, predictors)
+
+
+def method_record(method, base_config, splits, folder, log=print, predictors=None, networks=None):
+    """Run one method in ``folder`` (or read its finished results from ``<folder>/benchmark.json``) and return its
+    record: ``{"name", "kind", "parameters", "ms_per_pair": [...], "subjects": rows, "summary", "chosen"}``.
+    A learned method's config is ``base_config`` with the method's settings (:meth:`TrainConfig.replace_for_model`,
+    so a setting its model does not take goes back to its default); trained now, it leaves its compiled predictor
+    in ``predictors[method.name]`` (for the figure) and its network in ``networks[method.name]``. Training runs
+    write no SavedModel: the comparison needs only their scores and checkpoints."""
     record_path = os.path.join(folder, "benchmark.json")
     if os.path.exists(record_path):
         log("%s: finished earlier, results read from %s" % (method.name, record_path))
@@ -142,6 +148,8 @@ def run_method(method, base_config, splits, output_dir, log=print, predictors=No
         predict = compiled_predictor(network)
         if predictors is not None:
             predictors[method.name] = predict
+        if networks is not None:
+            networks[method.name] = network
         record["parameters"] = count_trainable_parameters(network)
         with open(outcome["evaluation_json"], encoding="utf-8") as f:
             record["chosen"] = json.load(f)["chosen"]
@@ -214,7 +222,7 @@ def _deformation_grid(axis, flow, spacing=4):
     axis.set_aspect("equal")
 
 
-def _middle_slice(array):
+def middle_slice(array):
     """A 3D volume ``[D, H, W]`` (or field ``[D, H, W, 3]``) as its middle slice along the first axis:
     ``[H, W]`` (or the in-plane components ``[H, W, 2]``)."""
     array = array[array.shape[0] // 2]
@@ -250,7 +258,7 @@ def figure3(records, methods, base_config, splits, output_dir, path, trained=Non
         s = len(pairs.moving) // 2
         top, bottom = axes[2 * case], axes[2 * case + 1]
         names = ("Fixed", "Moving") if pairs.volumes_per_item else ("Fixed (ED)", "Moving (ES)")
-        view = _middle_slice if pairs.volumes_per_item else (lambda array: array)
+        view = middle_slice if pairs.volumes_per_item else (lambda array: array)
         for axis, image, title in ((top[0], pairs.fixed[s], names[0]), (top[1], pairs.moving[s], names[1])):
             axis.imshow(view(image), cmap="gray", vmin=0, vmax=1)
             axis.set_title("%s\n%s" % (title, pairs.subject), fontsize=7)
@@ -265,8 +273,6 @@ def figure3(records, methods, base_config, splits, output_dir, path, trained=Non
         bottom[0].axis("off")
         bottom[1].axis("off")
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=120)
+    atomic_save_figure(fig, path)
     plt.close(fig)
-    os.replace(tmp, path)
 

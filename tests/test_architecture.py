@@ -10,7 +10,8 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGES = ("gsmorph_tf", "ulae_tf")
-ENTRY_POINTS = ("run_train", "run_eval", "run_benchmark", "run_export", "run_register", "run_study")
+ENTRY_POINTS = ("run_train", "run_eval", "run_benchmark", "run_export", "run_register", "run_study",
+                "run_deformation_study")
 
 
 def project_modules():
@@ -102,7 +103,7 @@ def run_python(code):
 @pytest.mark.parametrize("module", ["gsmorph_tf.config", "gsmorph_tf.registry", "gsmorph_tf.cli",
                                     "gsmorph_tf.plugins", "gsmorph_tf.data.subjects",
                                     "gsmorph_tf.data.preprocessing", "gsmorph_tf.data.learn2reg",
-                                    "gsmorph_tf.metrics",
+                                    "gsmorph_tf.metrics", "gsmorph_tf.seed_studies",
                                     # benchmarks/reference_ulae_steps.py imports it under a Python without TensorFlow
                                     "ulae_tf.reference"] + list(ENTRY_POINTS))
 def test_light_modules_do_not_load_tensorflow(module):
@@ -127,7 +128,8 @@ def console_script(name):
 
 @pytest.mark.parametrize("script, flag", [("gsmorph-train", "--data_dir"), ("gsmorph-eval", "--run_dir"),
                                           ("gsmorph-export", "--export_base"), ("gsmorph-register", "--moving"),
-                                          ("gsmorph-benchmark", "--methods"), ("gsmorph-study", "--lambdas")])
+                                          ("gsmorph-benchmark", "--methods"), ("gsmorph-study", "--lambdas"),
+                                          ("gsmorph-deformation-study", "--magnitudes")])
 def test_console_scripts_list_their_flags(script, flag):
     done = subprocess.run([console_script(script), "--help"], capture_output=True, text=True, timeout=120)
     assert "Traceback" not in done.stderr, done.stderr[-2000:]

@@ -1,0 +1,120 @@
+"""Does ULAE-net keep its promise? The resumable multi-seed 3D study of accumulative enhancement, one command.
+
+    python run_deformation_study.py                                          # CPU size (flags/deformation_study.flags)
+    python run_deformation_study.py --flagfile=deformation_study_gpu.flags   # the paper's volume size, on a GPU
+
+On the synthetic brain task (written under ``--data_dir`` on first use, one dataset per deformation level), trains
+VoxelMorph at every ``--lambdas`` (the lambda chosen on validation also trains VoxelMorph x2), ULAE-net with its
+reference objective, ULAE-net with gradient surgery and GSMorph-3D, each with every ``--seeds``, runs Initial and
+SyN, trains ULAE-net and VoxelMorph x2 again at every ``--magnitudes`` level, and writes to ``--output_dir``:
+``deformation_table.md``, ``deformation_study.json``, ``validation_curves.png``, ``dice_vs_magnitude.png`` and
+``ulae_steps.png`` (see :mod:`gsmorph_tf.deformation_study`). Re-running the same command resumes: finished runs
+are read back, an interrupted one continues.
+"""
+import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
+
+import math
+
+from absl import app, flags
+
+from gsmorph_tf.cli import dataset_options_from_flags, define_dataset_options, fail, quiet_logs, run_app
+from gsmorph_tf.config import ULAE_INITS, ULAE_MOVED, WARP_PADDINGS
+from gsmorph_tf.errors import ConfigError, DatasetError
+
+flags.DEFINE_string("data_dir", "data_cache/brain", "Where the brain datasets are written (one folder per level).")
+flags.DEFINE_string("output_dir", "runs/deformation_study", "Where every run and the study's tables and figures go.")
+flags.DEFINE_list("methods", None, "Subset of the rows by name (default: all): Initial, SyN, VoxelMorph, "
+                  "VoxelMorph x2, ULAE-net, ULAE-net + gradient surgery, GSMorph-3D.")
+flags.DEFINE_list("lambdas", ["0.3", "1", "3"], "VoxelMorph's smoothness weights (l2); the one with the best mean "
+                  "validation Dice also trains VoxelMorph x2.")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds (initialisation, pair order) of every learned method.")
+flags.DEFINE_list("magnitudes", ["2", "5", "8"], "brain_max_displacement levels (voxels) at which ULAE-net and "
+                  "VoxelMorph x2 are compared, each its own dataset; empty: no magnitude study.")
+flags.DEFINE_integer("split_seed", 0, "Seed of the brain subjects and of the split, the same for every run.")
+flags.DEFINE_integer("epochs", 10, "Training epochs of every learned run (each --pairs_per_epoch steps at batch 1).",
+                     lower_bound=1)
+flags.DEFINE_integer("batch_size", 1, "Pairs per step (ULAE's reference: 1).", lower_bound=1)
+flags.DEFINE_float("learning_rate", 1e-4, "Adam learning rate of every learned run (ULAE's reference).",
+                   lower_bound=0.0)
+flags.DEFINE_float("lam", 1.0, "ULAE-net's smoothness weight (its reference objective: 1).", lower_bound=0.0)
+flags.DEFINE_list("ncc_windows", ["11", "9", "7"], "Multi-window NCC window sides, largest first (every method).")
+flags.DEFINE_float("ncc_gamma", 0.5, "Multi-window NCC weight decay between windows.", lower_bound=0.0)
+flags.DEFINE_enum("warp_padding", "zeros", WARP_PADDINGS, "What every learned method's warps read outside the volume "
+                  "(zeros: the reference's grid_sample).")
+flags.DEFINE_enum("ulae_moved", "warp3", ULAE_MOVED, "The image ULAE-net's similarity scores (warp3: the reference's).")
+flags.DEFINE_enum("ulae_init", "pytorch", ULAE_INITS, "ULAE-net's initialisation (pytorch: the reference's).")
+#: The CPU-sized brain task (flags/deformation_study.flags says why): 30 subjects at 48x64x48 (3.6 mm voxels), the
+#: main level 5 voxels; 3 validation subjects (2 pairs), 11 held out for test (10 pairs), 16 training subjects (240
+#: ordered pairs, 40 drawn per epoch).
+BRAIN_DEFAULTS = {"brain_subjects": 30, "brain_shape": (48, 64, 48), "brain_max_displacement": 5.0,
+                  "pairs_per_epoch": 40, "test_fraction": 0.4}
+for _name in define_dataset_options(only=("brain",), defaults=BRAIN_DEFAULTS):
+    flags.declare_key_flag(_name)
+FLAGS = flags.FLAGS
+
+
+def parse_numbers(flag, values, kind=float):
+    """``--flag``'s comma-separated values as ``kind`` (float or int).
+
+    Raises:
+        ConfigError: naming the flag and the value that is not a number of that kind.
+    """
+    numbers = []
+    for text in values:
+        try:
+            value = kind(text.strip())
+        except ValueError:
+            value = None
+        if value is None or (kind is float and not math.isfinite(value)):
+            raise ConfigError("--%s: %r is not %s" % (flag, text, "an integer" if kind is int else "a number"))
+        numbers.append(value)
+    return tuple(numbers)
+
+
+def plan_from_flags():
+    """The :class:`~gsmorph_tf.deformation_study.StudyPlan` the flags describe (validated).
+
+    Raises:
+        ConfigError: naming the flag or setting that is wrong.
+    """
+    from gsmorph_tf.config import TrainConfig
+    from gsmorph_tf import deformation_study
+
+    options = dict(BRAIN_DEFAULTS, **dataset_options_from_flags(FLAGS, "brain"))
+    seeds = parse_numbers("seeds", FLAGS.seeds, int)
+    config = TrainConfig(dataset="brain", data_dir=FLAGS.data_dir, output_dir=FLAGS.output_dir, model="ulae",
+                         surgery="none", lam=FLAGS.lam, similarity="multi_ncc", reg_penalty="l2",
+                         ncc_windows=parse_numbers("ncc_windows", FLAGS.ncc_windows, int), ncc_gamma=FLAGS.ncc_gamma,
+                         warp_padding=FLAGS.warp_padding, ulae_moved=FLAGS.ulae_moved, ulae_init=FLAGS.ulae_init,
+                         learning_rate=FLAGS.learning_rate, batch_size=FLAGS.batch_size, epochs=FLAGS.epochs,
+                         seed=seeds[0] if seeds else 0, split_seed=FLAGS.split_seed, metric_protocol="volume",
+                         conflict_diagnostics=False, dataset_options=options)
+    return deformation_study.StudyPlan(
+        config=config, output_dir=FLAGS.output_dir, methods=deformation_study.select_methods(FLAGS.methods),
+        seeds=seeds, lambdas=parse_numbers("lambdas", FLAGS.lambdas),
+        magnitudes=parse_numbers("magnitudes", FLAGS.magnitudes)).validate()
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
+    quiet_logs(FLAGS["verbosity"].present)
+    from gsmorph_tf import deformation_study
+
+    try:
+        plan = plan_from_flags()
+        summary = deformation_study.run_deformation_study(plan)
+    except (ConfigError, DatasetError, ImportError) as error:
+        return fail(error)
+    print("\n" + summary["table"])
+    print("\nWrote deformation_table.md, deformation_study.json and the figures to %s" % FLAGS.output_dir)
+    return 0
+
+
+def run():
+    """Console-script entry point (``gsmorph-deformation-study``)."""
+    run_app(main, __name__)
+
+
+if __name__ == "__main__":
+    run()
