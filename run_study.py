@@ -3,7 +3,8 @@
     python run_study.py                                        # the phantom, sized for ~2 h on 2 CPU cores
     python run_study.py --flagfile=study_paper.flags --data_dir=/path/to/ACDC   # the paper's sizes, on a GPU
 
-Trains VoxelMorph at every ``--lambdas`` (l1 penalty) and GSMorph and GS-PCGrad, each with every ``--seeds``,
+Trains VoxelMorph at every ``--lambdas`` (l1 penalty) and the ``--surgery_methods`` (GSMorph and GS-PCGrad),
+each with every ``--seeds``,
 on one fixed subject split (``--split_seed``), and writes to ``--output_dir``: ``study_table.md``,
 ``dice_vs_njd.png``, ``validation_curves.png`` and ``study.json`` (see :mod:`gsmorph_tf.lambda_study`).
 Re-running the same command resumes: finished runs are read back, an interrupted one continues.
@@ -13,7 +14,7 @@ import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 from absl import app, flags
 
 from gsmorph_tf.cli import config_from_flags, define_dataset_options, fail, quiet_logs, run_app
-from gsmorph_tf.config import METRIC_PROTOCOLS, REG_PENALTIES
+from gsmorph_tf.config import METRIC_PROTOCOLS, REG_PENALTIES, WARP_PADDINGS
 from gsmorph_tf.errors import ConfigError, DatasetError
 from gsmorph_tf.registry import DATASETS
 
@@ -21,6 +22,7 @@ flags.DEFINE_enum("dataset", "phantom", DATASETS.names(), "Dataset (phantom: gen
 flags.DEFINE_string("data_dir", "data_cache/phantom_study", "Dataset root.")
 flags.DEFINE_string("output_dir", "runs/study", "Where every run and the study's tables and figures go.")
 flags.DEFINE_list("lambdas", ["0.3", "0.1", "0.03", "0.01", "0.003", "0.001"], "VoxelMorph's smoothness weights.")
+flags.DEFINE_list("surgery_methods", ["GSMorph", "GS-PCGrad"], "Surgery methods of the study (empty: VoxelMorph only).")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds (initialisation, shuffling) of every method.")
 flags.DEFINE_integer("split_seed", 0, "Seed of the subject split, the same for every run.")
 flags.DEFINE_integer("epochs", 30, "Training epochs of every run.", lower_bound=1)
@@ -29,6 +31,8 @@ flags.DEFINE_float("learning_rate", 5e-3, "Adam learning rate of every run (the 
 flags.DEFINE_integer("crop_size", 64, "Square crop around the heart (pixels, multiple of 16).", lower_bound=16)
 flags.DEFINE_enum("reg_penalty", "l1", REG_PENALTIES, "Smoothness penalty (l1: the reference's Grad()).")
 flags.DEFINE_enum("metric_protocol", "paper", METRIC_PROTOCOLS, "Metric protocol of the test and validation scores.")
+flags.DEFINE_enum("warp_padding", "border", WARP_PADDINGS, "What the networks' warps read outside the image (zeros: "
+                  "the reference code's grid_sample).")
 for _name in define_dataset_options():
     flags.declare_key_flag(_name)
 flags.register_validator("lambdas", lambda values: all(_is_positive(v) for v in values),
@@ -57,10 +61,11 @@ def main(argv):
     try:
         # The study compares the scores, not the conflict of VoxelMorph's gradients: one backward pass there.
         config = config_from_flags(FLAGS, ("data_dir", "output_dir", "epochs", "batch_size", "learning_rate",
-                                           "crop_size", "split_seed", "reg_penalty", "metric_protocol"),
+                                           "crop_size", "split_seed", "reg_penalty", "metric_protocol",
+                                           "warp_padding"),
                                    PHANTOM_DEFAULTS if FLAGS.dataset == "phantom" else None,
                                    conflict_diagnostics=False)
-        methods = lambda_study.study_methods(tuple(float(v) for v in FLAGS.lambdas))
+        methods = lambda_study.named_methods(FLAGS.lambdas, FLAGS.surgery_methods)
         summary = lambda_study.run_study(config, FLAGS.output_dir, [int(s) for s in FLAGS.seeds], methods)
     except (ConfigError, DatasetError) as error:
         return fail(error)

@@ -121,13 +121,14 @@ def conflict_statistics(sim, reg):
     return float((dots < 0).float().mean()), float(dots.sum() < 0)
 
 
-def build_reference(ref, size, surgery, seed=None, lr=None, lam=None, threads=None):
+def build_reference(ref, size, surgery, seed=None, lr=None, lam=None, threads=None, features=None):
     """The reference's network, optimizer and training step, as ``scripts/TrainModel.py`` builds them.
 
     ``source/model_func.load_model`` and ``GradientDescent`` with ``cfg/VoxelMorph.yaml`` (image side ``size``
     pixels), ``torch.optim.AdamW(lr, weight_decay)``, surgery mode ``surgery`` (a key of :data:`SURGERY`) and
-    smoothness weight ``lam``; the weights drawn after ``torch.manual_seed(seed)``. ``seed``, ``lr`` and
-    ``lam`` default to the config's (3407, 5e-3, 0.01). Exits naming ``ref`` if it is not a checkout.
+    smoothness weight ``lam``; the weights drawn after ``torch.manual_seed(seed)``. ``seed``, ``lr``, ``lam``
+    and ``features`` (the config's ``FeatNum``, five encoder widths) default to the config's (3407, 5e-3, 0.01,
+    16-256). Exits naming ``ref`` if it is not a checkout.
 
     Returns:
         ``(model, optimizer, updater)``; ``updater.update_gradient(model(moving, fixed))`` is one step.
@@ -145,6 +146,8 @@ def build_reference(ref, size, surgery, seed=None, lr=None, lam=None, threads=No
         torch.set_num_threads(threads)
     cfg = read_yaml(os.path.join(ref, "cfg", "VoxelMorph.yaml"))
     cfg["ImgSize"] = size
+    if features is not None:
+        cfg["FeatNum"] = list(features)
     torch.manual_seed(cfg["Seed"] if seed is None else seed)
     model = load_model(cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["LearningRate"] if lr is None else lr,

@@ -72,18 +72,6 @@ def study_config(study_dir):
         return TrainConfig.from_dict(json.load(f)["config"])
 
 
-def chosen_methods():
-    """The study's methods named by ``--lambdas`` and ``--surgery_methods``."""
-    from gsmorph_tf import lambda_study
-
-    known = {name for name, _ in lambda_study.SURGERY_METHODS}
-    unknown = sorted(set(FLAGS.surgery_methods) - known)
-    if unknown:
-        raise ConfigError("--surgery_methods: unknown %s; known: %s" % (", ".join(unknown), ", ".join(sorted(known))))
-    surgery = tuple(m for m in lambda_study.SURGERY_METHODS if m[0] in FLAGS.surgery_methods)
-    return lambda_study.study_methods(tuple(float(v) for v in FLAGS.lambdas), surgery)
-
-
 def export_pairs(splits, path):
     """The splits' image pairs as the ``.npz`` ``reference_train.py`` reads (subjects and slices in order),
     written by its own writer (a temporary file, then a rename)."""
@@ -133,7 +121,7 @@ def main(argv):
     from gsmorph_tf.fileio import atomic_write_text
 
     try:
-        methods = chosen_methods()
+        methods = lambda_study.named_methods(FLAGS.lambdas, FLAGS.surgery_methods)
         seeds = [int(s) for s in FLAGS.seeds]
         splits = training.load_data(config)
         training.check_batches(config, splits)

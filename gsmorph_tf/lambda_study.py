@@ -25,6 +25,7 @@ import os
 import numpy as np
 
 from gsmorph_tf import evaluation, training
+from gsmorph_tf.errors import ConfigError
 from gsmorph_tf.fileio import atomic_save_figure, atomic_write_text
 from gsmorph_tf.seed_studies import (epoch_curve, epoch_steps, over_seeds, paired_test, plot_curves,  # noqa: F401
                                      read_or_make, seed_test, subject_dice)  # (re-exported: the study's API)
@@ -54,6 +55,17 @@ def study_methods(lambdas=STUDY_LAMBDAS, surgery_methods=SURGERY_METHODS):
     methods += [StudyMethod(name, name.lower().replace("-", "_"), (("surgery", mode),))
                 for name, mode in surgery_methods]
     return methods
+
+
+def named_methods(lambdas, surgery_names):
+    """:func:`study_methods` for the VoxelMorph ``lambdas`` and the surgery methods named (table names of
+    :data:`SURGERY_METHODS`, in that order); ``ConfigError`` naming an unknown name and the known ones."""
+    known = dict(SURGERY_METHODS)
+    unknown = sorted(set(surgery_names) - set(known))
+    if unknown:
+        raise ConfigError("--surgery_methods: unknown %s; known: %s" % (", ".join(unknown), ", ".join(sorted(known))))
+    return study_methods(tuple(float(v) for v in lambdas),
+                         tuple(m for m in SURGERY_METHODS if m[0] in surgery_names))
 
 
 def run_one(method, seed, base_config, output_dir, steps_per_epoch, log=print):
