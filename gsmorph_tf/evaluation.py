@@ -263,14 +263,15 @@ def evaluate_predictor(predict, subjects, progress=None, protocol="volume"):
 
 
 def evaluate_flows(subjects, flows, protocol="volume", source="flows"):
-    """Metric rows of 2D displacement fields computed elsewhere (another implementation, a saved run), scored
+    """Metric rows of displacement fields computed elsewhere (another implementation, a saved run), scored
     exactly as a network's: the moving images and labels are warped here (:func:`warp_images`,
     :func:`warp_labels`), so two sets of flows differ in their scores only by the flows.
 
     Args:
-        subjects: list of 2D :class:`~gsmorph_tf.data.subjects.SubjectPairs`.
-        flows: ``[N, H, W, 2]``: the subjects' slice pairs in order (subject by subject, slice by slice),
-            pixels along (row, col).
+        subjects: list of :class:`~gsmorph_tf.data.subjects.SubjectPairs`, 2D (``moving [S, H, W]``: slice
+            pairs) or 3D (``moving [1, D, H, W]``: one volume pair each, as the brain and Learn2Reg tasks).
+        flows: the subjects' pairs in order (subject by subject, slice by slice): ``[N, H, W, 2]`` (pixels along
+            row, column) or ``[N, D, H, W, 3]`` (voxels along the array axes).
         protocol: as :func:`evaluate_predictor`; source: names the flows in errors (e.g. their file).
 
     Returns:
@@ -279,11 +280,13 @@ def evaluate_flows(subjects, flows, protocol="volume", source="flows"):
     Raises:
         ValueError: ``flows`` is not shaped like the subjects' pairs.
     """
+    subjects = list(subjects)
     counts = [len(p.moving) for p in subjects]
-    expected = (sum(counts),) + tuple(subjects[0].moving.shape[1:]) + (2,)
+    spatial = tuple(subjects[0].moving.shape[1:])
+    expected = (sum(counts),) + spatial + (len(spatial),)
     flows = np.asarray(flows)
-    if subjects[0].moving.ndim != 3 or flows.shape != expected:
-        raise ValueError("%s: expected 2D flows of shape %s (the %d slice pairs of %d subjects in order), got %s"
+    if len(spatial) not in (2, 3) or flows.shape != expected:
+        raise ValueError("%s: expected flows of shape %s (the %d pairs of %d subjects in order), got %s"
                          % (source, expected, sum(counts), len(subjects), flows.shape))
     rows, start = [], 0
     for pairs, count in zip(subjects, counts):

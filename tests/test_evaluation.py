@@ -136,8 +136,29 @@ def test_evaluate_flows_scores_precomputed_flows_as_a_predictor_would():
     assert rows[0]["dice_LV"] == pytest.approx(100.0)   # the roll undone away from the image border
     identity = evaluation.evaluate_flows([first], np.zeros((3, 16, 16, 2)), protocol="volume")[0]
     assert identity["dice_mean"] == pytest.approx(evaluation.evaluate_identity([first])[0]["dice_mean"])
-    with pytest.raises(ValueError, match=r"run\.npz: expected 2D flows of shape \(5, 16, 16, 2\)"):
+    with pytest.raises(ValueError, match=r"run\.npz: expected flows of shape \(5, 16, 16, 2\)"):
         evaluation.evaluate_flows([first, second], flows[:4], source="run.npz")
+
+
+def test_evaluate_flows_scores_3d_volume_pairs_as_a_predictor_would():
+    fixed = np.stack([square_labels((8, 16, 16))])            # one volume pair per subject: [1, D, H, W]
+    first = make_subject(np.roll(fixed, 1, axis=3), fixed)
+    second = SubjectPairs(**dict(vars(make_subject(fixed, fixed)), subject="s2"))
+    flows = np.zeros((2, 8, 16, 16, 3), np.float32)
+    flows[0, ..., 2] = 1.0   # the first pair: one voxel back along the last axis, which undoes the roll
+    flows[1, ..., 0] = 0.5
+    rows = evaluation.evaluate_flows([first, second], flows)
+    stacks = iter((flows[:1], flows[1:]))
+
+    def predict(moving, fixed):
+        flow = next(stacks)
+        return evaluation.warp_images(moving, flow), flow
+    expected = evaluation.evaluate_predictor(predict, [first, second])
+    assert [(r["subject"], r["dice_mean"], r["mse_x100"], r["njd"]) for r in rows] == \
+        [(r["subject"], r["dice_mean"], r["mse_x100"], r["njd"]) for r in expected]
+    assert rows[0]["dice_LV"] == pytest.approx(100.0)
+    with pytest.raises(ValueError, match=r"expected flows of shape \(2, 8, 16, 16, 3\)"):
+        evaluation.evaluate_flows([first, second], flows[..., :2])
 
 
 def test_warp_images_moves_content_like_the_label_warp():
