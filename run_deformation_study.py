@@ -18,7 +18,7 @@ import math
 from absl import app, flags
 
 from gsmorph_tf.cli import dataset_options_from_flags, define_dataset_options, fail, quiet_logs, run_app
-from gsmorph_tf.config import ULAE_INITS, ULAE_MOVED, WARP_PADDINGS
+from gsmorph_tf.config import NCC_FORMULAS, ULAE_INITS, ULAE_MOVED, WARP_PADDINGS
 from gsmorph_tf.errors import ConfigError, DatasetError
 
 flags.DEFINE_string("data_dir", "data_cache/brain", "Where the brain datasets are written (one folder per level).")
@@ -39,6 +39,8 @@ flags.DEFINE_float("learning_rate", 1e-4, "Adam learning rate of every learned r
 flags.DEFINE_float("lam", 1.0, "ULAE-net's smoothness weight (its reference objective: 1).", lower_bound=0.0)
 flags.DEFINE_list("ncc_windows", ["11", "9", "7"], "Multi-window NCC window sides, largest first (every method).")
 flags.DEFINE_float("ncc_gamma", 0.5, "Multi-window NCC weight decay between windows.", lower_bound=0.0)
+flags.DEFINE_enum("ncc", "reference", NCC_FORMULAS, "Local NCC formula of every method (reference: the ULAE code's "
+                  "cross^2 / (var_I var_J + 1e-5), no clamps; voxelmorph: voxelmorph 0.2's clamped one).")
 flags.DEFINE_enum("warp_padding", "zeros", WARP_PADDINGS, "What every learned method's warps read outside the volume "
                   "(zeros: the reference's grid_sample).")
 flags.DEFINE_enum("ulae_moved", "warp3", ULAE_MOVED, "The image ULAE-net's similarity scores (warp3: the reference's).")
@@ -85,7 +87,7 @@ def plan_from_flags():
     config = TrainConfig(dataset="brain", data_dir=FLAGS.data_dir, output_dir=FLAGS.output_dir, model="ulae",
                          surgery="none", lam=FLAGS.lam, similarity="multi_ncc", reg_penalty="l2",
                          ncc_windows=parse_numbers("ncc_windows", FLAGS.ncc_windows, int), ncc_gamma=FLAGS.ncc_gamma,
-                         warp_padding=FLAGS.warp_padding, ulae_moved=FLAGS.ulae_moved, ulae_init=FLAGS.ulae_init,
+                         ncc=FLAGS.ncc, warp_padding=FLAGS.warp_padding, ulae_moved=FLAGS.ulae_moved, ulae_init=FLAGS.ulae_init,
                          learning_rate=FLAGS.learning_rate, batch_size=FLAGS.batch_size, epochs=FLAGS.epochs,
                          seed=seeds[0] if seeds else 0, split_seed=FLAGS.split_seed, metric_protocol="volume",
                          conflict_diagnostics=False, dataset_options=options)
