@@ -195,12 +195,13 @@ def test_the_cpu_flagfile_is_the_commands_defaults(tmp_path):
             "['--flagfile=deformation_study_gpu.flags']):\n"
             "    r.FLAGS.unparse_flags(); r.FLAGS(['x'] + argv); plans.append(r.plan_from_flags())\n"
             "print(json.dumps([plans[0] == plans[1], plans[0].run_count(), list(plans[0].levels), "
-            "plans[0].config.dataset_options, plans[2].config.dataset_options, list(plans[2].magnitudes)]))")
+            "plans[0].config.dataset_options, plans[2].config.dataset_options, list(plans[2].magnitudes), "
+            "plans[0].config.ncc]))")
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, PYTHONPATH=ROOT))
     assert done.returncode == 0, done.stderr[-2000:]
-    same, runs, levels, cpu, gpu, magnitudes = json.loads(done.stdout)
-    assert same and levels == [5.0, 2.0, 8.0]
+    same, runs, levels, cpu, gpu, magnitudes, ncc = json.loads(done.stdout)
+    assert same and levels == [5.0, 2.0, 8.0] and ncc == "reference"   # the ULAE code's NCC formula
     # main level: Initial, SyN, 3 lambdas x 3 seeds, x2, ULAE-net, ULAE + GS, GSMorph-3D x 3 seeds; two more levels:
     # Initial and (x2, ULAE-net) x 3 seeds
     assert runs == 2 + 9 + 4 * 3 + 2 * (1 + 2 * 3) == 37
@@ -324,23 +325,121 @@ def test_the_whole_command_on_a_tiny_task_and_its_resume(tmp_path, capsys):
 
 # --- one real run ----------------------------------------------------------------------------------------------------
 
-def test_a_real_ulae_net_run_through_the_command(tmp_path):
-    """ULAE-net trained for real (1 step) by the command, scored, timed, and its three steps drawn."""
+@pytest.fixture(scope="module")
+def real_ulae_study(tmp_path_factory):
+    """The command on the tiny task with ULAE-net trained for real (1 step, seed 3): ``(folder, its output)``."""
+    tmp_path = tmp_path_factory.mktemp("real_ulae")
     command = [sys.executable, os.path.join(ROOT, "run_deformation_study.py"), "--data_dir=%s" % (tmp_path / "data"),
                "--output_dir=%s" % (tmp_path / "study"), "--methods=Initial,ULAE-net", "--seeds=3", "--epochs=1",
                "--magnitudes=", "--pairs_per_epoch=1"] + [f for f in TINY_FLAGS if "pairs_per_epoch" not in f]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "[2/2] ULAE-net, seed 3 (max displacement 2 voxels)" in done.stdout
+    return tmp_path, done.stdout
+
+
+def test_a_real_ulae_net_run_through_the_command(real_ulae_study):
+    """ULAE-net trained for real (1 step) by the command, scored, timed, and its three steps drawn."""
+    tmp_path, stdout = real_ulae_study
+    assert "[2/2] ULAE-net, seed 3 (max displacement 2 voxels)" in stdout
     saved = json.loads((tmp_path / "study" / "deformation_study.json").read_text())
     run = saved["runs"]["disp2"]["ULAE-net"][0]
     assert run["parameters"] == 1_109_241 and run["steps"] == 1 and len(run["validation_curve"]) == 1
     assert len(run["ms_per_pair"]) == 2 and min(run["ms_per_pair"]) > 0      # the 2 test pairs, one at a time
     with open(tmp_path / "study" / "disp2" / "ulae" / "seed3" / "config.json") as f:
         config = json.load(f)
-    assert (config["seed"], config["ulae_moved"], config["warp_padding"], config["lam"]) == (3, "warp3", "zeros", 1.0)
+    assert (config["seed"], config["ulae_moved"], config["warp_padding"], config["lam"], config["ncc"]) == \
+        (3, "warp3", "zeros", 1.0, "reference")
     assert (tmp_path / "study" / "ulae_steps.png").read_bytes()[:8] == PNG
     figure = saved["summary"]["figure"]
     assert set(figure["mse_x100"]) == {"Moving", "Step 1", "Step 2", "Step 3", "Composed", "Fixed"}
     assert saved["summary"]["magnitudes"] == [] and not (tmp_path / "study" / "dice_vs_magnitude.png").exists()
     assert "| ULAE-net |" in (tmp_path / "study" / "deformation_table.md").read_text()
+
+
+#: Stands in for a Python with PyTorch: answers the harness's import probe, "trains" the reference by writing zero
+#: fields (the identity) in reference_ulae_train.py's output format, and prints reference_ulae_step.py's line.
+FAKE_REFERENCE_PYTHON = """#!{python}
+import sys
+import numpy as np
+if sys.argv[1] == "-c":
+    sys.exit(0)
+if sys.argv[1].endswith("reference_ulae_step.py"):
+    print("reference_ulae 16x16x16: parameters 1109241, step 1000.0 ms, peak 500 MB (process peak RSS)")
+    sys.exit(0)
+args = dict(zip(sys.argv[2::2], sys.argv[3::2]))
+with open(args["--out"] + ".calls", "a") as f:
+    f.write(" ".join(sys.argv[2:]) + "\\n")
+data = np.load(args["--data"])
+epochs, steps = data["train_order"].shape[:2]
+for epoch in range(epochs):
+    print("epoch %d/%d" % (epoch + 1, epochs))
+np.savez(args["--out"], test_flow=np.zeros(data["test_moving"].shape + (3,)),
+         val_flow=np.zeros((epochs,) + data["val_moving"].shape + (3,)), sim_loss=np.full(epochs, -0.5),
+         reg_loss=np.zeros(epochs), step_ms=np.full(epochs * steps, 1000.0), steps=np.array(epochs * steps),
+         torch_version="2.fake", reference_commit="abc")
+"""
+
+
+def test_the_ulae_reference_comparison_on_the_studys_run(real_ulae_study):
+    """benchmarks/reference_ulae_training.py on the study's real ULAE-net run, with a stand-in for the reference:
+    the reference gets the port's volumes and its pair order, both sides are scored by one evaluator, the step
+    timing is reported, and a second call reads everything back."""
+    from gsmorph_tf.data import streaming
+
+    tmp_path, _ = real_ulae_study
+    python = tmp_path / "fake_python"
+    python.write_text(FAKE_REFERENCE_PYTHON.format(python=sys.executable))
+    python.chmod(0o755)
+    reference_dir = tmp_path / "ULAE-net"
+    (reference_dir / "ULAE").mkdir(parents=True)
+    (reference_dir / "ULAE" / "ULAE.py").write_text("")
+    study = tmp_path / "study"
+    command = [sys.executable, os.path.join(ROOT, "benchmarks", "reference_ulae_training.py"), "--study_dir=%s" % study,
+               "--reference_dir=%s" % reference_dir, "--reference_python=%s" % python, "--seeds=3", "--timing_steps=1"]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "[1/1] ULAE-net, seed 3: the reference" in first.stdout and "reference: epoch 1/1" in first.stdout
+    output = study / "reference"
+    calls = (output / "seed3" / "reference.npz.calls").read_text()
+    assert "--seed 3 --lr 0.0001" in calls
+    config = TrainConfig.from_dict(json.loads((study / "study_config.json").read_text()))
+    with np.load(output / "seed3" / "data.npz") as data:
+        assert data["train_images"].shape == (2, 16, 16, 16) and data["test_moving"].shape == (2, 16, 16, 16)
+        # the port's own order for seed 3: epoch_pairs of the two training images, one pair per step
+        assert data["train_order"].tolist() == [[list(pair) for pair in streaming.epoch_pairs(2, 3, 0, None, 1)]]
+        assert 0.0 <= data["train_images"].min() and data["train_images"].max() <= 1.0
+    assert config.option("pairs_per_epoch") == 1
+    saved = json.loads((output / "reference_comparison.json").read_text())
+    port, reference = saved["port_runs"][0], saved["reference_runs"][0]
+    initial = json.loads((study / "deformation_study.json").read_text())["runs"]["disp2"]["Initial"][0]
+    # the reference's zero fields score as the identity; the port's trained run as itself, to Initial's order
+    assert reference["test"]["dice_mean"]["mean"] == pytest.approx(initial["test"]["dice_mean"]["mean"], abs=1e-6)
+    assert reference["test"]["njd"]["mean"] == 0.0 and reference["steps"] == 1 and reference["median_step_ms"] == 1000.0
+    assert abs(port["test"]["dice_mean"]["mean"] - initial["test"]["dice_mean"]["mean"]) < 5.0
+    assert len(port["validation_curve"]) == len(reference["validation_curve"]) == 1
+    assert saved["timing"]["reference_ms"] == 1000.0 and saved["timing"]["port_ms"] > 0
+    table = (output / "reference_comparison.md").read_text()
+    assert "| ULAE-net | reference |" in table and "port / reference = " in table and "Wilcoxon" in table
+    assert (output / "reference_curves.png").read_bytes()[:8] == PNG
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "reference: epoch" not in again.stdout   # everything read back
+    assert json.loads((output / "reference_comparison.json").read_text())["comparison"] == saved["comparison"]
+
+
+def test_the_ulae_reference_comparison_refuses_another_objective(tmp_path):
+    study = tmp_path / "study"
+    study.mkdir()
+    tiny_config(tmp_path, ncc="voxelmorph").save(str(study / "study_config.json"))
+    (tmp_path / "ULAE-net" / "ULAE").mkdir(parents=True)
+    (tmp_path / "ULAE-net" / "ULAE" / "ULAE.py").write_text("")
+    python = tmp_path / "fake_python"
+    python.write_text(FAKE_REFERENCE_PYTHON.format(python=sys.executable))
+    python.chmod(0o755)
+    command = [sys.executable, os.path.join(ROOT, "benchmarks", "reference_ulae_training.py"), "--study_dir=%s" % study,
+               "--reference_dir=%s" % (tmp_path / "ULAE-net"), "--reference_python=%s" % python]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "study_config.json: the study's ULAE-net objective is not the reference's" in done.stderr
+    assert "ncc=voxelmorph (the reference: reference)" in done.stderr
+    missing = subprocess.run(command[:2] + ["--study_dir=%s" % tmp_path] + command[3:], capture_output=True, text=True,
+                             timeout=300)
+    assert missing.returncode == 2 and "no study_config.json; run run_deformation_study.py" in missing.stderr
