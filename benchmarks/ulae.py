@@ -12,8 +12,13 @@ filtering (:func:`gsmorph_tf.losses.box_sums`, what training uses) and by the di
 (:func:`gsmorph_tf.losses.box_sums_direct`, what voxelmorph's NCC and the ULAE reference code compute, and
 what this project used before), with the ratios multi / single.
 
+``--recompute`` measures ULAE-net with gradient checkpointing: its shared encoder and its three decoders each
+wrapped in ``tf.recompute_grad`` (their activations recomputed in the backward pass instead of kept). Measured on
+the 2-core AMD EPYC, float32, it does not lower the peak materially (80x96x80: 3382 MB without, 3232 MB with;
+48x64x48: 2069 and 2227 MB; with grappler off, 4017 and 4109 MB at 80x96x80), so training has no such option.
+
 Usage: ``python benchmarks/ulae.py [--sizes=80x96x80,160x192x160] [--steps=3] [--parts=networks,loss]
-[--ncc=voxelmorph] [--mixed_precision]``
+[--ncc=voxelmorph] [--mixed_precision] [--recompute]``
 """
 import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 
@@ -39,6 +44,8 @@ flags.DEFINE_enum("ncc", NCC_FORMULAS[0], NCC_FORMULAS, "Local NCC formula of th
                   "(see gsmorph_tf.losses.local_ncc).")
 flags.DEFINE_boolean("mixed_precision", False, "Train the networks in mixed_float16 (loss scaling; for GPUs: slower on "
                      "CPUs).")
+flags.DEFINE_boolean("recompute", False, "ULAE-net only: wrap its encoder and decoders in tf.recompute_grad (gradient "
+                     "checkpointing), to measure what that saves.")
 flags.register_validator("parts", lambda parts: bool(parts) and set(parts) <= set(PARTS),
                          "--parts takes networks, loss or both (comma-separated)")
 flags.DEFINE_string("_child", None, "Internal: run one measurement 'network:size' and print JSON.")
@@ -52,7 +59,23 @@ def _peak_memory_mb(tf):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, "process peak RSS"
 
 
-def measure(network_name, shape, steps, formula, mixed_precision):
+def with_recomputation(builder):
+    """``builder`` (of a Keras model called on a list of tensors) made to return a model whose call runs the built
+    one inside ``tf.recompute_grad``: its activations are recomputed during the backward pass, not stored."""
+    import tensorflow as tf
+
+    class Recomputed(tf.keras.Model):
+        def __init__(self, inner):
+            super().__init__(name=inner.name + "_recomputed")
+            self.inner = inner
+
+        def call(self, inputs):
+            return tf.recompute_grad(lambda *tensors: self.inner(list(tensors)))(*inputs)
+
+    return lambda *args, **kwargs: Recomputed(builder(*args, **kwargs))
+
+
+def measure(network_name, shape, steps, formula, mixed_precision, recompute=False):
     """Forward and train-step median ms and peak memory for one network at one shape (this process), built
     and trained through its registry entry with the 3D protocol of ``flags/oasis_protocol.flags`` (batch 1,
     surgery ``none``, lambda 1, L2 smoothness, multi-window NCC with ``formula``, zero padding; ULAE-net with
@@ -65,6 +88,11 @@ def measure(network_name, shape, steps, formula, mixed_precision):
     from gsmorph_tf.timing import median_ms
 
     own = {"ulae_moved": "warp3", "ulae_init": "pytorch"} if network_name == "ulae" else {}
+    if recompute:
+        from ulae_tf import networks
+
+        networks.build_uncoupled_encoder = with_recomputation(networks.build_uncoupled_encoder)
+        networks.build_step_decoder = with_recomputation(networks.build_step_decoder)
     config = TrainConfig(model=network_name, dataset="brain", data_dir="(random volumes)", surgery="none", lam=1.0,
                          similarity="multi_ncc", ncc=formula, reg_penalty="l2", warp_padding="zeros", learning_rate=1e-4, batch_size=1,
                          conflict_diagnostics=False, mixed_precision=mixed_precision, **own).validate()
@@ -124,14 +152,16 @@ def main(argv):
         network_name, size = FLAGS._child.split(":")
         shape = parse_shape(size)
         result = (loss_cost(shape, FLAGS.steps, FLAGS.ncc) if network_name == "loss"
-                  else measure(network_name, shape, FLAGS.steps, FLAGS.ncc, FLAGS.mixed_precision))
+                  else measure(network_name, shape, FLAGS.steps, FLAGS.ncc, FLAGS.mixed_precision,
+                               FLAGS.recompute and network_name == "ulae"))
         print("RESULT " + json.dumps(result))
         return
     from gsmorph_tf.timing import machine_description
 
     print("machine: %s" % machine_description())
     print("batch 1, median of %d steps after one warm-up; each line measured in a fresh process; NCC formula %s; "
-          "%s\n" % (FLAGS.steps, FLAGS.ncc, "mixed_float16" if FLAGS.mixed_precision else "float32"))
+          "%s%s\n" % (FLAGS.steps, FLAGS.ncc, "mixed_float16" if FLAGS.mixed_precision else "float32",
+                      "; ULAE-net with its encoder and decoders recomputed (tf.recompute_grad)" if FLAGS.recompute else ""))
     if "networks" in FLAGS.parts:
         print("%-8s %-12s %10s %12s %14s %12s" % ("network", "size", "params", "forward ms", "train step ms",
                                                   "peak MB"))
@@ -141,7 +171,8 @@ def main(argv):
         for network_name in names:
             done = subprocess.run([sys.executable, os.path.abspath(__file__), "--_child=%s:%s" % (network_name, size),
                                    "--steps=%d" % FLAGS.steps, "--ncc=%s" % FLAGS.ncc,
-                                   "--mixed_precision=%s" % FLAGS.mixed_precision], capture_output=True, text=True)
+                                   "--mixed_precision=%s" % FLAGS.mixed_precision, "--recompute=%s" % FLAGS.recompute],
+                                  capture_output=True, text=True)
             lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
             if done.returncode != 0 or not lines:
                 print("%-8s %-12s failed (exit %d): %s" % (network_name, size, done.returncode,
