@@ -222,7 +222,7 @@ def plot_curves(port, reference, path):
                     axis.plot(np.arange(1, len(record[key]) + 1), record[key], style, color=colours[index % 10],
                               label="%s, seed %d" % (side, record["seed"]))
     axes[0].set_ylabel("validation Dice (%)")
-    axes[1].set_ylabel("training similarity (multi-window NCC, epoch mean)")
+    axes[1].set_ylabel("training multi-window NCC (epoch mean)")
     for axis in axes:
         axis.set_xlabel("epoch")
     axes[0].legend(fontsize=7)

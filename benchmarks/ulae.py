@@ -14,8 +14,9 @@ what this project used before), with the ratios multi / single.
 
 ``--recompute`` measures ULAE-net with gradient checkpointing: its shared encoder and its three decoders each
 wrapped in ``tf.recompute_grad`` (their activations recomputed in the backward pass instead of kept). Measured on
-the 2-core AMD EPYC, float32, it does not lower the peak materially (80x96x80: 3382 MB without, 3232 MB with;
-48x64x48: 2069 and 2227 MB; with grappler off, 4017 and 4109 MB at 80x96x80), so training has no such option.
+the 2-core AMD EPYC, float32, 80x96x80, reference NCC (``--sizes=80x96x80 --steps=2 --ncc=reference``): peak RSS
+3712 MB without, 3571 MB with (-4 %), train step 2165 and 2745 ms (+27 %); not material, so training has no such
+option (with grappler's graph rewrites switched off it was no better: 4017 and 4109 MB).
 
 Usage: ``python benchmarks/ulae.py [--sizes=80x96x80,160x192x160] [--steps=3] [--parts=networks,loss]
 [--ncc=voxelmorph] [--mixed_precision] [--recompute]``
