@@ -356,15 +356,12 @@ def test_a_real_ulae_net_run_through_the_command(real_ulae_study):
     assert "| ULAE-net |" in (tmp_path / "study" / "deformation_table.md").read_text()
 
 
-#: Stands in for a Python with PyTorch: answers the harness's import probe, "trains" the reference by writing zero
-#: fields (the identity) in reference_ulae_train.py's output format, and prints reference_ulae_step.py's line.
+#: Stands in for a Python with PyTorch: answers the harness's import probe and "trains" the reference by writing
+#: zero fields (the identity) in reference_ulae_train.py's output format.
 FAKE_REFERENCE_PYTHON = """#!{python}
 import sys
 import numpy as np
 if sys.argv[1] == "-c":
-    sys.exit(0)
-if sys.argv[1].endswith("reference_ulae_step.py"):
-    print("reference_ulae 16x16x16: parameters 1109241, step 1000.0 ms, peak 500 MB (process peak RSS)")
     sys.exit(0)
 args = dict(zip(sys.argv[2::2], sys.argv[3::2]))
 with open(args["--out"] + ".calls", "a") as f:
@@ -382,8 +379,8 @@ np.savez(args["--out"], test_flow=np.zeros(data["test_moving"].shape + (3,)),
 
 def test_the_ulae_reference_comparison_on_the_studys_run(real_ulae_study):
     """benchmarks/reference_ulae_training.py on the study's real ULAE-net run, with a stand-in for the reference:
-    the reference gets the port's volumes and its pair order, both sides are scored by one evaluator, the step
-    timing is reported, and a second call reads everything back."""
+    the reference gets the port's volumes and its pair order, both sides are scored by one evaluator, and a second
+    call reads everything back (the step timing is left out: it times the real network, too slow for the suite)."""
     from gsmorph_tf.data import streaming
 
     tmp_path, _ = real_ulae_study
@@ -395,7 +392,7 @@ def test_the_ulae_reference_comparison_on_the_studys_run(real_ulae_study):
     (reference_dir / "ULAE" / "ULAE.py").write_text("")
     study = tmp_path / "study"
     command = [sys.executable, os.path.join(ROOT, "benchmarks", "reference_ulae_training.py"), "--study_dir=%s" % study,
-               "--reference_dir=%s" % reference_dir, "--reference_python=%s" % python, "--seeds=3", "--timing_steps=1"]
+               "--reference_dir=%s" % reference_dir, "--reference_python=%s" % python, "--seeds=3", "--timing_steps=0"]
     first = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "[1/1] ULAE-net, seed 3: the reference" in first.stdout and "reference: epoch 1/1" in first.stdout
@@ -417,9 +414,9 @@ def test_the_ulae_reference_comparison_on_the_studys_run(real_ulae_study):
     assert reference["test"]["njd"]["mean"] == 0.0 and reference["steps"] == 1 and reference["median_step_ms"] == 1000.0
     assert abs(port["test"]["dice_mean"]["mean"] - initial["test"]["dice_mean"]["mean"]) < 5.0
     assert len(port["validation_curve"]) == len(reference["validation_curve"]) == 1
-    assert saved["timing"]["reference_ms"] == 1000.0 and saved["timing"]["port_ms"] > 0
+    assert saved["timing"] is None   # --timing_steps=0 (the step timing builds and traces the real network: slow)
     table = (output / "reference_comparison.md").read_text()
-    assert "| ULAE-net | reference |" in table and "port / reference = " in table and "Wilcoxon" in table
+    assert "| ULAE-net | reference |" in table and "Wilcoxon" in table and "Train step at" not in table
     assert (output / "reference_curves.png").read_bytes()[:8] == PNG
     again = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "reference: epoch" not in again.stdout   # everything read back
