@@ -23,12 +23,12 @@ import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 
 import json
 import os
-import subprocess
 
 from absl import app, flags
 
 from gsmorph_tf.cli import fail, quiet_logs, run_app
 from gsmorph_tf.errors import ConfigError, DatasetError
+from reference_glue import check_reference_python, run_streamed  # this folder
 
 #: VoxelMorph's lambdas compared by default: the paper's VoxelMorph-l, -m and -s (l1 penalty).
 REFERENCE_LAMBDAS = ("0.1", "0.01", "0.001")
@@ -53,11 +53,7 @@ def check_reference():
     if not os.path.isfile(os.path.join(FLAGS.reference_dir, "source", "model_func.py")):
         raise ConfigError("--reference_dir=%s: no source/model_func.py there; expected a checkout of "
                           "wulalago/GSMorph" % FLAGS.reference_dir)
-    probe = subprocess.run([FLAGS.reference_python, "-c", "import torch, numpy"], capture_output=True, text=True)
-    if probe.returncode:
-        raise ConfigError("--reference_python=%s cannot import torch and numpy: %s"
-                          % (FLAGS.reference_python,
-                             (probe.stderr.strip().splitlines() or ["exit status %d" % probe.returncode])[-1]))
+    check_reference_python(FLAGS.reference_python)
 
 
 def study_config(study_dir):
@@ -93,11 +89,7 @@ def reference_run(method, seed, config, pairs_path, folder):
                "--data", pairs_path, "--out", out, "--surgery", settings["surgery"],
                "--lam", str(settings.get("lam", config.lam)), "--seed", str(seed), "--epochs", str(config.epochs),
                "--batch", str(config.batch_size), "--lr", str(config.learning_rate), "--threads", str(FLAGS.threads)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in process.stdout:
-        print("  reference: " + line.rstrip(), flush=True)
-    if process.wait():
-        raise RuntimeError("the reference run failed (exit %d): %s" % (process.returncode, " ".join(command)))
+    run_streamed(command)
     return out
 
 

@@ -36,6 +36,7 @@ from absl import app, flags
 
 from gsmorph_tf.cli import fail, quiet_logs, run_app
 from gsmorph_tf.errors import ConfigError, DatasetError
+from reference_glue import check_reference_python, run_streamed  # this folder
 
 flags.DEFINE_string("study_dir", "runs/ulae_reference", "A run_deformation_study.py output folder (study_config.json).")
 flags.DEFINE_string("reference_dir", None, "Checkout of wanghaostu/ULAE-net.", required=True)
@@ -61,11 +62,7 @@ def check_reference():
     if not os.path.isfile(os.path.join(FLAGS.reference_dir, "ULAE", "ULAE.py")):
         raise ConfigError("--reference_dir=%s: no ULAE/ULAE.py there; expected a checkout of wanghaostu/ULAE-net"
                           % FLAGS.reference_dir)
-    probe = subprocess.run([FLAGS.reference_python, "-c", "import torch, numpy"], capture_output=True, text=True)
-    if probe.returncode:
-        raise ConfigError("--reference_python=%s cannot import torch and numpy: %s"
-                          % (FLAGS.reference_python,
-                             (probe.stderr.strip().splitlines() or ["exit status %d" % probe.returncode])[-1]))
+    check_reference_python(FLAGS.reference_python)
 
 
 def study_config(study_dir):
@@ -110,7 +107,6 @@ def export_data(splits, config, seed, path):
         arrays["%s_moving" % split] = np.concatenate([p.moving for p in pairs]).astype(np.float32)
         arrays["%s_fixed" % split] = np.concatenate([p.fixed for p in pairs]).astype(np.float32)
     save_npz(path, **arrays)
-    return order
 
 
 def reference_run(seed, config, data_path, folder):
@@ -121,11 +117,7 @@ def reference_run(seed, config, data_path, folder):
     command = [FLAGS.reference_python, os.path.join(HERE, "reference_ulae_train.py"), "--ref", FLAGS.reference_dir,
                "--data", data_path, "--out", out, "--seed", str(seed), "--lr", str(config.learning_rate),
                "--threads", str(FLAGS.threads)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in process.stdout:
-        print("  reference: " + line.rstrip(), flush=True)
-    if process.wait():
-        raise RuntimeError("the reference run failed (exit %d): %s" % (process.returncode, " ".join(command)))
+    run_streamed(command)
     return out
 
 
