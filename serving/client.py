@@ -13,7 +13,9 @@ reaches the server. The request is TF Serving's columnar REST form::
 and the answer ``{"outputs": {"moved": [...], "flow": [...], ...}}`` (signatures: ``gsmorph_tf/export.py``).
 JSON spells every voxel as text; for large (3D) inputs use ``--protocol=grpc``: a
 ``tensorflow_serving.apis.predict_pb2.PredictRequest`` with binary tensors, sent to
-``PredictionService/Predict`` (needs ``tensorflow-serving-api``, hence TensorFlow, and ``grpcio``).
+``PredictionService/Predict`` (needs ``tensorflow-serving-api``, hence TensorFlow, and ``grpcio``). The
+gRPC channel has no message-size limit (gRPC's default refuses received messages over 4 MiB; a 160x192x160
+float32 pair is 37.5 MiB, its answer 75 MiB); a proxy in between may need its limit raised (serving/README.md).
 
 Signatures (``--signature``):
 
@@ -141,23 +143,58 @@ def parse_grpc_response(response):
     return {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
 
 
+#: gRPC's default limit on a **received** message, in bytes (``GRPC_DEFAULT_MAX_RECV_MESSAGE_LENGTH``, 4 MiB);
+#: sent messages have none by default. A 3D pair at 80x96x80 float32 is 4.7 MiB, at 160x192x160 37.5 MiB.
+GRPC_DEFAULT_MAX_RECEIVE = 4 * 1024 * 1024
+
+#: Channel options of the client: no limit (-1) on what it sends and receives. The answer to a 3D pair
+#: (``moved`` and ``flow``: 4 values a voxel against the request's 2) is twice the request's size, so the
+#: receive limit matters most; sending is unlimited by gRPC's default already and is set here for clarity.
+GRPC_CHANNEL_OPTIONS = (("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1))
+
+
+def grpc_failure_message(server, code_name, details, request_bytes):
+    """The ClientError message for a failed ``Predict`` call: gRPC's status name and details, and what to do.
+
+    A message-size refusal (``Received message larger than max (N vs. LIMIT)``, or HTTP 413 from a proxy, which
+    gRPC reports as ``Received http2 header with status: 413``) names the request's size, the 4 MiB default
+    and where to raise it; this client itself sends and receives without limit (:data:`GRPC_CHANNEL_OPTIONS`)
+    and ``tensorflow_model_server`` accepts messages up to 2 GiB, so the limit is a proxy's or another
+    server's. ``request_bytes``: the serialised request's size.
+    """
+    details = details or ""
+    message = "gRPC predict at %s failed (%s): %s" % (server, code_name, details)
+    if "larger than max" in details or "status: 413" in details:
+        return message + (
+            "; the request is %.1f MiB (its answer larger), gRPC refuses received messages over 4 MiB (%d bytes) "
+            "by default and proxies limit request bodies. This client sends and receives without limit and "
+            "tensorflow_model_server accepts up to 2 GiB, so a proxy or another gRPC server in between refused "
+            "the message: raise its limit (a gRPC server: options "
+            "grpc.max_receive_message_length and grpc.max_send_message_length; nginx: client_max_body_size; "
+            "envoy: per_connection_buffer_limit_bytes), see serving/README.md, 'Large 3D volumes'"
+            % (request_bytes / 2 ** 20, GRPC_DEFAULT_MAX_RECEIVE))
+    if code_name == "UNAVAILABLE":
+        return message + "; is tensorflow_model_server running with --port?"
+    return message
+
+
 def predict_grpc(server, request, timeout=600):
-    """Send ``request`` to ``PredictionService/Predict`` at ``server`` (``host:port``); returns the response.
+    """Send ``request`` to ``PredictionService/Predict`` at ``server`` (``host:port``) on a channel without
+    message-size limits (:data:`GRPC_CHANNEL_OPTIONS`); returns the response.
 
     Raises:
-        ClientError: the call fails (server unreachable, unknown model, bad input), with gRPC's message.
+        ClientError: the call fails (server unreachable, unknown model, bad input, a message too large for a
+            server or proxy on the way), with gRPC's message (:func:`grpc_failure_message`).
     """
     import grpc
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-    # Large 3D pairs exceed gRPC's default 4 MB message limit.
-    options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
-    with grpc.insecure_channel(server, options=options) as channel:
+    with grpc.insecure_channel(server, options=list(GRPC_CHANNEL_OPTIONS)) as channel:
         try:
             return prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=timeout)
         except grpc.RpcError as error:
-            raise ClientError("gRPC predict at %s failed (%s): %s; is tensorflow_model_server running with "
-                              "--port?" % (server, error.code().name, error.details())) from error
+            raise ClientError(grpc_failure_message(server, error.code().name, error.details(),
+                                                   request.ByteSize())) from error
 
 
 def parse_response(body):

@@ -3,6 +3,7 @@ server can be installed here), the client end to end against stand-in REST and g
 models.config."""
 import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 
+import contextlib
 import http.server
 import importlib.util
 import json
@@ -95,34 +96,50 @@ def test_grpc_request_round_trips_through_the_signature(serve):
 
 
 class StandInPredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    """Answers ``PredictionService/Predict`` for model ``gsmorph_acdc`` like TF Serving, with the SavedModel."""
+    """Answers ``PredictionService/Predict`` for one model like TF Serving, with a SavedModel's signatures
+    (``{name: function}``); records the size in bytes of every request it parsed and every answer it built."""
 
-    def __init__(self, serve):
-        self.serve = serve
+    def __init__(self, signatures, model_name="gsmorph_acdc"):
+        self.signatures = signatures
+        self.model_name = model_name
+        self.received, self.sent = [], []
 
     def Predict(self, request, context):
-        if request.model_spec.name != "gsmorph_acdc":
+        if request.model_spec.name != self.model_name:
             context.abort(grpc.StatusCode.NOT_FOUND, "Servable not found for request: Latest(%s)"
                           % request.model_spec.name)
-        out = self.serve(**{name: tf.constant(tf.make_ndarray(value)) for name, value in request.inputs.items()})
+        self.received.append(request.ByteSize())
+        signature = self.signatures[request.model_spec.signature_name or "serving_default"]
+        out = signature(**{name: tf.constant(tf.make_ndarray(value)) for name, value in request.inputs.items()})
         response = predict_pb2.PredictResponse()
         for name, value in out.items():
             response.outputs[name].CopyFrom(tf.make_tensor_proto(value.numpy()))
+        self.sent.append(response.ByteSize())
         return response
 
 
-def test_client_grpc_end_to_end_on_a_raw_stack(serve, tmp_path, capsys):
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(StandInPredictionService(serve), server)
+@contextlib.contextmanager
+def grpc_server(service, options=None):
+    """A local gRPC server running ``service``; yields its ``host:port``. ``options``: the server's channel
+    arguments (None: gRPC's defaults, which refuse received messages over 4 MiB)."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), options=options)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(service, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
+        yield "127.0.0.1:%d" % port
+    finally:
+        server.stop(None)
+
+
+def test_client_grpc_end_to_end_on_a_raw_stack(serve, tmp_path, capsys):
+    with grpc_server(StandInPredictionService({"serving_default": serve})) as address:
         rng = np.random.default_rng(6)
         moving, fixed = (900 * rng.random((2, 40, 36, 2))).astype(np.float32)  # raw [X, Y, Z] stacks
         np.save(tmp_path / "moving.npy", moving)
         np.save(tmp_path / "fixed.npy", fixed)
         arguments = ["--moving=%s" % (tmp_path / "moving.npy"), "--fixed=%s" % (tmp_path / "fixed.npy"),
-                     "--protocol=grpc", "--server=127.0.0.1:%d" % port]
+                     "--protocol=grpc", "--server=%s" % address]
         status = client.main(arguments + ["--output_dir=%s" % (tmp_path / "out")])
         assert status == 0, capsys.readouterr().err
         direct = call(serve, np.moveaxis(moving, -1, 0)[..., None], np.moveaxis(fixed, -1, 0)[..., None])
@@ -134,8 +151,68 @@ def test_client_grpc_end_to_end_on_a_raw_stack(serve, tmp_path, capsys):
         status = client.main(arguments + ["--output_dir=%s" % (tmp_path / "out2"), "--model_name=other"])
         assert status == 2 and "NOT_FOUND" in capsys.readouterr().err
         assert not os.path.exists(tmp_path / "out2")
-    finally:
-        server.stop(None)
+
+
+#: A 3D volume whose moving + fixed pair (2 x 2.34 MiB float32) exceeds gRPC's 4 MiB default; the answer
+#: (moved + flow) is 9.4 MiB.
+LARGE_VOLUME = (80, 96, 80)
+NO_LIMITS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+
+
+@pytest.fixture(scope="module")
+def signatures_3d(tmp_path_factory):
+    """The signatures of an untrained one-level 3D network (4 features, 1.4 k weights) exported at
+    :data:`LARGE_VOLUME`, its flow head ~ N(0, 0.05) so the field is not the identity."""
+    network = build_gsmorph_unet(LARGE_VOLUME, features=(4,))
+    head = network.get_layer("flow").kernel
+    head.assign(np.random.default_rng(0).normal(0, 0.05, head.shape).astype(np.float32))
+    path = export_saved_model(network, str(tmp_path_factory.mktemp("models") / "gsmorph_oasis"))
+    return tf.saved_model.load(path).signatures
+
+
+def test_client_grpc_sends_a_3d_pair_over_the_4_mib_default(signatures_3d, tmp_path, capsys):
+    moving, fixed = np.random.default_rng(7).random((2, *LARGE_VOLUME), np.float32)
+    np.save(tmp_path / "moving.npy", moving)
+    np.save(tmp_path / "fixed.npy", fixed)
+    request = client.build_grpc_request(moving[None, ..., None], fixed[None, ..., None], "gsmorph_oasis")
+    assert request.ByteSize() > client.GRPC_DEFAULT_MAX_RECEIVE == 4194304
+    arguments = ["--moving=%s" % (tmp_path / "moving.npy"), "--fixed=%s" % (tmp_path / "fixed.npy"),
+                 "--protocol=grpc", "--ndim=3", "--model_name=gsmorph_oasis"]
+    service = StandInPredictionService(signatures_3d, "gsmorph_oasis")
+
+    # A server on gRPC's defaults (as a proxy or another server keeping them would) refuses the request.
+    with grpc_server(service) as address:
+        status = client.main(arguments + ["--server=%s" % address, "--output_dir=%s" % (tmp_path / "refused")])
+    err = capsys.readouterr().err
+    assert status == 2 and "failed (RESOURCE_EXHAUSTED)" in err and "vs. 4194304" in err, err
+    assert "the request is 4.7 MiB" in err and "grpc.max_receive_message_length" in err
+    assert "client_max_body_size" in err and "per_connection_buffer_limit_bytes" in err
+    assert service.received == [] and not os.path.exists(tmp_path / "refused")
+
+    # Limits raised on the server (as tensorflow_model_server does): the pair travels and is answered.
+    with grpc_server(service, NO_LIMITS) as address:
+        status = client.main(arguments + ["--server=%s" % address, "--output_dir=%s" % (tmp_path / "out")])
+        assert status == 0, capsys.readouterr().err
+        # A channel on gRPC's defaults refuses the 9.4 MiB answer: why the client lifts its receive limit.
+        with grpc.insecure_channel(address) as channel:
+            with pytest.raises(grpc.RpcError) as refused:
+                prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=120)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "vs. 4194304" in refused.value.details()
+    assert service.received == [request.ByteSize()] * 2 and min(service.sent) > 2 * 4194304
+    direct = {name: value.numpy()[0] for name, value in signatures_3d["serving_default"](
+        moving=tf.constant(moving[None, ..., None]), fixed=tf.constant(fixed[None, ..., None])).items()}
+    assert np.abs(direct["flow"]).max() > 1e-3
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "flow.npy"), direct["flow"], atol=1e-6)
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "moved.npy"), direct["moved"][..., 0], atol=1e-6)
+
+
+def test_size_refusals_say_where_to_raise_the_limit():
+    proxy = client.grpc_failure_message("lb:443", "UNKNOWN", "Received http2 header with status: 413", 39321733)
+    assert "the request is 37.5 MiB" in proxy and "client_max_body_size" in proxy
+    unreachable = client.grpc_failure_message("host:8500", "UNAVAILABLE", "failed to connect", 100)
+    assert unreachable.endswith("is tensorflow_model_server running with --port?")
+    oom = client.grpc_failure_message("host:8500", "RESOURCE_EXHAUSTED", "OOM when allocating tensor", 100)
+    assert oom == "gRPC predict at host:8500 failed (RESOURCE_EXHAUSTED): OOM when allocating tensor"
 
 
 def test_error_answers_raise_with_the_servers_message():
