@@ -164,6 +164,18 @@ def test_intensity_norm_comes_from_a_learn2reg_runs_export_or_must_be_given(mode
         check_model(types.SimpleNamespace(path="models/acdc/1", ndim=2, inshape=(32, 32)))
 
 
+def test_a_bad_volume_is_named_before_anything_is_registered_or_written(model, tmp_path):
+    blob_task(tmp_path / "TOY")
+    bad = tmp_path / "TOY" / "imagesTr" / "TOY_0004_0000.nii.gz"  # the second pair's fixed image
+    image = blobs((16, 16, 16), 4)
+    image[3, 3, 3] = np.nan
+    save_nifti(image, bad, zooms=L2R_ZOOMS)
+    task = read_task(tmp_path / "TOY")  # headers only: the NaN is found when the voxels are read
+    with raises_naming(bad, "NaN or infinite"):
+        write_submission(model, task, submission_pairs(task), str(tmp_path / "out"), "max", show_progress=False)
+    assert not os.path.exists(tmp_path / "out")
+
+
 def write_fields(folder, names, shape=(16, 16, 16, 3)):
     folder.mkdir()
     for name in names:
@@ -204,6 +216,10 @@ def test_pair_lists_that_cannot_make_a_submission_name_the_json(tmp_path):
         submission_pairs(task)
     with raises_naming(task.json_path, "registration_test lists no pairs"):
         submission_pairs(task, "registration_test")
+    write_learn2reg_task(tmp_path / "T", val_pairs=((5, 4),), test_pairs=((1, 0),))
+    pair, = submission_pairs(read_task(tmp_path / "T"), "registration_test")
+    assert (pair.fixed.stem, pair.moving.stem) == ("TOY_1000_0000", "TOY_1001_0000")
+    assert pair.names == ("disp_1000_1001.nii.gz", "disp_1000_0000_1001_0000.nii.gz")
     data = write_learn2reg_task(tmp_path / "B", name="TOY", val_pairs=((5, 4),))
     shutil.copyfile(tmp_path / "B" / "imagesTr" / "TOY_0005_0000.nii.gz", tmp_path / "B" / "imagesTr" / "toy5.nii.gz")
     data["registration_val"][0]["moving"] = "./imagesTr/toy5.nii.gz"

@@ -14,14 +14,16 @@ Files written to ``<output_dir>/``:
     ``[*tensorImageShape, 3]`` float32 on the fixed grid (the fixed image's affine, which Learn2Reg ignores):
     the displacement ``u`` in voxels, component k along array axis k, mapping fixed to moving, i.e.
     ``moved(x) = moving(x + u(x))``, which is how the evaluation warps the moving labels
-    (``map_coordinates(moving_seg, identity + disp)``). Names: :func:`displacement_names`.
+    (``map_coordinates(moving_seg, identity + disp)``). Names: :func:`displacement_names`. Both versions of the
+    evaluation read a ``.nii.gz`` with nibabel's ``get_fdata`` (any numeric type, as float64; utils.py
+    ``load_disp``): float32 is read back exactly.
 ``submission.zip``
     those files at the zip's top level (the evaluation reads ``<input>/disp_*.nii.gz``; grand-challenge
     unpacks an upload into that folder).
 
 Everything is written to a temp folder and a temp zip first; the folder is checked (:func:`check_submission`)
-before it is zipped, then both are renamed into place, so an interrupted or failed run leaves the previous
-submission (or nothing) behind.
+before it is zipped, then both are renamed into place (replacing an earlier run's), so an interrupted or
+failed run leaves the previous submission (or nothing) behind.
 """
 from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
 
