@@ -36,8 +36,9 @@ import zipfile
 
 import nibabel as nib
 import numpy as np
+import tensorflow as tf
 
-from gsmorph_tf.data.learn2reg import INTENSITY_NORMS, read_image
+from gsmorph_tf.data.learn2reg import INTENSITY_NORMS, Scan, read_image
 from gsmorph_tf.data.nifti import load_nifti
 from gsmorph_tf.data.preprocessing import image_center
 from gsmorph_tf.errors import DatasetError, SavedModelError
@@ -63,8 +64,8 @@ class SubmissionPair:
         moving, fixed: :class:`~gsmorph_tf.data.learn2reg.Scan`.
         names: file names in the submission (one or two, see :func:`displacement_names`).
     """
-    moving: object
-    fixed: object
+    moving: Scan
+    fixed: Scan
     names: tuple[str, ...]
 
 
@@ -280,8 +281,6 @@ def write_submission(model, task, pairs, output_dir, intensity_norm, show_progre
     Raises:
         SavedModelError: a model that is not 3D. DatasetError: naming the bad file.
     """
-    import tensorflow as tf
-
     check_model(model)
     for path in dict.fromkeys(scan.image for pair in pairs for scan in (pair.moving, pair.fixed)):
         read_image(path, intensity_norm, task.shape)  # validate only; re-read when registered
