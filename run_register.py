@@ -11,6 +11,13 @@ A folder of pairs, matched by file name (every pair is validated before the firs
     python run_register.py --saved_model=models/gsmorph --moving_dir=ES --fixed_dir=ED \\
         [--moving_labels_dir=ES_gt] --output_dir=registered
 
+A Learn2Reg submission: every pair of a task's registration_val (or registration_test) list, one
+``disp_<fixed>_<moving>.nii.gz`` per pair, checked, in ``<output_dir>/displacements/`` and ``submission.zip``
+(see :mod:`gsmorph_tf.register.learn2reg`)::
+
+    python run_register.py --saved_model=models/gsmorph_learn2reg --learn2reg_dir=OASIS \\
+        [--learn2reg_pairs=registration_test] [--intensity_norm=max] --output_dir=submission
+
 Preprocessing, outputs (moved image, displacement in voxels and mm, warped labels) and their layout are
 described in :mod:`gsmorph_tf.register`. The only place that reads these flags. Errors print one
 ``error: ...`` line naming the file and exit with status 2, with nothing written.
@@ -30,6 +37,12 @@ flags.DEFINE_string("moving_labels", None, "Optional label map of the moving ima
 flags.DEFINE_string("moving_dir", None, "Folder mode: folder of moving images.")
 flags.DEFINE_string("fixed_dir", None, "Folder mode: folder of fixed images with the same file names.")
 flags.DEFINE_string("moving_labels_dir", None, "Folder mode: optional folder of moving label maps, same names.")
+flags.DEFINE_string("learn2reg_dir", None, "Learn2Reg mode: task root (<NAME>_dataset.json, imagesTr/, ...); "
+                    "writes a submission of --learn2reg_pairs to --output_dir.")
+flags.DEFINE_enum("learn2reg_pairs", None, ["registration_val", "registration_test"], "Learn2Reg mode: the pair "
+                  "list to register (default registration_val).")
+flags.DEFINE_enum("intensity_norm", None, ["max", "percentile"], "Learn2Reg mode: the intensity scaling the model "
+                  "was trained with, only for exports that do not record it (a learn2reg run's export does).")
 flags.DEFINE_string("output_dir", None, "Where the outputs are written (created if needed).")
 flags.DEFINE_string("center", None, "Crop centre in voxels: r,c (2D models: array axes 0 and 1, every slice) "
                     "or r,c,s (3D models); default: placed by --crop_center.")
@@ -38,8 +51,8 @@ flags.DEFINE_enum("crop_center", None, ["motion", "image"], "Where the crop goes
                   "image = the image centre. Default: motion for 2D models, image for 3D models.")
 
 flags.mark_flags_as_required(["saved_model", "output_dir"])
-flags.mark_flags_as_mutual_exclusive(["moving", "moving_dir"], required=True)
-flags.mark_flags_as_mutual_exclusive(["fixed", "fixed_dir"], required=True)
+flags.mark_flags_as_mutual_exclusive(["moving", "moving_dir", "learn2reg_dir"], required=True)
+flags.mark_flags_as_mutual_exclusive(["fixed", "fixed_dir", "learn2reg_dir"], required=True)
 flags.mark_flags_as_mutual_exclusive(["moving_labels", "moving_dir"])
 flags.mark_flags_as_mutual_exclusive(["center", "crop_center"])
 flags.mark_flags_as_mutual_exclusive(["moving_labels_dir", "moving"])
@@ -49,6 +62,14 @@ flags.register_multi_flags_validator(
 flags.register_multi_flags_validator(
     ["moving_dir", "fixed_dir"], lambda values: (values["moving_dir"] is None) == (values["fixed_dir"] is None),
     "folder mode needs both --moving_dir and --fixed_dir")
+_LEARN2REG_ONLY = ["learn2reg_pairs", "intensity_norm"]
+_NOT_LEARN2REG = ["moving_labels", "moving_labels_dir", "center", "crop_center"]
+flags.register_multi_flags_validator(
+    ["learn2reg_dir", *_LEARN2REG_ONLY, *_NOT_LEARN2REG],
+    lambda values: (all(values[name] is None for name in _LEARN2REG_ONLY) if values["learn2reg_dir"] is None
+                    else all(values[name] is None for name in _NOT_LEARN2REG)),
+    "--learn2reg_pairs and --intensity_norm go with --learn2reg_dir, which takes no --moving_labels(_dir), "
+    "--center or --crop_center (the model's own window is used)")
 
 FLAGS = flags.FLAGS
 
@@ -75,7 +96,9 @@ flags.register_validator("center", _parses_as_center,
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
-    mode = "folder" if FLAGS.moving_dir is not None else "pair"  # the validators above allow one of the two
+    if FLAGS.learn2reg_dir is not None:
+        return learn2reg_submission()
+    mode = "folder" if FLAGS.moving_dir is not None else "pair"  # the validators above allow one of the three
     center = parse_center(FLAGS.center)
     from gsmorph_tf.errors import DatasetError
     from gsmorph_tf.provenance import format_provenance
@@ -100,6 +123,42 @@ def main(argv):
     for paths in written:
         for path in paths.values():
             print("  %s" % path)
+    return 0
+
+
+def learn2reg_submission():
+    """The Learn2Reg mode: the task is read and checked (every listed file's header) before TensorFlow and the
+    model load."""
+    from gsmorph_tf.data.learn2reg import read_task
+    from gsmorph_tf.errors import DatasetError, SavedModelError
+
+    pair_list = FLAGS.learn2reg_pairs or "registration_val"
+    try:
+        task = read_task(FLAGS.learn2reg_dir)
+        from gsmorph_tf.provenance import format_provenance
+        from gsmorph_tf.register import RegistrationModel
+        from gsmorph_tf.register.learn2reg import (check_model, resolve_intensity_norm, submission_pairs,
+                                                   window_note, write_submission)
+
+        pairs = submission_pairs(task, pair_list)
+        quiet_logs(FLAGS["verbosity"].present)
+        model = RegistrationModel(FLAGS.saved_model)
+        print(format_provenance(model.provenance))
+        check_model(model)
+        intensity_norm = resolve_intensity_norm(model, FLAGS.intensity_norm)
+        print("Learn2Reg %s: %d pair(s) of %s, intensity_norm=%s (%s)"
+              % (task.name, len(pairs), pair_list, intensity_norm,
+                 "--intensity_norm" if FLAGS.intensity_norm else "the model's provenance"))
+        note = window_note(model, task.shape)
+        if note:
+            print(note)
+        submission = write_submission(model, task, pairs, FLAGS.output_dir, intensity_norm, show_progress=True)
+    except (DatasetError, SavedModelError) as error:
+        return fail(error)
+    print("Wrote %d displacement file(s) for %d pair(s) to %s and %s (disp_FFFF_MMMM for _0000/_0001 pairs, both "
+          "disp_FFFF_MMMM and disp_FFFF_ffff_MMMM_mmmm for same-modality pairs, the long form otherwise: the "
+          "names both versions of the official evaluation find)"
+          % (len(submission.names), len(pairs), submission.folder, submission.zip_path))
     return 0
 
 

@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import exported
 from gsmorph_tf import evaluation
 from gsmorph_tf.data.nifti import DatasetError
 from gsmorph_tf.data.preprocessing import crop_or_pad, motion_center, scale_to_unit
-from gsmorph_tf.export import export_saved_model
-from gsmorph_tf.networks import build_gsmorph_unet
 from gsmorph_tf.register import (OUTPUTS, RegistrationModel, SavedModelError, register_files, register_folder,
                                  register_volumes)
 
@@ -25,24 +24,14 @@ SPACING = (1.5, 1.5, 8.0)
 LABEL_VALUES = {0, 1, 2, 3}
 
 
-def exported(tmp_path_factory, inshape, bias):
-    """A network with a non-trivial flow head, exported: kernel ~ N(0, 0.05) so the field varies, and a
-    constant shift of ``bias`` voxels so nearest-neighbour label warping visibly moves boundaries."""
-    network = build_gsmorph_unet(inshape)
-    head = network.get_layer("flow")
-    head.kernel.assign(np.random.default_rng(0).normal(0, 0.05, head.kernel.shape).astype(np.float32))
-    head.bias.assign(np.asarray(bias, np.float32))
-    return export_saved_model(network, str(tmp_path_factory.mktemp("models") / "gsmorph"))
-
-
 @pytest.fixture(scope="module")
 def model_2d(tmp_path_factory):
     return RegistrationModel(exported(tmp_path_factory, (32, 32), (0.6, -0.7)))
 
 
 @pytest.fixture(scope="module")
-def model_3d(tmp_path_factory):
-    return RegistrationModel(exported(tmp_path_factory, (16, 16, 16), (0.6, -0.7, 0.5)))
+def model_3d(exported_3d):
+    return RegistrationModel(exported_3d)
 
 
 def affine(spacing, offset=(-30.0, 12.0, 40.0)):

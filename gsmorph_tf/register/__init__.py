@@ -89,7 +89,8 @@ def window_center(model, moving, fixed, crop_center=None):
     return motion_center(frames, model.inshape, model.ndim)
 
 
-def register_volumes(model, moving, fixed, center=None, moving_labels=None, batch_size=32, crop_center=None):
+def register_volumes(model, moving, fixed, center=None, moving_labels=None, batch_size=32, crop_center=None,
+                     joint_scaling=True):
     """Register ``moving`` to ``fixed`` (both ``[X, Y, Z]``, scanner intensities) with ``model``.
 
     Args:
@@ -100,11 +101,15 @@ def register_volumes(model, moving, fixed, center=None, moving_labels=None, batc
         crop_center: ``motion``, ``image`` or None (the model's default), when ``center`` is None.
         moving_labels: optional ``[X, Y, Z]`` integer label map of ``moving``.
         batch_size: slices per call for 2D models.
+        joint_scaling: scale both to [0, 1] with one shared range first (training's cardiac preprocessing);
+            False: they are already in the model's units (e.g. Learn2Reg volumes scaled one by one,
+            :mod:`gsmorph_tf.register.learn2reg`), and ``moved`` stays in them.
 
     Returns:
         :class:`Registration`; inside the window the model's outputs, outside it the identity.
     """
-    moving, fixed = scale_to_unit(moving, fixed)
+    if joint_scaling:
+        moving, fixed = scale_to_unit(moving, fixed)
     if center is None:
         center = window_center(model, moving, fixed, crop_center)
     index = crop_indices(fixed.shape, center, model.inshape)
