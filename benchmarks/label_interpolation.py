@@ -45,7 +45,8 @@ def paired_table(rows, structures):
     from scipy.stats import wilcoxon
 
     baseline, other = (rows[name] for name, _ in RULES)
-    lines = ["| Structure | Dice one-hot - nearest (points) | p (Dice) | HD95 one-hot - nearest (mm) | p (HD95) | pairs |",
+    lines = ["| Structure | Dice one-hot - nearest (points) | p (Dice) | HD95 one-hot - nearest (mm) | p (HD95) "
+             "| pairs |",
              "|---|---|---|---|---|---|"]
     for structure, suffix in [(name, name) for name in structures] + [("Mean", "mean")]:
         cells, count = [], 0

@@ -92,9 +92,9 @@ def register_and_apply(model, tmp_path, shape):
     apply_field(paths["flow_vox"], [str(tmp_path / "labels.nii.gz")], [str(tmp_path / "nearest.nii.gz")], "labels",
                 "nearest")
     apply_field(paths["flow_vox"], [str(tmp_path / "labels.nii.gz")], [str(tmp_path / "onehot.nii.gz")], "labels")
-    return {name: load(path) for name, path in [("registered", paths["moved"]), ("registered_labels", paths["moved_labels"]),
-                                                ("flow", paths["flow_vox"])]
-            + [(name, tmp_path / ("%s.nii.gz" % name)) for name in ("moved", "nearest", "onehot")]}
+    named = {"registered": paths["moved"], "registered_labels": paths["moved_labels"], "flow": paths["flow_vox"]}
+    named.update((name, tmp_path / ("%s.nii.gz" % name)) for name in ("moved", "nearest", "onehot"))
+    return {name: load(path) for name, path in named.items()}
 
 
 def test_applying_a_pairs_field_reproduces_run_registers_moved_image_and_labels(model_2d, tmp_path):
@@ -130,7 +130,8 @@ def files(tmp_path):
     """A field [16, 12, 3, 3] (a 2D model's: u_k = 0), an image and a label map on its grid."""
     shape = (16, 12, 3)
     flow = shift(shape, 0.5, -0.25)
-    return {"field": save(tmp_path / "case_flow_vox.nii.gz", flow), "image": save(tmp_path / "t1.nii.gz", blobs(shape, 3)),
+    return {"field": save(tmp_path / "case_flow_vox.nii.gz", flow),
+            "image": save(tmp_path / "t1.nii.gz", blobs(shape, 3)),
             "labels": save(tmp_path / "gt.nii.gz", stack_labels((16, 12, 3))), "out": tmp_path / "out", "shape": shape}
 
 
@@ -140,7 +141,8 @@ def make_bad(tmp_path, files, kind):
     if kind == "field_5d":
         return {"field": save(bad, np.zeros((*shape, 1, 3), np.float32))}, bad, "ITK/ANTs displacement field"
     if kind == "field_2_components":
-        return {"field": save(bad, np.zeros((*shape, 2), np.float32))}, bad, "expected a displacement field [X, Y, Z, 3]"
+        return ({"field": save(bad, np.zeros((*shape, 2), np.float32))}, bad,
+                "expected a displacement field [X, Y, Z, 3]")
     if kind == "field_integer":
         return {"field": save(bad, np.zeros((*shape, 3), np.int16))}, bad, "stored as int16"
     if kind == "field_mm":
