@@ -25,3 +25,16 @@ def atomic_save_figure(fig, path, dpi=120):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def atomic_save_nifti(image, path):
+    """Save a nibabel image to ``path`` (``.nii`` or ``.nii.gz``) through a temp file of the same format and
+    an atomic rename, as :func:`atomic_write_text`."""
+    suffix = ".nii.gz" if str(path).endswith(".nii.gz") else ".nii"
+    tmp = "%s.tmp-%d%s" % (path, os.getpid(), suffix)
+    try:
+        image.to_filename(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

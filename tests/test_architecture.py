@@ -10,7 +10,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGES = ("gsmorph_tf", "ulae_tf")
-ENTRY_POINTS = ("run_train", "run_eval", "run_benchmark", "run_export", "run_register", "run_study",
+ENTRY_POINTS = ("run_train", "run_eval", "run_benchmark", "run_export", "run_register", "run_apply", "run_study",
                 "run_deformation_study")
 
 

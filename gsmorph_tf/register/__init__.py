@@ -45,6 +45,7 @@ import tensorflow as tf
 
 from gsmorph_tf.data.preprocessing import image_center, motion_center, scale_to_unit
 from gsmorph_tf.errors import SavedModelError
+from gsmorph_tf.register.apply import APPLY_KINDS, LABEL_INTERPOLATIONS, apply_field, warp_image, warp_label_map
 from gsmorph_tf.register.files import OUTPUTS, PairInputs, load_pair, nifti_stem, write_registration
 from gsmorph_tf.register.folders import find_pairs
 from gsmorph_tf.register.savedmodel import RegistrationModel
@@ -52,6 +53,7 @@ from gsmorph_tf.register.window import crop_indices, paste, take
 
 __all__ = ["OUTPUTS", "PairInputs", "REGISTER_CROP_CENTERS", "Registration", "RegistrationModel", "SavedModelError", "find_pairs",
            "load_pair", "register_files", "register_folder", "register_volumes", "window_center", "write_registration"]
+__all__ += ["APPLY_KINDS", "LABEL_INTERPOLATIONS", "apply_field", "warp_image", "warp_label_map"]
 
 
 @dataclasses.dataclass
