@@ -129,7 +129,8 @@ def console_script(name):
 @pytest.mark.parametrize("script, flag", [("gsmorph-train", "--data_dir"), ("gsmorph-eval", "--run_dir"),
                                           ("gsmorph-export", "--export_base"), ("gsmorph-register", "--moving"),
                                           ("gsmorph-benchmark", "--methods"), ("gsmorph-study", "--lambdas"),
-                                          ("gsmorph-deformation-study", "--magnitudes")])
+                                          ("gsmorph-deformation-study", "--magnitudes"),
+                                          ("gsmorph-apply", "--field")])
 def test_console_scripts_list_their_flags(script, flag):
     done = subprocess.run([console_script(script), "--help"], capture_output=True, text=True, timeout=120)
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
