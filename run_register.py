@@ -4,16 +4,19 @@ One pair::
 
     python run_register.py --saved_model=models/gsmorph/1 --moving=patient001_ES.nii.gz \\
         --fixed=patient001_ED.nii.gz [--moving_labels=patient001_ES_gt.nii.gz] [--center=92,100 | --crop_center=image] \\
-        --output_dir=registered
+        [--itk_transform] --output_dir=registered
 
 A folder of pairs, matched by file name (every pair is validated before the first registration)::
 
     python run_register.py --saved_model=models/gsmorph --moving_dir=ES --fixed_dir=ED \\
         [--moving_labels_dir=ES_gt] --output_dir=registered
 
-Preprocessing, outputs (moved image, displacement in voxels and mm, warped labels) and their layout are
-described in :mod:`gsmorph_tf.register`. The only place that reads these flags. Errors print one
-``error: ...`` line naming the file and exit with status 2, with nothing written.
+A moving image (and its labels) on another grid than the fixed image is resampled into the fixed image's
+space by their affines first (one printed line says so); outputs are on the fixed grid. Preprocessing, outputs
+(moved image; the displacement in voxels, in mm along the voxel axes, and as an ITK/ANTs/3D Slicer field in
+LPS mm, ``<stem>_flow_itk.nii.gz``; with ``--itk_transform`` an ITK transform file ``<stem>_transform.h5``;
+warped labels) and their layout are described in :mod:`gsmorph_tf.register`. The only place that reads these
+flags. Errors print one ``error: ...`` line naming the file and exit with status 2, with nothing written.
 """
 import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 
@@ -24,9 +27,11 @@ from gsmorph_tf.cli import fail, quiet_logs, run_app
 
 flags.DEFINE_string("saved_model", None, "SavedModel version folder (<base>/<model>/<N>) or a model base path "
                     "(its highest version is used).")
-flags.DEFINE_string("moving", None, "Moving NIfTI image (X x Y x Z).")
-flags.DEFINE_string("fixed", None, "Fixed NIfTI image, same shape and voxel size: outputs are on its grid.")
-flags.DEFINE_string("moving_labels", None, "Optional label map of the moving image, warped nearest-neighbour.")
+flags.DEFINE_string("moving", None, "Moving NIfTI image (X x Y x Z); on another grid than --fixed it is resampled "
+                    "into the fixed image's space by the affines first.")
+flags.DEFINE_string("fixed", None, "Fixed NIfTI image: outputs are on its grid.")
+flags.DEFINE_string("moving_labels", None, "Optional label map of the moving image (on its grid), warped "
+                    "nearest-neighbour.")
 flags.DEFINE_string("moving_dir", None, "Folder mode: folder of moving images.")
 flags.DEFINE_string("fixed_dir", None, "Folder mode: folder of fixed images with the same file names.")
 flags.DEFINE_string("moving_labels_dir", None, "Folder mode: optional folder of moving label maps, same names.")
@@ -36,6 +41,9 @@ flags.DEFINE_string("center", None, "Crop centre in voxels: r,c (2D models: arra
 flags.DEFINE_enum("crop_center", None, ["motion", "image"], "Where the crop goes without --center: motion = maximum "
                   "of the smoothed motion between moving and fixed (label-free, as the exported serving_default); "
                   "image = the image centre. Default: motion for 2D models, image for 3D models.")
+flags.DEFINE_boolean("itk_transform", False, "Also write <stem>_transform.h5, the field as an ITK "
+                     "DisplacementFieldTransform (SimpleITK: sitk.ReadTransform; needs the baselines extra). "
+                     "<stem>_flow_itk.nii.gz, the same field for ANTs / ITK / 3D Slicer, is always written.")
 
 flags.mark_flags_as_required(["saved_model", "output_dir"])
 flags.mark_flags_as_mutual_exclusive(["moving", "moving_dir"], required=True)
@@ -87,11 +95,11 @@ def main(argv):
         print(format_provenance(model.provenance))
         if mode == "pair":
             written = [register_files(model, FLAGS.moving, FLAGS.fixed, FLAGS.output_dir, FLAGS.moving_labels,
-                                      center, FLAGS.crop_center)]
+                                      center, FLAGS.crop_center, FLAGS.itk_transform)]
         else:
             written = register_folder(model, FLAGS.moving_dir, FLAGS.fixed_dir, FLAGS.output_dir,
                                       FLAGS.moving_labels_dir, center, show_progress=True,
-                                      crop_center=FLAGS.crop_center)
+                                      crop_center=FLAGS.crop_center, itk_transform=FLAGS.itk_transform)
     except (DatasetError, SavedModelError) as error:
         return fail(error)
     rule = "--center" if center else FLAGS.crop_center or ("motion" if model.ndim == 2 else "image")

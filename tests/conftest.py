@@ -71,6 +71,29 @@ def trained_run(tmp_path_factory):
     return run_dir, initial, {w.name: w.numpy() for w in network.weights}
 
 
+def exported(tmp_path_factory, inshape, bias):
+    """A GSMorph network with a non-trivial flow head, exported (a version folder): kernel ~ N(0, 0.05) so the
+    field varies, and a constant shift of ``bias`` voxels so nearest-neighbour label warping visibly moves
+    boundaries. Untrained."""
+    from gsmorph_tf.export import export_saved_model
+    from gsmorph_tf.networks import build_gsmorph_unet
+
+    network = build_gsmorph_unet(inshape)
+    head = network.get_layer("flow")
+    head.kernel.assign(np.random.default_rng(0).normal(0, 0.05, head.kernel.shape).astype(np.float32))
+    head.bias.assign(np.asarray(bias, np.float32))
+    return export_saved_model(network, str(tmp_path_factory.mktemp("models") / "gsmorph"))
+
+
+@pytest.fixture(scope="session")
+def model_3d(tmp_path_factory):
+    """A 16^3 :func:`exported` 3D model (flow bias 0.6, -0.7, 0.5 voxels) as a ``RegistrationModel``, shared by
+    the registration tests (exporting it takes ~10-20 s here)."""
+    from gsmorph_tf.register import RegistrationModel
+
+    return RegistrationModel(exported(tmp_path_factory, (16, 16, 16), (0.6, -0.7, 0.5)))
+
+
 #: Shape and structures of the tiny Learn2Reg tasks the tests write.
 L2R_SHAPE = (16, 16, 16)
 L2R_LABELS = {1: "Left", 2: "Middle", 3: "Right"}
