@@ -1,9 +1,11 @@
 """Registering files in world space: the ITK/ANTs displacement field and the ITK transform file apply our
 registration in SimpleITK and ANTsPy as our own warp does, on an oblique, anisotropic volume; a moving image on
-another grid is resampled into the fixed image's space first; images that do not overlap are refused."""
+another grid is resampled into the fixed image's space first; images that do not overlap are refused; the
+transform file without SimpleITK is refused before registering."""
 import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 
 import os
+import sys
 
 import ants
 import nibabel as nib
@@ -14,6 +16,7 @@ from scipy import ndimage
 
 from gsmorph_tf.data.nifti import DatasetError
 from gsmorph_tf.data.preprocessing import scale_to_unit
+from gsmorph_tf.extras import MissingExtraError
 from gsmorph_tf.register import register_files
 from test_register import blobs, load
 
@@ -168,4 +171,12 @@ def test_moving_and_fixed_images_that_do_not_overlap_are_refused_naming_both(mod
         register_files(model_3d, moving, fixed, str(tmp_path / "out"))
     for named in (moving, fixed, "20x18x17 voxels of 1.2x0.9x3 mm", "world box"):
         assert named in str(error.value)
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_itk_transform_without_simpleitk_names_the_extra_before_registering(model_3d, tmp_path, monkeypatch):
+    fixed = save(tmp_path / "f.nii.gz", blobs(SHAPE, 5), oblique_affine())
+    monkeypatch.setitem(sys.modules, "SimpleITK", None)  # as if the baselines extra were not installed
+    with pytest.raises(MissingExtraError, match=r"SimpleITK.*baselines"):
+        register_files(model_3d, fixed, fixed, str(tmp_path / "out"), itk_transform=True)
     assert not os.path.exists(tmp_path / "out")
