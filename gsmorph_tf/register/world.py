@@ -6,9 +6,12 @@ subject's Right, y to Anterior, z to Superior). ITK (SimpleITK, ANTs, 3D Slicer)
 points with x and y negated. Our registration's field ``u`` is in voxels along the fixed image's voxel axes,
 ``moved(x) = moving(x + u(x))`` (:mod:`gsmorph_tf.register`); ITK's displacement field is the same map as
 physical vectors: at the fixed point ``p = A x`` (A the fixed affine), ``T(p) = p + d(p)`` is the moving
-point, ``d = diag(-1, -1, 1) @ A[:3, :3] @ u`` in mm (LPS), stored on the fixed image's grid.
+point, ``d = diag(-1, -1, 1) @ A[:3, :3] @ u`` in mm (LPS), stored on the fixed image's grid. A moving image
+on another grid is resampled into the fixed space by physical position, so the ITK field also applies to the
+original moving file.
 
-NumPy and nibabel; SimpleITK (the ``baselines`` extra) only for :func:`displacement_field_transform`.
+NumPy and nibabel; SimpleITK (the ``baselines`` extra) only for the transform file
+(:func:`displacement_field_transform`, :func:`save_transform`).
 """
 import dataclasses
 
