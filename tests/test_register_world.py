@@ -1,7 +1,8 @@
 """Registering files in world space: the ITK/ANTs displacement field and the ITK transform file apply our
 registration in SimpleITK and ANTsPy as our own warp does, on an oblique, anisotropic volume; a moving image on
-another grid is resampled into the fixed image's space first; images that do not overlap are refused; the
-transform file without SimpleITK is refused before registering."""
+another grid is resampled into the fixed image's space first (and ANTs applies our field to the original file
+as our warp does); images that do not overlap are refused; the transform file without SimpleITK is refused
+before registering."""
 import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 
 import os
@@ -58,6 +59,19 @@ def save(path, array, affine):
     return str(path)
 
 
+def comparable_voxels(flow):
+    """Where ITK's resampling must equal our moved image: ``[X, Y, Z]`` bool. (1) Inside the window, where
+    x + u(x) stays inside the window (our warp samples the window only and clamps at its edge; the window lies
+    inside the volume, so ITK sees the same voxels there); (2) every voxel outside the window (identity: u = 0,
+    the voxel itself)."""
+    points = np.indices(SHAPE).transpose(1, 2, 3, 0) + flow
+    in_window = np.zeros(SHAPE, bool)
+    in_window[tuple(slice(low, high + 1) for low, high in zip(WINDOW_LOW, WINDOW_HIGH))] = True
+    compared = ~in_window | np.all((points >= WINDOW_LOW) & (points <= WINDOW_HIGH), axis=-1)
+    assert np.count_nonzero(compared & in_window) > 2000  # of the window's 4096 voxels
+    return compared
+
+
 def test_itk_field_and_transform_apply_our_registration_in_simpleitk_and_antspy(model_3d, tmp_path):
     moving_raw, fixed_raw = blobs(SHAPE, 4), blobs(SHAPE, 5)
     moving = save(tmp_path / "m.nii.gz", moving_raw, oblique_affine())
@@ -107,14 +121,7 @@ def test_itk_field_and_transform_apply_our_registration_in_simpleitk_and_antspy(
         ants.image_read(fixed), ants.image_read(scaled_moving), transformlist=[paths["flow_itk"]],
         interpolator="linear").numpy()
 
-    # Compared voxels: (1) inside the window where x + u(x) stays inside the window (our warp samples the window
-    # only and clamps at its edge; the window lies inside the volume, so ITK sees the same voxels there), and
-    # (2) every voxel outside the window (identity: u = 0, the voxel itself).
-    points = np.indices(SHAPE).transpose(1, 2, 3, 0) + flow
-    in_window = np.zeros(SHAPE, bool)
-    in_window[tuple(slice(low, high + 1) for low, high in zip(WINDOW_LOW, WINDOW_HIGH))] = True
-    compared = ~in_window | (in_window & np.all((points >= WINDOW_LOW) & (points <= WINDOW_HIGH), axis=-1))
-    assert np.count_nonzero(compared & in_window) > 2000  # of the window's 4096 voxels
+    compared = comparable_voxels(flow)
     for name, warped in itk_moved.items():
         assert warped.shape == SHAPE, name
         np.testing.assert_allclose(warped[compared], moved[compared], atol=SAME_POINTS_ATOL, err_msg=name)
@@ -129,7 +136,7 @@ def reoriented_fine_grid(shape, affine):
 
 
 def test_moving_on_another_grid_is_resampled_and_registers_like_one_on_the_fixed_grid(model_3d, tmp_path, capsys):
-    moving_raw, fixed_raw = blobs(SHAPE, 4), blobs(SHAPE, 5)
+    moving_raw, fixed_raw = blobs(SHAPE, 4), blobs(SHAPE, 5, scale=2000.0)
     labels = (moving_raw > np.median(moving_raw)).astype(np.uint8) + (moving_raw > 600).astype(np.uint8)
     fixed = save(tmp_path / "f.nii.gz", fixed_raw, oblique_affine())
     (tmp_path / "a").mkdir()
@@ -160,6 +167,21 @@ def test_moving_on_another_grid_is_resampled_and_registers_like_one_on_the_fixed
     for key, atol in (("moved", SAME_POINTS_ATOL), ("flow_vox", 1e-3), ("moved_labels", 0)):
         np.testing.assert_allclose(load(on_other_grid[key])[0], load(on_fixed_grid[key])[0], atol=atol, err_msg=key)
     assert load(on_other_grid["moved_labels"])[1].get_data_dtype() == np.uint8
+
+    # ANTs applies the field to the original moving file, on its own grid: its trilinear interpolation there is
+    # ours on the fixed grid (the fine grid halves the fixed voxels, and its values are the fixed-grid trilinear
+    # function), once the fine image is scaled as the model saw the pair (a linear map: the fixed image is the
+    # brighter one, so the 99.5th percentile clips no moving voxel).
+    scaled = scale_to_unit(moving_raw, fixed_raw)[0]
+    slope, intercept = np.polyfit(moving_raw.ravel(), scaled.ravel(), 1)
+    np.testing.assert_allclose(slope * moving_raw + intercept, scaled, atol=1e-6)  # linear indeed: nothing clipped
+    scaled_fine = save(tmp_path / "b" / "m_scaled.nii.gz", (slope * moving_fine + intercept).astype(np.float32),
+                       fine_affine)
+    warped = ants.apply_transforms(ants.image_read(fixed), ants.image_read(scaled_fine),
+                                   transformlist=[on_other_grid["flow_itk"]], interpolator="linear").numpy()
+    moved, _ = load(on_other_grid["moved"])
+    compared = comparable_voxels(load(on_other_grid["flow_vox"])[0])
+    np.testing.assert_allclose(warped[compared], moved[compared], atol=SAME_POINTS_ATOL)
 
 
 def test_moving_and_fixed_images_that_do_not_overlap_are_refused_naming_both(model_3d, tmp_path):
