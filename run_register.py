@@ -4,7 +4,7 @@ One pair::
 
     python run_register.py --saved_model=models/gsmorph/1 --moving=patient001_ES.nii.gz \\
         --fixed=patient001_ED.nii.gz [--moving_labels=patient001_ES_gt.nii.gz] [--center=92,100 | --crop_center=image] \\
-        --output_dir=registered
+        [--itk_transform] --output_dir=registered
 
 A folder of pairs, matched by file name (every pair is validated before the first registration)::
 
@@ -18,9 +18,12 @@ A Learn2Reg submission: every pair of a task's registration_val (or registration
     python run_register.py --saved_model=models/gsmorph_learn2reg --learn2reg_dir=OASIS \\
         [--learn2reg_pairs=registration_test] [--intensity_norm=max] --output_dir=submission
 
-Preprocessing, outputs (moved image, displacement in voxels and mm, warped labels) and their layout are
-described in :mod:`gsmorph_tf.register`. The only place that reads these flags. Errors print one
-``error: ...`` line naming the file and exit with status 2, with nothing written.
+A moving image (and its labels) on another grid than the fixed image is resampled into the fixed image's
+space by their affines first (one printed line says so); outputs are on the fixed grid. Preprocessing, outputs
+(moved image; the displacement in voxels, in mm along the voxel axes, and as an ITK/ANTs/3D Slicer field in
+LPS mm, ``<stem>_flow_itk.nii.gz``; with ``--itk_transform`` an ITK transform file ``<stem>_transform.h5``;
+warped labels) and their layout are described in :mod:`gsmorph_tf.register`. The only place that reads these
+flags. Errors print one ``error: ...`` line naming the file and exit with status 2, with nothing written.
 """
 import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 
@@ -31,9 +34,11 @@ from gsmorph_tf.cli import fail, quiet_logs, run_app
 
 flags.DEFINE_string("saved_model", None, "SavedModel version folder (<base>/<model>/<N>) or a model base path "
                     "(its highest version is used).")
-flags.DEFINE_string("moving", None, "Moving NIfTI image (X x Y x Z).")
-flags.DEFINE_string("fixed", None, "Fixed NIfTI image, same shape and voxel size: outputs are on its grid.")
-flags.DEFINE_string("moving_labels", None, "Optional label map of the moving image, warped nearest-neighbour.")
+flags.DEFINE_string("moving", None, "Moving NIfTI image (X x Y x Z); on another grid than --fixed it is resampled "
+                    "into the fixed image's space by the affines first.")
+flags.DEFINE_string("fixed", None, "Fixed NIfTI image: outputs are on its grid.")
+flags.DEFINE_string("moving_labels", None, "Optional label map of the moving image (on its grid), warped "
+                    "nearest-neighbour.")
 flags.DEFINE_string("moving_dir", None, "Folder mode: folder of moving images.")
 flags.DEFINE_string("fixed_dir", None, "Folder mode: folder of fixed images with the same file names.")
 flags.DEFINE_string("moving_labels_dir", None, "Folder mode: optional folder of moving label maps, same names.")
@@ -49,6 +54,9 @@ flags.DEFINE_string("center", None, "Crop centre in voxels: r,c (2D models: arra
 flags.DEFINE_enum("crop_center", None, ["motion", "image"], "Where the crop goes without --center: motion = maximum "
                   "of the smoothed motion between moving and fixed (label-free, as the exported serving_default); "
                   "image = the image centre. Default: motion for 2D models, image for 3D models.")
+flags.DEFINE_boolean("itk_transform", False, "Also write <stem>_transform.h5, the field as an ITK "
+                     "DisplacementFieldTransform (SimpleITK: sitk.ReadTransform; needs the baselines extra). "
+                     "<stem>_flow_itk.nii.gz, the same field for ANTs / ITK / 3D Slicer, is always written.")
 
 flags.mark_flags_as_required(["saved_model", "output_dir"])
 flags.mark_flags_as_mutual_exclusive(["moving", "moving_dir", "learn2reg_dir"], required=True)
@@ -70,6 +78,9 @@ flags.register_multi_flags_validator(
                     else all(values[name] is None for name in _NOT_LEARN2REG)),
     "--learn2reg_pairs and --intensity_norm go with --learn2reg_dir, which takes no --moving_labels(_dir), "
     "--center or --crop_center (the model's own window is used)")
+flags.register_multi_flags_validator(
+    ["learn2reg_dir", "itk_transform"], lambda values: values["learn2reg_dir"] is None or not values["itk_transform"],
+    "--itk_transform goes with --moving or --moving_dir: a Learn2Reg submission holds only disp_*.nii.gz files")
 
 FLAGS = flags.FLAGS
 
@@ -110,11 +121,11 @@ def main(argv):
         print(format_provenance(model.provenance))
         if mode == "pair":
             written = [register_files(model, FLAGS.moving, FLAGS.fixed, FLAGS.output_dir, FLAGS.moving_labels,
-                                      center, FLAGS.crop_center)]
+                                      center, FLAGS.crop_center, FLAGS.itk_transform)]
         else:
             written = register_folder(model, FLAGS.moving_dir, FLAGS.fixed_dir, FLAGS.output_dir,
                                       FLAGS.moving_labels_dir, center, show_progress=True,
-                                      crop_center=FLAGS.crop_center)
+                                      crop_center=FLAGS.crop_center, itk_transform=FLAGS.itk_transform)
     except (DatasetError, SavedModelError) as error:
         return fail(error)
     rule = "--center" if center else FLAGS.crop_center or ("motion" if model.ndim == 2 else "image")

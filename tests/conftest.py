@@ -72,8 +72,9 @@ def trained_run(tmp_path_factory):
 
 
 def exported(tmp_path_factory, inshape, bias):
-    """A network with a non-trivial flow head, exported: kernel ~ N(0, 0.05) so the field varies, and a
-    constant shift of ``bias`` voxels so nearest-neighbour label warping visibly moves boundaries."""
+    """A GSMorph network with a non-trivial flow head, exported (a version folder): kernel ~ N(0, 0.05) so the
+    field varies, and a constant shift of ``bias`` voxels so nearest-neighbour label warping visibly moves
+    boundaries. Untrained."""
     from gsmorph_tf.export import export_saved_model
     from gsmorph_tf.networks import build_gsmorph_unet
 
@@ -89,6 +90,23 @@ def exported_3d(tmp_path_factory):
     """The version folder of a 16^3 3D :func:`exported` model (bias 0.6, -0.7, 0.5 voxels), exported once for
     every module that registers volumes. Its provenance records no training (exported from memory)."""
     return exported(tmp_path_factory, (16, 16, 16), (0.6, -0.7, 0.5))
+
+
+@pytest.fixture(scope="session")
+def model_3d(exported_3d):
+    """:func:`exported_3d` as a ``RegistrationModel``, shared by the registration tests."""
+    from gsmorph_tf.register import RegistrationModel
+
+    return RegistrationModel(exported_3d)
+
+
+@pytest.fixture(scope="session")
+def model_2d(tmp_path_factory):
+    """A 32x32 :func:`exported` 2D model (flow bias 0.6, -0.7 pixels) as a ``RegistrationModel``, shared by
+    the registration and apply tests."""
+    from gsmorph_tf.register import RegistrationModel
+
+    return RegistrationModel(exported(tmp_path_factory, (32, 32), (0.6, -0.7)))
 
 
 #: Shape and structures of the tiny Learn2Reg tasks the tests write.

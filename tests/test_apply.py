@@ -15,7 +15,7 @@ from gsmorph_tf.data.nifti import DatasetError
 from gsmorph_tf.data.preprocessing import scale_to_unit
 from gsmorph_tf.register import OUTPUTS, apply_field, register_files, warp_label_map
 from gsmorph_tf.register.apply import DESCRIPTIONS, warped_path
-from test_register import SPACING, affine, blobs, load, model_2d, save, stack_labels  # noqa: F401  (fixture)
+from test_register import SPACING, affine, blobs, load, save, stack_labels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -12,26 +12,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import exported
 from gsmorph_tf import evaluation
 from gsmorph_tf.data.nifti import DatasetError
 from gsmorph_tf.data.preprocessing import crop_or_pad, motion_center, scale_to_unit
-from gsmorph_tf.register import (OUTPUTS, RegistrationModel, SavedModelError, register_files, register_folder,
-                                 register_volumes)
+from gsmorph_tf.register import (OUTPUTS, TRANSFORM_SUFFIX, RegistrationModel, SavedModelError, register_files,
+                                 register_folder, register_volumes)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPACING = (1.5, 1.5, 8.0)
 LABEL_VALUES = {0, 1, 2, 3}
-
-
-@pytest.fixture(scope="module")
-def model_2d(tmp_path_factory):
-    return RegistrationModel(exported(tmp_path_factory, (32, 32), (0.6, -0.7)))
-
-
-@pytest.fixture(scope="module")
-def model_3d(exported_3d):
-    return RegistrationModel(exported_3d)
 
 
 def affine(spacing, offset=(-30.0, 12.0, 40.0)):
@@ -89,8 +78,9 @@ def load(path):
 def test_2d_outputs_on_the_fixed_grid_match_the_signature_on_the_crop(model_2d, pair):
     paths = register_files(model_2d, pair["moving"], pair["fixed"], str(pair["out"]), pair["labels"],
                            crop_center="image")
-    assert sorted(os.listdir(pair["out"])) == ["moving_flow_mm.nii.gz", "moving_flow_vox.nii.gz",
-                                               "moving_moved.nii.gz", "moving_moved_labels.nii.gz"]
+    assert sorted(os.listdir(pair["out"])) == ["moving_flow_itk.nii.gz", "moving_flow_mm.nii.gz",
+                                               "moving_flow_vox.nii.gz", "moving_moved.nii.gz",
+                                               "moving_moved_labels.nii.gz"]
     moved, moved_image = load(paths["moved"])
     flow, flow_image = load(paths["flow_vox"])
     flow_mm, _ = load(paths["flow_mm"])
@@ -186,10 +176,8 @@ def make_bad(tmp_path, kind):
         return {"fixed_path": str(bad)}, bad, "cannot read as NIfTI"
     if kind == "missing":
         return {"moving_path": str(tmp_path / "absent.nii.gz")}, tmp_path / "absent.nii.gz", "not found"
-    if kind == "shape":
-        return {"moving_path": save(bad, blobs((40, 36, 4), 1))}, bad, "differs from the fixed image"
-    if kind == "spacing":
-        return {"moving_path": save(bad, blobs((40, 36, 3), 1), (1.5, 1.5, 10.0))}, bad, "voxel size"
+    if kind == "labels_grid":  # the moving image's grid is 40 x 36 x 3
+        return {"moving_labels_path": save(bad, stack_labels((40, 36, 4)))}, bad, "differs from the moving image"
     if kind == "labels":
         return {"moving_labels_path": save(bad, stack_labels((40, 36, 3)) + 0.5)}, bad, "non-integer"
     if kind == "center":
@@ -197,7 +185,7 @@ def make_bad(tmp_path, kind):
     raise ValueError(kind)
 
 
-@pytest.mark.parametrize("kind", ["4d", "2d_image", "nan", "corrupt", "missing", "shape", "spacing", "labels",
+@pytest.mark.parametrize("kind", ["4d", "2d_image", "nan", "corrupt", "missing", "labels_grid", "labels",
                                   "center"])
 def test_bad_input_is_named_and_nothing_is_written(model_2d, pair, tmp_path, kind):
     arguments = {"moving_path": pair["moving"], "fixed_path": pair["fixed"], "output_dir": str(pair["out"]),
@@ -232,7 +220,7 @@ def test_folder_mode_registers_every_pair_like_pair_mode(model_2d, tmp_path):
     folder_of_pairs(tmp_path, ["case01.nii.gz", "case02.nii.gz"])
     written = register_folder(model_2d, str(tmp_path / "ES"), str(tmp_path / "ED"), str(tmp_path / "out"),
                               str(tmp_path / "ES_gt"), show_progress=False)
-    assert len(written) == 2 and len(os.listdir(tmp_path / "out")) == 8
+    assert len(written) == 2 and len(os.listdir(tmp_path / "out")) == 10
     single = register_files(model_2d, str(tmp_path / "ES" / "case02.nii.gz"), str(tmp_path / "ED" / "case02.nii.gz"),
                             str(tmp_path / "single"), str(tmp_path / "ES_gt" / "case02.nii.gz"))
     for key in ("moved", "flow_vox", "moved_labels"):
@@ -266,12 +254,13 @@ def test_run_register_cli_folder_mode_and_one_line_errors(model_2d, tmp_path):
     folder_of_pairs(tmp_path, ["a.nii.gz", "b.nii"])
     base = os.path.dirname(model_2d.path)  # a base path: its highest version is used
     done = run_register(tmp_path, "--saved_model=%s" % base, "--moving_dir=ES", "--fixed_dir=ED",
-                        "--moving_labels_dir=ES_gt", "--output_dir=out", "--center=20,18")
+                        "--moving_labels_dir=ES_gt", "--output_dir=out", "--center=20,18", "--itk_transform")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Registered 2 pair(s)" in done.stdout and "2D model, input 32x32" in done.stdout
     assert "Provenance (provenance.json):" in done.stdout and "crop placed by --center" in done.stdout
     assert sorted(os.listdir(tmp_path / "out")) == sorted(
-        "%s%s" % (stem, suffix) for stem in ("a", "b") for suffix, _ in OUTPUTS.values())
+        "%s%s" % (stem, suffix) for stem in ("a", "b")
+        for suffix in [suffix for suffix, _ in OUTPUTS.values()] + [TRANSFORM_SUFFIX])
     (tmp_path / "ED" / "b.nii").write_bytes(b"garbage")
     failed = run_register(tmp_path, "--saved_model=%s" % base, "--moving=ES/b.nii", "--fixed=ED/b.nii",
                           "--output_dir=out2")
