@@ -266,3 +266,6 @@ def test_cli_names_a_bad_task_folder_before_loading_the_model(tmp_path):
     mixed = run_register(tmp_path, "--saved_model=nowhere/model", "--learn2reg_dir=missing", "--center=1,2,3",
                          "--output_dir=out")
     assert mixed.returncode != 0 and "--learn2reg_dir, which takes no" in mixed.stderr
+    itk = run_register(tmp_path, "--saved_model=nowhere/model", "--learn2reg_dir=missing", "--itk_transform",
+                       "--output_dir=out")
+    assert itk.returncode != 0 and "a Learn2Reg submission holds only disp_*.nii.gz files" in itk.stderr
