@@ -24,6 +24,10 @@ per direction and the larger of the two, in voxels, inf when the warped label va
 and NaN only when a structure is absent from both maps; theirs is a fraction, NaN when the label is missing
 from the fixed or the original moving map. Our labels are warped by voxelmorph's transformer (edge values
 outside the volume), theirs with 0 outside. SDlogJ is the same function.
+
+Not reproduced: their per-pair ``num_foldings`` (it counts ``clip(J + 3, 1e-9, 1e9) <= 0``, always 0). Fields
+are taken in float64, as their code reads a ``.nii.gz`` submission (``get_fdata``); a ``.npz`` one they keep in
+float32, so their SDlogJ of it can differ from ours in the 7th digit.
 """
 import json
 import os
