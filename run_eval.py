@@ -9,6 +9,12 @@ subject, or per slice pair with ``--metric_protocol=paper``), ``summary.md`` (me
 MSE x1e-2, NJD %, Dice per structure) and
 ``evaluation.json`` (both, plus the settings), each written atomically. The ``Initial`` (identity) row is
 always included. With ``--run_dir`` the dataset, crop size and split seed default to the run's own.
+``--metric_set=learn2reg`` scores 3D pairs as the Learn2Reg challenge does instead (Dice fraction, HD95 in
+voxels, SDlogJ; ``summary.md`` then shows their mean +- std and 30 % column, see gsmorph_tf.learn2reg_metrics);
+on a ``learn2reg`` dataset ``--l2r_mask`` takes SDlogJ inside the fixed images' ``masksTr/`` and
+``--l2r_points=keypoints`` adds TRE at the points of ``keypointsTr/`` (as Learn2Reg scores NLST):
+
+    python run_eval.py --run_dir=runs/nlst --split=val --metric_set=learn2reg --l2r_mask --l2r_points=keypoints
 """
 import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 
@@ -22,7 +28,7 @@ import os
 from absl import app, flags
 
 from gsmorph_tf.cli import fail, quiet_logs, run_app
-from gsmorph_tf.config import CROP_CENTERS, METRIC_PROTOCOLS, TrainConfig
+from gsmorph_tf.config import CROP_CENTERS, METRIC_PROTOCOLS, METRIC_SETS, TrainConfig
 from gsmorph_tf.errors import ConfigError, DatasetError
 from gsmorph_tf.registry import DATASETS
 
@@ -37,6 +43,15 @@ flags.DEFINE_integer("seed", None, "Split seed (default: the run's, else 0).")
 flags.DEFINE_integer("batch_size", 32, "Pairs per inference batch.", lower_bound=1)
 flags.DEFINE_enum("metric_protocol", None, METRIC_PROTOCOLS, "volume (a row per subject) or paper (a row per 2D "
                   "slice pair); default: the run's, else volume.")
+flags.DEFINE_enum("metric_set", "ours", METRIC_SETS, "ours (the paper's metrics, by --metric_protocol) or "
+                  "learn2reg (the Learn2Reg challenge's scores of 3D pairs: Dice fraction, HD95 in voxels by the "
+                  "surface-distance method, SDlogJ, their 30 % column).")
+flags.DEFINE_boolean("l2r_mask", False, "With --metric_set=learn2reg on a learn2reg dataset: SDlogJ only inside "
+                     "each fixed image's mask (masksTr/ beside imagesTr/, voxels equal to 1), as Learn2Reg scores "
+                     "LungCT, NLST and AbdomenMRCT.")
+flags.DEFINE_enum("l2r_points", None, ["keypoints", "landmarks"], "With --metric_set=learn2reg on a learn2reg "
+                  "dataset: TRE (mm) at the corresponding points in <this>Tr/ (CSV of voxel coordinates beside "
+                  "imagesTr/; keypoints for NLST).")
 flags.DEFINE_enum("crop_center", None, CROP_CENTERS, "Where the crop is centred: labels (ED label centroid, the "
                   "paper protocol), motion (smoothed temporal std of the cine: label-free, as deployed) or image "
                   "(image centre); default: the run's, else labels. Per-subject crop coverage goes to "
@@ -72,6 +87,30 @@ def subjects_of(splits, split):
     return [subject for name in names for subject in splits[name]] if split == "all" else splits[split]
 
 
+def learn2reg_inputs(subjects):
+    """``(masks, points)`` for ``--l2r_mask`` and ``--l2r_points``: a list per subject (read now, so a missing
+    file stops the run before any registration), or None when the flag is off.
+
+    Raises:
+        ConfigError: either flag without ``--metric_set=learn2reg``, or on a dataset not in the Learn2Reg layout.
+        DatasetError: naming a missing or malformed mask or points file.
+    """
+    if not FLAGS.l2r_mask and FLAGS.l2r_points is None:
+        return None, None
+    if FLAGS.metric_set != "learn2reg":
+        raise ConfigError("--l2r_mask and --l2r_points score by Learn2Reg's rules: add --metric_set=learn2reg")
+    pairs = getattr(subjects, "pairs", None)  # learn2reg.EvaluationPairs: (moving, fixed) Scans
+    if pairs is None:
+        raise ConfigError("--l2r_mask and --l2r_points read masksTr/ and keypointsTr/ beside a Learn2Reg dataset's "
+                          "imagesTr/: use --dataset=learn2reg")
+    from gsmorph_tf.data import learn2reg_points
+
+    masks = [learn2reg_points.read_fixed_mask(fixed) for _, fixed in pairs] if FLAGS.l2r_mask else None
+    points = (None if FLAGS.l2r_points is None else
+              [learn2reg_points.read_pair_points(moving, fixed, FLAGS.l2r_points) for moving, fixed in pairs])
+    return masks, points
+
+
 def per_subject_csv(results):
     """CSV text: one row per (method, subject), every metric column."""
     rows = [dict(method=method, **row) for method, result in results.items() for row in result["subjects"]]
@@ -103,7 +142,11 @@ def main(argv):
             predict = evaluation.savedmodel_predictor(FLAGS.saved_model, FLAGS.batch_size)
             source = FLAGS.saved_model
         config = data_config(run_config)
+        if FLAGS.metric_set == "learn2reg" and DATASETS[config.dataset].ndim != 3:
+            raise ConfigError("--metric_set=learn2reg scores 3D volume pairs; dataset=%s is %dD"
+                              % (config.dataset, DATASETS[config.dataset].ndim))
         subjects = subjects_of(training.load_data(config, generate=False), FLAGS.split)
+        masks, points = learn2reg_inputs(subjects)
     except (ConfigError, DatasetError, FileNotFoundError) as error:
         return fail(error)
 
@@ -116,16 +159,23 @@ def main(argv):
     name = (MODELS.load(run_config.model).method_name(run_config) if run_config
             else "/".join(os.path.abspath(source).split(os.sep)[-2:]))
     results = evaluation.evaluate_against_initial(predict, subjects, name, progress=lambda done, _: bar.update(done),
-                                                  protocol=config.metric_protocol)
-    table = (evaluation.protocol_caption(config.metric_protocol, results[name]["subjects"]) + "\n\n"
-             + evaluation.format_table({method: result["summary"] for method, result in results.items()}))
+                                                  protocol=config.metric_protocol, metric_set=FLAGS.metric_set,
+                                                  masks=masks, landmarks=points)
+    caption = evaluation.protocol_caption(config.metric_protocol, results[name]["subjects"])
+    if FLAGS.metric_set == "learn2reg":
+        table = evaluation.learn2reg_table({method: result["learn2reg"] for method, result in results.items()})
+    else:
+        table = evaluation.format_table({method: result["summary"] for method, result in results.items()})
+    table = caption + "\n\n" + table
 
     crop = evaluation.crop_report(subjects, config.crop_center)
     atomic_write_text(os.path.join(output_dir, "per_subject.csv"), per_subject_csv(results))
     atomic_write_text(os.path.join(output_dir, "summary.md"), table + "\n")
     evaluation.write_json(os.path.join(output_dir, "evaluation.json"),
                           {"source": source, "split": FLAGS.split, "data": json.loads(json.dumps(config.to_dict())),
-                           "metric_protocol": config.metric_protocol, "methods": results,
+                           "metric_protocol": config.metric_protocol, "metric_set": FLAGS.metric_set,
+                           "l2r_mask": FLAGS.l2r_mask, "l2r_points": FLAGS.l2r_points,
+                           "methods": results,
                            "crop": crop})
     if crop is not None:
         print("Crops (crop_center=%s): %d of %d subjects keep >= %.0f %% of their ED label voxels"

@@ -35,6 +35,10 @@ REG_PENALTIES = ("l1", "l2")
 #: stack or volume as one); ``paper``, one row per 2D slice pair (the GSMorph reference code's protocol).
 METRIC_PROTOCOLS = ("volume", "paper")
 
+#: Which scores evaluation computes (see gsmorph_tf.evaluation): ``ours`` (Dice %, HD95 mm, MSE, NJD, SDlogJ, by
+#: a protocol above) or ``learn2reg`` (the Learn2Reg challenge's own, gsmorph_tf.learn2reg_metrics; 3D pairs).
+METRIC_SETS = ("ours", "learn2reg")
+
 #: Device strategies (see :mod:`gsmorph_tf.distribute`): ``default``, one device; ``mirrored``, the GPUs (or
 #: logical CPUs) of one machine; ``multi_worker``, the machines that ``TF_CONFIG`` lists.
 STRATEGIES = ("default", "mirrored", "multi_worker")
@@ -66,9 +70,9 @@ MODEL_SETTINGS = ("unet_width", "warp_padding", "ulae_moved", "ulae_init")
 #: statistics see, float16), so a run resumes under the settings it started with.
 RESUMABLE_CHANGES = ("epochs", "output_dir", "profile_batch", "cpu_replicas")
 
-__all__ = ["CROP_CENTERS", "ConfigError", "GROUPINGS", "METRIC_PROTOCOLS", "MODEL_SETTINGS", "NCC_FORMULAS",
-           "REG_PENALTIES", "RESUMABLE_CHANGES", "STRATEGIES", "SURGERY_MODES", "TrainConfig", "ULAE_INITS",
-           "ULAE_MOVED", "WARP_PADDINGS", "check_profile_batch"]
+__all__ = ["CROP_CENTERS", "ConfigError", "GROUPINGS", "METRIC_PROTOCOLS", "METRIC_SETS", "MODEL_SETTINGS",
+           "NCC_FORMULAS", "REG_PENALTIES", "RESUMABLE_CHANGES", "STRATEGIES", "SURGERY_MODES", "TrainConfig",
+           "ULAE_INITS", "ULAE_MOVED", "WARP_PADDINGS", "check_profile_batch"]
 
 
 def check_profile_batch(steps):

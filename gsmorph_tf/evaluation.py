@@ -22,6 +22,12 @@ protocols (:data:`gsmorph_tf.config.METRIC_PROTOCOLS`), named in every table and
     HD95 0 mm: a perfect registration of an apical slice without RV would score 66.7 % Dice.
 
 An ``Initial`` row (identity transform: moved = moving, zero flow) is the reference every method must beat.
+
+The metric set (:data:`gsmorph_tf.config.METRIC_SETS`) chooses the scores themselves: ``ours`` (the above, the
+default) or ``learn2reg``: the Learn2Reg challenge's own scores of 3D pairs (:mod:`gsmorph_tf.learn2reg_metrics`:
+Dice as a fraction, HD95 in voxels by the surface-distance method, SDlogJ, TRE with landmarks), one row per pair
+with the columns ``l2r_*`` and, over the rows, Learn2Reg's aggregates (:func:`learn2reg_aggregates`). The two
+are not comparable column for column: the ``l2r_`` prefix keeps them apart.
 """
 from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
 
@@ -33,8 +39,8 @@ import numpy as np
 import tensorflow as tf
 import voxelmorph as vxm
 
-from gsmorph_tf import metrics
-from gsmorph_tf.config import METRIC_PROTOCOLS
+from gsmorph_tf import learn2reg_metrics, metrics
+from gsmorph_tf.config import METRIC_PROTOCOLS, METRIC_SETS
 from gsmorph_tf.fileio import atomic_write_text
 from gsmorph_tf.data.preprocessing import GOOD_CROP_COVERAGE
 from gsmorph_tf.data.subjects import reporting_order
@@ -190,15 +196,24 @@ def slice_metrics(pairs, index, moved, moved_labels, flow):
     return row
 
 
-def metric_rows(pairs, moved, moved_labels, flow, protocol="volume"):
+def metric_rows(pairs, moved, moved_labels, flow, protocol="volume", metric_set="ours", mask=None, landmarks=None):
     """The rows of one subject: ``[subject_metrics(...)]`` (``volume``) or one :func:`slice_metrics` per
-    slice pair (``paper``). Arguments as :func:`subject_metrics`.
+    slice pair (``paper``); with ``metric_set="learn2reg"``, ``[learn2reg_row(...)]`` whatever the protocol.
+    Arguments as :func:`subject_metrics`; ``mask`` and ``landmarks`` as :func:`learn2reg_row` (``learn2reg``
+    only).
 
     Raises:
-        ValueError: an unknown protocol, or ``paper`` on a 3D task (it is defined on 2D slices).
+        ValueError: an unknown protocol or metric set, ``paper`` on a 3D task (it is defined on 2D slices),
+            ``learn2reg`` on a 2D one, or a mask or landmarks with our metric set (which has no use for them).
     """
     if protocol not in METRIC_PROTOCOLS:
         raise ValueError("unknown metric protocol %r; valid: %s" % (protocol, ", ".join(METRIC_PROTOCOLS)))
+    if metric_set not in METRIC_SETS:
+        raise ValueError("unknown metric set %r; valid: %s" % (metric_set, ", ".join(METRIC_SETS)))
+    if metric_set == "learn2reg":
+        return [learn2reg_row(pairs, flow, mask, landmarks)]
+    if mask is not None or landmarks is not None:
+        raise ValueError("%s: a mask and landmarks are scored by the learn2reg metric set only" % pairs.subject)
     if protocol == "volume":
         return [subject_metrics(pairs, moved, moved_labels, flow)]
     if pairs.volumes_per_item:
@@ -206,6 +221,75 @@ def metric_rows(pairs, moved, moved_labels, flow, protocol="volume"):
                          % pairs.subject)
     return [slice_metrics(pairs, i, moved[i], moved_labels[i], None if flow is None else flow[i])
             for i in range(len(moved))]
+
+
+def learn2reg_row(pairs, flow, mask=None, landmarks=None):
+    """The Learn2Reg scores of a subject's 3D pair (:func:`gsmorph_tf.learn2reg_metrics.pair_scores`), as a row.
+
+    Args:
+        pairs: :class:`~gsmorph_tf.data.subjects.SubjectPairs` of one volume pair (``moving [1, D, H, W]``): its
+            fixed and moving labels (warped here, Learn2Reg's way) and structures (all scored).
+        flow: ``[1, D, H, W, 3]`` displacement in voxels (fixed -> moving), or None for the identity.
+        mask: optional ``[D, H, W]`` mask of the fixed image: SDlogJ counts the voxels where it is 1.
+        landmarks: optional ``(fixed_points, moving_points[, spacing_moving])``, ``[N, 3]`` voxel coordinates
+            and the moving image's spacing in mm for TRE (:func:`gsmorph_tf.data.learn2reg_points.read_pair_points`
+            reads all three); without the spacing, ``pairs.spacing_mm`` (the fixed image's: Learn2Reg uses the
+            moving image's, the same in its tasks).
+
+    Returns:
+        dict: ``subject``, ``l2r_dice_<structure>`` (fraction), ``l2r_dice`` (their NaN-ignoring mean),
+        ``l2r_hd95_<structure>`` (voxels), ``l2r_hd95``, ``l2r_sdlogj`` and, with landmarks, ``l2r_tre`` (mean
+        mm). NaN where a structure is missing from the fixed or the moving labels, inf HD95 where it vanished.
+
+    Raises:
+        ValueError: ``pairs`` is not one 3D volume pair.
+    """
+    if not pairs.volumes_per_item or len(pairs.spacing_mm) != 3 or len(pairs.moving_labels) != 1:
+        raise ValueError("%s: the learn2reg metric set scores one 3D volume pair per subject ([1, D, H, W]), got "
+                         "labels of shape %s" % (pairs.subject, pairs.moving_labels.shape))
+    names = reporting_order(pairs.label_values)
+    fixed_labels = pairs.fixed_labels[0]
+    disp = np.zeros(fixed_labels.shape + (3,)) if flow is None else np.asarray(flow)[0]
+    spacing_moving = pairs.spacing_mm if landmarks is None or len(landmarks) == 2 else landmarks[2]
+    scores = learn2reg_metrics.pair_scores(fixed_labels, pairs.moving_labels[0], disp,
+                                           [pairs.label_values[name] for name in names], mask=mask,
+                                           landmarks=None if landmarks is None else landmarks[:2],
+                                           spacing_moving=spacing_moving)
+    row = {"subject": pairs.subject}
+    for metric in ("dice", "hd95"):
+        for name, value in zip(names, scores[metric]["detailed"]):
+            row["l2r_%s_%s" % (metric, name)] = value
+        row["l2r_%s" % metric] = scores[metric]["mean"]
+    row["l2r_sdlogj"] = scores["sdlogj"]["mean"]
+    if "tre" in scores:
+        row["l2r_tre"] = scores["tre"]["mean"]
+    return row
+
+
+#: Learn2Reg's case-level columns of a ``learn2reg`` row: (column, Learn2Reg metric, header).
+LEARN2REG_COLUMNS = (("l2r_dice", "dice", "DSC"), ("l2r_hd95", "hd95", "HD95 (voxels)"),
+                     ("l2r_sdlogj", "sdlogj", "SDlogJ"), ("l2r_tre", "tre", "TRE (mm)"))
+
+
+def learn2reg_aggregates(rows):
+    """Learn2Reg's aggregates over the pairs (:func:`gsmorph_tf.learn2reg_metrics.aggregate`) of each of
+    :data:`LEARN2REG_COLUMNS` the rows have: ``{column: {"mean", "std", "30"}}`` (NaN and inf kept, as theirs).
+    Empty for rows of our metric set."""
+    return {column: learn2reg_metrics.aggregate([row[column] for row in rows], metric)
+            for column, metric, _ in LEARN2REG_COLUMNS if column in rows[0]}
+
+
+def learn2reg_table(aggregates_by_method):
+    """Markdown table of ``{method: learn2reg_aggregates(rows)}``: mean +- std and the "30" column of each."""
+    first = next(iter(aggregates_by_method.values()))
+    columns = [(column, header) for column, _, header in LEARN2REG_COLUMNS if column in first]
+    lines = ["| Method | " + " | ".join("%s | %s 30%%" % (header, header) for _, header in columns) + " |",
+             "|---|" + "---|---|" * len(columns)]
+    for method, aggregates in aggregates_by_method.items():
+        cells = ["%.4f +- %.4f | %.4f" % (aggregates[c]["mean"], aggregates[c]["std"], aggregates[c]["30"])
+                 for c, _ in columns]
+        lines.append("| %s | %s |" % (method, " | ".join(cells)))
+    return "\n".join(lines)
 
 
 def _sdlogj(flow):
@@ -230,13 +314,29 @@ def _with_timing(rows, seconds, pairs):
     return [dict(row, seconds=seconds / len(rows), pairs=pairs / len(rows)) for row in rows]
 
 
-def evaluate_identity(subjects, protocol="volume"):
-    """Metric rows of the identity transform (the ``Initial`` row), by ``protocol``; no time spent."""
-    return [row for p in subjects
-            for row in _with_timing(metric_rows(p, p.moving, p.moving_labels, None, protocol), 0.0, len(p.moving))]
+def _per_subject(count, masks, landmarks, source):
+    """``masks`` and ``landmarks`` (None, or a sequence with an entry per subject) as two lists of ``count``
+    entries (None where a subject has none); ValueError naming ``source`` when a sequence has another length."""
+    lists = []
+    for name, values in (("masks", masks), ("landmarks", landmarks)):
+        if values is not None and len(values) != count:
+            raise ValueError("%s: %d %s for %d subjects (one entry per subject, None where it has none)"
+                             % (source, len(values), name, count))
+        lists.append([None] * count if values is None else list(values))
+    return lists
 
 
-def evaluate_predictor(predict, subjects, progress=None, protocol="volume"):
+def evaluate_identity(subjects, protocol="volume", metric_set="ours", masks=None, landmarks=None):
+    """Metric rows of the identity transform (the ``Initial`` row), by ``protocol`` and ``metric_set``
+    (``masks``, ``landmarks``: as :func:`evaluate_flows`); no time spent."""
+    masks, landmarks = _per_subject(len(subjects), masks, landmarks, "identity")
+    return [row for p, mask, points in zip(subjects, masks, landmarks)
+            for row in _with_timing(metric_rows(p, p.moving, p.moving_labels, None, protocol, metric_set, mask,
+                                                points), 0.0, len(p.moving))]
+
+
+def evaluate_predictor(predict, subjects, progress=None, protocol="volume", metric_set="ours", masks=None,
+                       landmarks=None):
     """Metric rows of a predictor on a list of SubjectPairs.
 
     Args:
@@ -245,24 +345,28 @@ def evaluate_predictor(predict, subjects, progress=None, protocol="volume"):
         subjects: list of :class:`~gsmorph_tf.data.subjects.SubjectPairs`.
         progress: optional callable ``(done, total)`` called after each subject (e.g. a Progbar's update).
         protocol: ``volume`` (a row per subject) or ``paper`` (a row per slice pair), see the module docstring.
+        metric_set: ``ours`` or ``learn2reg`` (:data:`gsmorph_tf.config.METRIC_SETS`, see the module docstring).
+        masks, landmarks: ``learn2reg`` only, as :func:`evaluate_flows`.
 
     Returns:
         The rows of :func:`metric_rows`, each with ``seconds`` (wall-clock time of ``predict`` for the
         subject's stack, shared over its rows) and ``pairs`` (the pairs it covers).
     """
+    masks, landmarks = _per_subject(len(subjects), masks, landmarks, "predictor")
     rows = []
-    for done, pairs in enumerate(subjects, 1):
+    for done, (pairs, mask, points) in enumerate(zip(subjects, masks, landmarks), 1):
         start = time.perf_counter()
         moved, flow = predict(pairs.moving, pairs.fixed)
         seconds = time.perf_counter() - start
-        rows += _with_timing(metric_rows(pairs, moved, warp_labels(pairs.moving_labels, flow), flow, protocol),
+        moved_labels = warp_labels(pairs.moving_labels, flow) if metric_set == "ours" else None
+        rows += _with_timing(metric_rows(pairs, moved, moved_labels, flow, protocol, metric_set, mask, points),
                              seconds, len(pairs.moving))
         if progress is not None:
             progress(done, len(subjects))
     return rows
 
 
-def evaluate_flows(subjects, flows, protocol="volume", source="flows"):
+def evaluate_flows(subjects, flows, protocol="volume", source="flows", metric_set="ours", masks=None, landmarks=None):
     """Metric rows of displacement fields computed elsewhere (another implementation, a saved run), scored
     exactly as a network's: the moving images and labels are warped here (:func:`warp_images`,
     :func:`warp_labels`), so two sets of flows differ in their scores only by the flows.
@@ -272,7 +376,9 @@ def evaluate_flows(subjects, flows, protocol="volume", source="flows"):
             pairs) or 3D (``moving [1, D, H, W]``: one volume pair each, as the brain and Learn2Reg tasks).
         flows: the subjects' pairs in order (subject by subject, slice by slice): ``[N, H, W, 2]`` (pixels along
             row, column) or ``[N, D, H, W, 3]`` (voxels along the array axes).
-        protocol: as :func:`evaluate_predictor`; source: names the flows in errors (e.g. their file).
+        protocol, metric_set: as :func:`evaluate_predictor`; source: names the flows in errors (e.g. their file).
+        masks, landmarks: ``learn2reg`` only, optional: a sequence with an entry per subject (None, or as
+            :func:`learn2reg_row`'s ``mask`` and ``landmarks``).
 
     Returns:
         The rows of :func:`metric_rows`, with ``seconds`` NaN (the flows' time is not known here).
@@ -288,18 +394,23 @@ def evaluate_flows(subjects, flows, protocol="volume", source="flows"):
     if len(spatial) not in (2, 3) or flows.shape != expected:
         raise ValueError("%s: expected flows of shape %s (the %d pairs of %d subjects in order), got %s"
                          % (source, expected, sum(counts), len(subjects), flows.shape))
+    masks, landmarks = _per_subject(len(subjects), masks, landmarks, source)
     rows, start = [], 0
-    for pairs, count in zip(subjects, counts):
+    for pairs, count, mask, points in zip(subjects, counts, masks, landmarks):
         flow = flows[start:start + count].astype(np.float32)
         start += count
-        rows += _with_timing(metric_rows(pairs, warp_images(pairs.moving, flow), warp_labels(pairs.moving_labels, flow),
-                                         flow, protocol), float("nan"), count)
+        if metric_set == "ours":
+            moved, moved_labels = warp_images(pairs.moving, flow), warp_labels(pairs.moving_labels, flow)
+        else:
+            moved = moved_labels = None  # learn2reg_row warps the labels itself, Learn2Reg's way
+        rows += _with_timing(metric_rows(pairs, moved, moved_labels, flow, protocol, metric_set, mask, points),
+                             float("nan"), count)
     return rows
 
 
-def evaluate_network(network, subjects, batch_size=32, progress=None, protocol="volume"):
+def evaluate_network(network, subjects, batch_size=32, progress=None, protocol="volume", metric_set="ours"):
     """:func:`evaluate_predictor` for a Keras network ``[moving, fixed] -> [moved, flow]``."""
-    return evaluate_predictor(keras_predictor(network, batch_size), subjects, progress, protocol)
+    return evaluate_predictor(keras_predictor(network, batch_size), subjects, progress, protocol, metric_set)
 
 
 def per_subject_means(rows):
@@ -317,20 +428,29 @@ def per_subject_means(rows):
 
 def results_by_method(rows_by_method):
     """``{method: {"subjects": rows, "summary": summarize(rows)}}`` from ``{method: per-subject rows}``, in
-    the given order: the form of every results JSON (training, ``run_eval.py``)."""
-    return {method: {"subjects": rows, "summary": summarize(rows)} for method, rows in rows_by_method.items()}
+    the given order: the form of every results JSON (training, ``run_eval.py``); rows of the ``learn2reg``
+    metric set also get ``"learn2reg": learn2reg_aggregates(rows)``."""
+    results = {}
+    for method, rows in rows_by_method.items():
+        results[method] = {"subjects": rows, "summary": summarize(rows)}
+        aggregates = learn2reg_aggregates(rows)
+        if aggregates:
+            results[method]["learn2reg"] = aggregates
+    return results
 
 
-def evaluate_against_initial(predict, subjects, name, progress=None, protocol="volume"):
+def evaluate_against_initial(predict, subjects, name, progress=None, protocol="volume", metric_set="ours",
+                             masks=None, landmarks=None):
     """The ``Initial`` (identity) rows and ``predict``'s rows on ``subjects``, as :func:`results_by_method`.
 
     Args:
         predict: a predictor (see :func:`evaluate_predictor`); name: its row's name in tables.
-        subjects: list of :class:`~gsmorph_tf.data.subjects.SubjectPairs`; progress, protocol: as
-            :func:`evaluate_predictor`.
+        subjects: list of :class:`~gsmorph_tf.data.subjects.SubjectPairs`; progress, protocol, metric_set,
+            masks, landmarks: as :func:`evaluate_predictor`.
     """
-    rows = evaluate_predictor(predict, subjects, progress, protocol)
-    return results_by_method({"Initial": evaluate_identity(subjects, protocol), name: rows})
+    rows = evaluate_predictor(predict, subjects, progress, protocol, metric_set, masks, landmarks)
+    return results_by_method({"Initial": evaluate_identity(subjects, protocol, metric_set, masks, landmarks),
+                              name: rows})
 
 
 def crop_report(subjects, rule):
@@ -368,6 +488,10 @@ def protocol_caption(protocol, rows):
     slice pair, HD95 in mm with the in-plane spacing, NJD = % det < 0); mean +- std over 96 slice pairs of 4
     subjects."."""
     subjects = len({row["subject"] for row in rows})
+    if "l2r_sdlogj" in rows[0]:
+        return ("Metric set: learn2reg (the Learn2Reg challenge's scores per 3D pair: Dice fraction, HD95 in voxels "
+                "by the surface-distance method, SDlogJ); mean +- std and Learn2Reg's 30 %% column over %d pairs."
+                % len(rows))
     if protocol == "paper":
         return ("Metric protocol: paper (per 2D slice pair, HD95 in mm with the in-plane spacing, NJD = %% det < 0); "
                 "mean +- std over %d slice pairs of %d subjects." % (len(rows), subjects))

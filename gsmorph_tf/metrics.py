@@ -203,7 +203,8 @@ def mean_std(values):
     values = values[~np.isnan(values)]
     if values.size == 0:
         return float("nan"), float("nan")
-    return float(values.mean()), float(values.std())
+    with np.errstate(invalid="ignore"):  # an inf score (Learn2Reg's HD95 of a vanished label): std NaN
+        return float(values.mean()), float(values.std())
 
 
 #: What Learn2Reg's evaluation adds to every Jacobian determinant before the log (see :func:`sdlogj`).
@@ -214,7 +215,7 @@ SDLOGJ_CLIP = (1e-9, 1e9)
 SDLOGJ_BORDER = 2
 
 
-def sdlogj(flow):
+def sdlogj(flow, mask=None):
     """SDlogJ: standard deviation of the log Jacobian determinant of x -> x + u(x), as Learn2Reg scores it.
 
     Learn2Reg's evaluation (``evaluation/evaluation.py`` and ``utils.py`` of github.com/MDL-UzL/L2R, the same
@@ -236,9 +237,15 @@ def sdlogj(flow):
     Args:
         flow: one 2D ``[H, W, 2]`` or 3D ``[D, H, W, 3]`` displacement field in voxels ('ij' channels), at least
             5 voxels along each axis.
+        mask: optional array ``[*vol]`` on the field's grid (Learn2Reg's ``masksTr`` of the fixed image): only
+            the interior voxels where it equals 1 count, Learn2Reg's rule for its masked tasks (LungCT, NLST,
+            AbdomenMRCT); any other value (0, or a label other than 1) leaves the voxel out.
 
     Returns:
         SDlogJ (unitless, >= 0; 0 for any affine map, whose determinant is constant).
+
+    Raises:
+        ValueError: the mask is not shaped like the field's grid, or keeps no interior voxel.
     """
     flow = np.asarray(flow, dtype=np.float64)
     if flow.ndim not in (3, 4) or flow.shape[-1] != flow.ndim - 1:
@@ -249,4 +256,11 @@ def sdlogj(flow):
                          "shape %s" % (2 * SDLOGJ_BORDER, SDLOGJ_BORDER, flow.shape))
     interior = (slice(SDLOGJ_BORDER, -SDLOGJ_BORDER),) * (flow.ndim - 1)
     determinant = jacobian_determinant(flow)[interior]
+    if mask is not None:
+        mask = np.asarray(mask)
+        _check_same_shape(mask, flow[..., 0], "mask and the field's grid")
+        determinant = determinant[mask[interior] == 1]
+        if determinant.size == 0:
+            raise ValueError("the SDlogJ mask keeps no voxel of the interior (values equal to 1, %d voxels in "
+                             "from each border)" % SDLOGJ_BORDER)
     return float(np.std(np.log(np.clip(determinant + SDLOGJ_OFFSET, *SDLOGJ_CLIP))))

@@ -103,7 +103,8 @@ def run_python(code):
 @pytest.mark.parametrize("module", ["gsmorph_tf.config", "gsmorph_tf.registry", "gsmorph_tf.cli",
                                     "gsmorph_tf.plugins", "gsmorph_tf.data.subjects",
                                     "gsmorph_tf.data.preprocessing", "gsmorph_tf.data.learn2reg",
-                                    "gsmorph_tf.metrics", "gsmorph_tf.seed_studies",
+                                    "gsmorph_tf.metrics", "gsmorph_tf.seed_studies", "gsmorph_tf.learn2reg_metrics",
+                                    "gsmorph_tf.data.learn2reg_points",
                                     # benchmarks/reference_ulae_steps.py imports it under a Python without TensorFlow
                                     "ulae_tf.reference"] + list(ENTRY_POINTS))
 def test_light_modules_do_not_load_tensorflow(module):

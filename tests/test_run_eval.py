@@ -61,3 +61,10 @@ def test_bad_sources_are_clear_errors(run):
     assert done.returncode == 2 and "no SavedModel" in done.stderr
     done = run_eval(tmp)
     assert done.returncode != 0 and "Exactly one of (run_dir, saved_model)" in done.stderr
+
+
+def test_learn2reg_metric_set_on_a_2d_dataset_is_a_clear_error(run):
+    tmp, config, _ = run
+    done = run_eval(tmp, "--run_dir=%s" % config.output_dir, "--metric_set=learn2reg")
+    assert done.returncode == 2
+    assert "--metric_set=learn2reg scores 3D volume pairs; dataset=phantom is 2D" in done.stderr

@@ -1,0 +1,144 @@
+"""A tiny deterministic Learn2Reg task for checking ``gsmorph_tf.learn2reg_metrics`` against Learn2Reg's own
+evaluation code: three pairs at 24 x 20 x 16 voxels with labels 1-3, fixed-image masks, landmarks, and a
+submission of displacement fields. Shared by ``learn2reg_official_scores.py`` (writes it and runs their code)
+and ``tests/test_learn2reg_metrics.py`` (rebuilds it and runs ours). NumPy, SciPy and nibabel only; no flags.
+
+The pairs, each chosen to exercise one of their rules:
+
+- ``0001_0000 <- 0001_0001`` (a short ``disp_0001_0001`` file name): a smooth random field, every label present;
+- ``0002_0000 <- 0002_0001``: label 3 missing from the moving scan (Dice and HD95 NaN for it);
+- ``0003_0000 <- 0004_0000`` (inter-subject, the long ``disp_0003_0000_0004_0000`` name): a shift of 7 voxels
+  along the first axis, so the moving label 3, lying within 5 voxels of that edge, is never sampled:
+  it vanishes after warping (HD95 inf, Dice 0).
+"""
+import json
+import os
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+#: Task name (file prefix) and grid.
+TASK = "TOY"
+SHAPE = (24, 20, 16)
+LABELS = (1, 2, 3)
+#: Voxel size in mm of every scan (float32-exact, as NIfTI stores it).
+SPACING = (1.5, 1.25, 2.0)
+#: (fixed scan, moving scan) of each pair, as ``<subject>_<modality>``.
+PAIRS = (("0001_0000", "0001_0001"), ("0002_0000", "0002_0001"), ("0003_0000", "0004_0000"))
+LANDMARKS_PER_SCAN = 7
+
+
+def _ellipsoid(centre, radii):
+    grid = np.indices(SHAPE, dtype=np.float64)
+    return sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii)) <= 1.0
+
+
+def _labels(rng, with_label3=True, label3_at_edge=False):
+    labels = np.zeros(SHAPE, dtype=np.uint8)
+    jitter = rng.uniform(-1.0, 1.0, size=3)
+    labels[_ellipsoid(np.array([12.0, 9.0, 7.5]) + jitter, (7.0, 6.0, 5.0))] = 1
+    labels[_ellipsoid(np.array([13.0, 10.0, 8.0]) + jitter, (3.0, 3.5, 2.5))] = 2
+    if with_label3:
+        centre = (2.0, 10.0, 8.0) if label3_at_edge else (19.5, 14.0, 10.0) + jitter
+        labels[_ellipsoid(centre, (2.0, 3.0, 2.5))] = 3
+    return labels
+
+
+def _smooth_field(rng, amplitude):
+    noise = rng.normal(size=SHAPE + (3,))
+    field = np.stack([ndimage.gaussian_filter(noise[..., k], 3.0) for k in range(3)], axis=-1)
+    return amplitude * field / np.abs(field).max()
+
+
+def make_case(seed=0):
+    """The task's arrays, the same on every machine for a seed.
+
+    Returns:
+        ``{"scans": {name: {"image", "labels", "keypoints"}}, "masks": {fixed name: mask}, "disps": {(fixed,
+        moving): disp}}``: images ``[D, H, W]`` float32, labels uint8, masks uint8 (0/1, with a 2 region that
+        Learn2Reg's masked SDlogJ also leaves out), keypoints ``[N, 3]`` float64 voxel coordinates, disps
+        ``[D, H, W, 3]`` float32 in voxels (fixed -> moving).
+    """
+    rng = np.random.default_rng(seed)
+    scans, masks, disps = {}, {}, {}
+    for index, (fixed, moving) in enumerate(PAIRS):
+        fixed_labels = _labels(rng, label3_at_edge=False)
+        moving_labels = _labels(rng, with_label3=index != 1, label3_at_edge=index == 2)
+        disp = _smooth_field(rng, 1.5)
+        if index == 2:
+            disp[..., 0] += 7.0
+        disp = disp.astype(np.float32)
+        fixed_points = rng.uniform((3, 3, 3), np.array(SHAPE) - 4, size=(LANDMARKS_PER_SCAN, 3)).round(3)
+        moving_points = (fixed_points + rng.normal(scale=1.0, size=fixed_points.shape)).round(3)
+        for name, labels, points in ((fixed, fixed_labels, fixed_points), (moving, moving_labels, moving_points)):
+            image = (labels * 0.25 + rng.uniform(0, 0.1, size=SHAPE)).astype(np.float32)
+            scans[name] = {"image": image, "labels": labels, "keypoints": points}
+        mask = (ndimage.binary_dilation(fixed_labels > 0, iterations=2)).astype(np.uint8)
+        mask[fixed_labels == 2] = 2  # a value other than 1: outside the mask for Learn2Reg
+        masks[fixed] = mask
+        disps[(fixed, moving)] = disp
+    return {"scans": scans, "masks": masks, "disps": disps}
+
+
+def random_mask_pairs(count=24, shape=(16, 14, 12), seed=1):
+    """``count`` pairs of irregular masks (thresholded smoothed noise, so their surfaces hold most of the 256
+    neighbourhood codes), for comparing HD95 with the surface-distance package's beyond the task's labels.
+
+    Returns:
+        ``(masks_a, masks_b)``: bool ``[count, *shape]`` each; pair 0 has an empty second mask.
+    """
+    rng = np.random.default_rng(seed)
+    noise = ndimage.gaussian_filter(rng.normal(size=(2, count) + shape), (0, 0, 1.2, 1.2, 1.2))
+    thresholds = rng.uniform(0.0, 0.15, size=(2, count, 1, 1, 1))
+    masks = noise > thresholds
+    masks[1, 0] = False
+    return masks[0], masks[1]
+
+
+def scan_path(name, folder="imagesTr"):
+    """``./<folder>/TOY_<name>.nii.gz``, the relative path Learn2Reg's dataset JSON and config use."""
+    return "./%s/%s_%s.nii.gz" % (folder, TASK, name)
+
+
+def disp_name(fixed, moving):
+    """Submission file stem of a pair: ``disp_FFFF_MMMM`` for a ``_0000 <- _0001`` pair, else the long form."""
+    if fixed.endswith("_0000") and moving.endswith("_0001"):
+        return "disp_%s_%s" % (fixed[:4], moving[:4])
+    return "disp_%s_%s" % (fixed, moving)
+
+
+def write_task(case, task_dir, submission_dir):
+    """Write ``case`` as a Learn2Reg task folder (``imagesTr``, ``labelsTr``, ``masksTr``, ``keypointsTr``) and
+    a submission folder (``disp_*.nii.gz``), both created.
+
+    Returns:
+        The evaluation config (a dict for Learn2Reg's ``evaluation.py -c``), with ``masked_evaluation`` False.
+    """
+    affine = np.diag(list(SPACING) + [1.0])
+    for folder in ("imagesTr", "labelsTr", "masksTr", "keypointsTr"):
+        os.makedirs(os.path.join(task_dir, folder), exist_ok=True)
+    os.makedirs(submission_dir, exist_ok=True)
+    for name, scan in case["scans"].items():
+        nib.save(nib.Nifti1Image(scan["image"], affine), os.path.join(task_dir, scan_path(name)))
+        nib.save(nib.Nifti1Image(scan["labels"], affine), os.path.join(task_dir, scan_path(name, "labelsTr")))
+        np.savetxt(os.path.join(task_dir, "keypointsTr", "%s_%s.csv" % (TASK, name)), scan["keypoints"],
+                   delimiter=",", fmt="%.17g")
+    for name, mask in case["masks"].items():
+        nib.save(nib.Nifti1Image(mask, affine), os.path.join(task_dir, scan_path(name, "masksTr")))
+    for (fixed, moving), disp in case["disps"].items():
+        nib.save(nib.Nifti1Image(disp, np.eye(4)), os.path.join(submission_dir, disp_name(fixed, moving) + ".nii.gz"))
+    return {"task_name": TASK,
+            "evaluation_methods": [{"name": "LogJacDetStd", "metric": "sdlogj"},
+                                   {"name": "DSC", "metric": "dice", "labels": list(LABELS)},
+                                   {"name": "HD95", "metric": "hd95", "labels": list(LABELS)},
+                                   {"name": "TRE_kp", "metric": "tre", "dest": "keypoints"}],
+            "expected_shape": list(SHAPE) + [3],
+            "eval_pairs": [{"fixed": scan_path(f), "moving": scan_path(m)} for f, m in PAIRS],
+            "masked_evaluation": False}
+
+
+def write_config(config, path, masked):
+    """Write ``config`` with ``masked_evaluation`` set to ``masked`` to ``path`` (JSON)."""
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(dict(config, masked_evaluation=bool(masked)), f, indent=2)
