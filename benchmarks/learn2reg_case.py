@@ -1,7 +1,8 @@
 """A tiny deterministic Learn2Reg task for checking ``gsmorph_tf.learn2reg_metrics`` against Learn2Reg's own
 evaluation code: three pairs at 24 x 20 x 16 voxels with labels 1-3, fixed-image masks, landmarks, and a
 submission of displacement fields. Shared by ``learn2reg_official_scores.py`` (writes it and runs their code)
-and ``tests/test_learn2reg_metrics.py`` (rebuilds it and runs ours). NumPy, SciPy and nibabel only; no flags.
+and ``tests/test_learn2reg_metrics.py`` (rebuilds it and runs ours). NumPy, SciPy and nibabel only; no flags. It also runs their code
+(:func:`run_reference`) for the scripts that compare with it.
 
 The pairs, each chosen to exercise one of their rules:
 
@@ -13,6 +14,7 @@ The pairs, each chosen to exercise one of their rules:
 """
 import json
 import os
+import subprocess
 
 import nibabel as nib
 import numpy as np
@@ -142,3 +144,26 @@ def write_config(config, path, masked):
     """Write ``config`` with ``masked_evaluation`` set to ``masked`` to ``path`` (JSON)."""
     with open(path, "w", encoding="utf-8") as f:
         json.dump(dict(config, masked_evaluation=bool(masked)), f, indent=2)
+
+
+def run_command(command, cwd=None):
+    """Run ``command``; its standard output, or RuntimeError with everything it printed."""
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError("failed (exit %d): %s\n%s%s" % (result.returncode, " ".join(command), result.stdout,
+                                                           result.stderr))
+    return result.stdout
+
+
+def run_reference(python, script, config, masked, submission_dir, task_dir, tmp, key, commands=None):
+    """Run their ``evaluation.py`` (``script``) under ``python`` on ``submission_dir`` against ``task_dir`` with
+    ``config`` (``masked_evaluation`` set to ``masked``), files named ``key`` in ``tmp``; returns the JSON it wrote.
+    ``commands``: optional dict that receives the command line under ``key``, with ``tmp`` written ``<tmp>``."""
+    config_path, output = os.path.join(tmp, "config_%s.json" % key), os.path.join(tmp, "%s.json" % key)
+    write_config(config, config_path, masked)
+    command = [python, script, "-i", submission_dir, "-d", task_dir, "-o", output, "-c", config_path]
+    run_command(command, cwd=os.path.dirname(script))
+    if commands is not None:
+        commands[key] = " ".join(command).replace(tmp, "<tmp>")
+    with open(output, encoding="utf-8") as f:
+        return json.load(f)

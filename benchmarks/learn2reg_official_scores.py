@@ -16,7 +16,6 @@ most neighbourhood codes.
 """
 import json
 import os
-import subprocess
 import sys
 import tempfile
 
@@ -45,14 +44,6 @@ _HD95_PROBE = ("import json, sys, numpy as np; from surface_distance import comp
                "print(json.dumps([float(h(d(a, b, np.ones(3)), 95.)) for a, b in zip(m['a'], m['b'])]))")
 
 
-def _run(command, cwd=None):
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
-    if result.returncode:
-        raise RuntimeError("failed (exit %d): %s\n%s%s" % (result.returncode, " ".join(command), result.stdout,
-                                                           result.stderr))
-    return result.stdout
-
-
 def _atomic_json(path, data):
     from gsmorph_tf.fileio import atomic_write_text
     atomic_write_text(path, json.dumps(data, indent=1) + "\n")
@@ -60,16 +51,16 @@ def _atomic_json(path, data):
 
 def main(argv):
     del argv
-    evaluation_dir = os.path.join(FLAGS.l2r_dir, "evaluation")
-    script = os.path.join(evaluation_dir, "evaluation.py")
+    script = os.path.join(FLAGS.l2r_dir, "evaluation", "evaluation.py")
     if not os.path.exists(script):
         raise app.UsageError("--l2r_dir=%s has no evaluation/evaluation.py (a checkout of MDL-UzL/L2R expected)"
                              % FLAGS.l2r_dir)
-    commit = _run(["git", "-C", FLAGS.l2r_dir, "rev-parse", "HEAD"]).strip()
-    versions = json.loads(_run([FLAGS.reference_python, "-c", "import json, numpy, scipy, nibabel; print(json.dumps("
+    commit = learn2reg_case.run_command(["git", "-C", FLAGS.l2r_dir, "rev-parse", "HEAD"]).strip()
+    versions = json.loads(learn2reg_case.run_command([
+        FLAGS.reference_python, "-c", "import json, numpy, scipy, nibabel; print(json.dumps("
                                 "{'numpy': numpy.__version__, 'scipy': scipy.__version__, "
                                 "'nibabel': nibabel.__version__}))"]))
-    areas = json.loads(_run([FLAGS.reference_python, "-c", _AREAS_PROBE]))
+    areas = json.loads(learn2reg_case.run_command([FLAGS.reference_python, "-c", _AREAS_PROBE]))
     results, commands = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         task_dir, submission_dir = os.path.join(tmp, "TOY"), os.path.join(tmp, "submission")
@@ -78,16 +69,11 @@ def main(argv):
         masks_a, masks_b = learn2reg_case.random_mask_pairs()
         with open(masks_path, "wb") as f:
             np.savez(f, a=masks_a, b=masks_b)
-        random_hd95 = json.loads(_run([FLAGS.reference_python, "-c", _HD95_PROBE, masks_path]))
+        random_hd95 = json.loads(learn2reg_case.run_command([FLAGS.reference_python, "-c", _HD95_PROBE,
+                                                             masks_path]))
         for key, masked in (("unmasked", False), ("masked", True)):
-            config_path, output = os.path.join(tmp, "config_%s.json" % key), os.path.join(tmp, "%s.json" % key)
-            learn2reg_case.write_config(config, config_path, masked)
-            command = [FLAGS.reference_python, script, "-i", submission_dir, "-d", task_dir, "-o", output,
-                       "-c", config_path]
-            _run(command, cwd=evaluation_dir)
-            with open(output, encoding="utf-8") as f:
-                results[key] = json.load(f)
-            commands[key] = " ".join(command).replace(tmp, "<tmp>")
+            results[key] = learn2reg_case.run_reference(FLAGS.reference_python, script, config, masked, submission_dir, task_dir,
+                                         tmp, key, commands)
     _atomic_json(FLAGS.output, {"l2r_commit": commit, "reference_versions": versions, "commands": commands,
                                 "results": results, "random_mask_pairs_hd95": random_hd95})
     _atomic_json(FLAGS.table_output, {

@@ -1,0 +1,139 @@
+"""A submission written by ``run_register.py --learn2reg_dir`` scored by Learn2Reg's own evaluation code and by ours.
+
+    python benchmarks/learn2reg_submission_check.py --saved_model=models/<3D model> [--intensity_norm=max] \\
+        --l2r_dir=/work/ref/L2R --reference_python=/work/envs/l2r/bin/python
+
+Writes ``benchmarks/learn2reg_case.py``'s tiny task (three pairs at 24 x 20 x 16 voxels, labels 1-3, masks,
+keypoints) with a Learn2Reg dataset JSON listing its pairs as ``registration_val``, runs ``run_register.py
+--learn2reg_dir`` on it with ``--saved_model`` (any exported 3D model: the check is of the files and the scoring,
+not of the model's accuracy), unpacks the ``submission.zip`` it wrote, and runs MDL-UzL/L2R's
+``evaluation/evaluation.py`` (unchanged, under ``--reference_python``, a Python with their pinned requirements)
+on it, without and with ``masked_evaluation``. Their evaluation refuses a submission with a missing file or a
+wrong shape, so a result means the submission passed its checks. Then it scores the same files with
+:func:`gsmorph_tf.learn2reg_metrics.pair_scores` and :func:`~gsmorph_tf.learn2reg_metrics.aggregate` and prints,
+per pair and metric, both values and their largest difference; ``--output`` keeps everything as JSON.
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import learn2reg_case  # noqa: E402  (this folder: the task)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+flags.DEFINE_string("saved_model", None, "An exported 3D registration model (version folder or base path).")
+flags.DEFINE_enum("intensity_norm", "max", ["max", "percentile"], "Scaling of each volume, passed to run_register "
+                  "(the toy task's images are in [0, 1] already).")
+flags.DEFINE_string("l2r_dir", "/work/ref/L2R", "A checkout of github.com/MDL-UzL/L2R (its evaluation/ is run).")
+flags.DEFINE_string("reference_python", "/work/envs/l2r/bin/python", "Python with Learn2Reg's evaluation "
+                    "requirements (evaluation/requirements.txt) and its surface-distance installed.")
+flags.DEFINE_string("output", None, "Optional JSON file for both sides' scores.")
+flags.mark_flag_as_required("saved_model")
+FLAGS = flags.FLAGS
+
+#: Their result names (the evaluation config's, learn2reg_case.write_task) -> ours.
+NAMES = {"LogJacDetStd": "sdlogj", "DSC": "dice", "HD95": "hd95", "TRE_kp": "tre"}
+
+
+def write_dataset_json(task_dir):
+    """``TOY_dataset.json`` for the task ``learn2reg_case.write_task`` wrote: every scan with its labels in
+    ``training`` and the case's pairs as ``registration_val``."""
+    scans = sorted({name for pair in learn2reg_case.PAIRS for name in pair})
+    data = {"name": learn2reg_case.TASK, "tensorImageShape": {"0": list(learn2reg_case.SHAPE)},
+            "labels": {"0": {"0": "background", **{str(v): "label%d" % v for v in learn2reg_case.LABELS}}},
+            "training": [{"image": learn2reg_case.scan_path(n), "label": learn2reg_case.scan_path(n, "labelsTr")}
+                         for n in scans],
+            "registration_val": [{"fixed": learn2reg_case.scan_path(f), "moving": learn2reg_case.scan_path(m)}
+                                 for f, m in learn2reg_case.PAIRS]}
+    with open(os.path.join(task_dir, "%s_dataset.json" % learn2reg_case.TASK), "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1)
+
+
+def our_scores(case, submission_dir, masked):
+    """Our ``learn2reg`` scores of the files in ``submission_dir``, in their JSON's layout."""
+    import nibabel as nib
+
+    from gsmorph_tf import learn2reg_metrics as l2r
+
+    cases = {}
+    for fixed, moving in learn2reg_case.PAIRS:
+        name = learn2reg_case.disp_name(fixed, moving) + ".nii.gz"
+        disp = nib.load(os.path.join(submission_dir, name)).get_fdata()
+        f_scan, m_scan = case["scans"][fixed], case["scans"][moving]
+        scores = l2r.pair_scores(f_scan["labels"], m_scan["labels"], disp, labels=learn2reg_case.LABELS,
+                                 mask=case["masks"][fixed] if masked else None,
+                                 landmarks=(f_scan["keypoints"], m_scan["keypoints"]),
+                                 spacing_moving=learn2reg_case.SPACING)
+        cases["%s<--%s" % (fixed, moving)] = {their: scores[ours] for their, ours in NAMES.items()}
+    aggregates = {their: l2r.aggregate([cases[pair][their]["mean"] for pair in cases], ours)
+                  for their, ours in NAMES.items()}
+    return {"cases": cases, "aggregates": aggregates}
+
+
+def largest_difference(ours, theirs):
+    """The largest |ours - theirs| over every pair's mean and every aggregate (NaN == NaN and inf == inf count
+    as equal; any other mismatch of NaN or inf is inf)."""
+    import numpy as np
+
+    def values(result):
+        for pair in sorted(result["cases"]):
+            for name in NAMES:
+                yield result["cases"][pair][name]["mean"]
+        for name in NAMES:
+            for key in ("mean", "std", "30"):
+                yield result["aggregates"][name][key]
+    worst = 0.0
+    for a, b in zip(values(ours), values(theirs)):
+        a, b = float(a), float(b)
+        if (np.isnan(a) and np.isnan(b)) or a == b:
+            continue
+        worst = max(worst, abs(a - b) if np.isfinite(a) and np.isfinite(b) else float("inf"))
+    return worst
+
+
+def main(argv):
+    del argv
+    script = os.path.join(FLAGS.l2r_dir, "evaluation", "evaluation.py")
+    if not os.path.exists(script):
+        raise app.UsageError("--l2r_dir=%s has no evaluation/evaluation.py (a checkout of MDL-UzL/L2R expected)"
+                             % FLAGS.l2r_dir)
+    case = learn2reg_case.make_case()
+    report = {"saved_model": FLAGS.saved_model, "results": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        task_dir = os.path.join(tmp, learn2reg_case.TASK)
+        config = learn2reg_case.write_task(case, task_dir, os.path.join(tmp, "case_fields"))
+        write_dataset_json(task_dir)
+        command = [sys.executable, os.path.join(REPO, "run_register.py"), "--saved_model=%s" % FLAGS.saved_model,
+                   "--learn2reg_dir=%s" % task_dir, "--intensity_norm=%s" % FLAGS.intensity_norm,
+                   "--output_dir=%s" % os.path.join(tmp, "out")]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError("run_register failed (exit %d):\n%s" % (done.returncode, done.stderr[-3000:]))
+        submission_dir = os.path.join(tmp, "submission")
+        with zipfile.ZipFile(os.path.join(tmp, "out", "submission.zip")) as archive:
+            archive.extractall(submission_dir)
+        report["files"] = sorted(os.listdir(submission_dir))
+        print("run_register wrote %s" % ", ".join(report["files"]))
+        for key, masked in (("unmasked", False), ("masked", True)):
+            theirs = learn2reg_case.run_reference(FLAGS.reference_python, script, config, masked, submission_dir, task_dir, tmp, key)
+            ours = our_scores(case, submission_dir, masked)
+            difference = largest_difference(ours, theirs)
+            report["results"][key] = {"theirs": theirs, "ours": ours, "largest_difference": difference}
+            print("%s evaluation: the official code found and scored %d pairs; largest difference to ours %.3g"
+                  % (key, len(theirs["cases"]), difference))
+            for name in NAMES:
+                print("  %-12s theirs mean %-10.6g ours mean %.6g" % (name, theirs["aggregates"][name]["mean"],
+                                                                      ours["aggregates"][name]["mean"]))
+    if FLAGS.output:
+        from gsmorph_tf.evaluation import write_json
+        write_json(FLAGS.output, report)
+        print("Wrote %s" % FLAGS.output)
+
+
+if __name__ == "__main__":
+    app.run(main)
