@@ -63,7 +63,6 @@ from gsmorph_tf.register.files import (OUTPUTS, TRANSFORM_SUFFIX, PairInputs, ch
                                       write_registration)
 from gsmorph_tf.register.folders import find_pairs
 from gsmorph_tf.register.savedmodel import RegistrationModel
-from gsmorph_tf.register import track  # noqa: F401  (run_track.py's API: tracking through a 4-D cine)
 from gsmorph_tf.register.window import crop_indices, paste, take
 from gsmorph_tf.register.world import import_simpleitk
 

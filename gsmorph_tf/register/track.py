@@ -45,6 +45,9 @@ before is kept (for ``composed``); the 4-D outputs are written frame by frame in
 ``output_dir`` (Fortran order, as NIfTI stores them), which are then written as NIfTI to temp names and renamed.
 The cine itself is held in memory as read. Label files are written without the memmaps once complete; nothing
 half-written is left (every file goes through a temp name; the memmaps are deleted).
+
+Import it as ``from gsmorph_tf.register import track``. Like :mod:`gsmorph_tf.register.learn2reg` it builds on
+:func:`~gsmorph_tf.register.register_volumes`, so the package does not import it (that would be an import cycle).
 """
 from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
 
@@ -66,6 +69,7 @@ from gsmorph_tf.data.subjects import validate_label_map
 from gsmorph_tf.fileio import atomic_save_figure, atomic_write_text
 from gsmorph_tf.flows import compose_flows
 from gsmorph_tf.metrics import dice_per_structure, hd95_per_structure
+from gsmorph_tf.register import register_volumes
 from gsmorph_tf.register.apply import warp_label_map
 from gsmorph_tf.register.files import nifti_stem
 from gsmorph_tf.register.world import Grid
@@ -247,7 +251,6 @@ def register_frame(model, moving, fixed, center):
     """The one registration of the tracking: ``u [X, Y, Z, 3]`` (voxels) on ``fixed``'s grid with
     ``moved(x) = moving(x + u(x))``, through the window at ``center`` (both frames scaled jointly, as
     :func:`~gsmorph_tf.register.register_volumes`)."""
-    from gsmorph_tf.register import register_volumes  # the package imports this module
     return register_volumes(model, moving, fixed, center=center).flow_voxels
 
 
