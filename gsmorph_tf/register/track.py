@@ -43,8 +43,9 @@ the cine's file stem (:func:`output_paths`):
 Memory is flat in the number of frames: frames are registered one at a time, and only the field of the frame
 before is kept (for ``composed``); the 4-D outputs are written frame by frame into ``np.memmap`` temp files in
 ``output_dir`` (Fortran order, as NIfTI stores them), which are then written as NIfTI to temp names and renamed.
-The cine itself is held in memory as read. Label files are written without the memmaps once complete; nothing
-half-written is left (every file goes through a temp name; the memmaps are deleted).
+The cine itself is held in memory as read, and placing the window reads it once more as a float64 temporary
+(:func:`~gsmorph_tf.data.preprocessing.motion_map`'s temporal std), freed before the first registration. Nothing
+half-written is left: every file goes through a temp name, and the memmaps are deleted.
 
 Import it as ``from gsmorph_tf.register import track``. Like :mod:`gsmorph_tf.register.learn2reg` it builds on
 :func:`~gsmorph_tf.register.register_volumes`, so the package does not import it (that would be an import cycle).
