@@ -11,8 +11,8 @@ setup(
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["gsmorph_tf", "gsmorph_tf.*", "ulae_tf", "ulae_tf.*"]),
     package_data={"gsmorph_tf": ["learn2reg_surfel_areas.json"]},  # read by gsmorph_tf.learn2reg_metrics
-    py_modules=["run_train", "run_eval", "run_benchmark", "run_export", "run_register", "run_apply", "run_study",
-                "run_deformation_study"],
+    py_modules=["run_train", "run_eval", "run_benchmark", "run_export", "run_register", "run_apply", "run_track",
+                "run_study", "run_deformation_study"],
     install_requires=[
         "tensorflow==2.21.*",
         "tf-keras==2.21.*",
@@ -38,6 +38,7 @@ setup(
     entry_points={"console_scripts": ["gsmorph-train=run_train:run", "gsmorph-eval=run_eval:run",
                                       "gsmorph-benchmark=run_benchmark:run", "gsmorph-export=run_export:run",
                                       "gsmorph-register=run_register:run", "gsmorph-apply=run_apply:run",
+                                      "gsmorph-track=run_track:run",
                                       "gsmorph-study=run_study:run",
                                       "gsmorph-deformation-study=run_deformation_study:run"]},
 )

@@ -10,8 +10,8 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGES = ("gsmorph_tf", "ulae_tf")
-ENTRY_POINTS = ("run_train", "run_eval", "run_benchmark", "run_export", "run_register", "run_apply", "run_study",
-                "run_deformation_study")
+ENTRY_POINTS = ("run_train", "run_eval", "run_benchmark", "run_export", "run_register", "run_apply", "run_track",
+                "run_study", "run_deformation_study")
 
 
 def project_modules():
@@ -131,7 +131,7 @@ def console_script(name):
                                           ("gsmorph-export", "--export_base"), ("gsmorph-register", "--moving"),
                                           ("gsmorph-benchmark", "--methods"), ("gsmorph-study", "--lambdas"),
                                           ("gsmorph-deformation-study", "--magnitudes"),
-                                          ("gsmorph-apply", "--field")])
+                                          ("gsmorph-apply", "--field"), ("gsmorph-track", "--acdc_patient")])
 def test_console_scripts_list_their_flags(script, flag):
     done = subprocess.run([console_script(script), "--help"], capture_output=True, text=True, timeout=120)
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
