@@ -131,21 +131,22 @@ def define_dataset_options(only=None, defaults=None):
     return names
 
 
-def define_instance_flags():
-    """Define ``--instance_steps`` (default 0, >= 0) and ``--instance_learning_rate`` (default None: the run's;
-    > 0, only with ``--instance_steps`` > 0): test-time instance optimisation (:mod:`gsmorph_tf.instance`).
-    Returns the flag names."""
+def define_instance_flags(flag_values=flags.FLAGS):
+    """Define ``--instance_steps`` (default 0, >= 0) and ``--instance_learning_rate`` (default None:
+    :data:`gsmorph_tf.instance.DEFAULT_LEARNING_RATE`; > 0, only with ``--instance_steps`` > 0): test-time instance optimisation (:mod:`gsmorph_tf.instance`).
+    ``flag_values``: where they are defined (absl's global ``FLAGS`` for an entry point). Returns the flag names."""
     flags.DEFINE_integer("instance_steps", 0, "Test-time instance optimisation: refine a copy of the trained network "
                          "on each pair (2D: one subject's slices) for this many steps of its training step (GSMorph: "
                          "gradient surgery, no lambda) before registering it; 0: the trained network as it is.",
-                         lower_bound=0)
-    flags.DEFINE_float("instance_learning_rate", None, "Adam's learning rate for --instance_steps (default: the "
-                       "run's learning_rate).")
+                         lower_bound=0, flag_values=flag_values)
+    flags.DEFINE_float("instance_learning_rate", None, "Adam's learning rate for --instance_steps (default 1e-4, "
+                       "not the run's: a training rate such as 5e-3 wrecks a trained network).",
+                       flag_values=flag_values)
     flags.register_multi_flags_validator(
         ["instance_steps", "instance_learning_rate"],
         lambda values: values["instance_learning_rate"] is None or (values["instance_steps"] > 0
                                                                     and values["instance_learning_rate"] > 0),
-        "--instance_learning_rate must be > 0 and goes with --instance_steps > 0")
+        "--instance_learning_rate must be > 0 and goes with --instance_steps > 0", flag_values=flag_values)
     return ["instance_steps", "instance_learning_rate"]
 
 

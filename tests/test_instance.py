@@ -5,6 +5,7 @@ import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import PHANTOM, raises_naming
+from conftest import raises_naming
 from gsmorph_tf import evaluation, instance
 from gsmorph_tf.config import TrainConfig
 from gsmorph_tf.errors import ConfigError, SavedModelError
@@ -21,23 +22,23 @@ from gsmorph_tf.data.preprocessing import scale_to_unit
 from gsmorph_tf.model import GradientSurgeryModel
 from gsmorph_tf.register import RegistrationModel, register_volumes
 from gsmorph_tf.runs import load_export_for_training, load_trained_network
-from gsmorph_tf.training import load_data, train_and_evaluate
+from gsmorph_tf.training import load_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: The refinement's learning rate in these tests (see the ``run`` fixture).
+RATE = 5e-3
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A GSMorph run (surgery layerwise) of one epoch on a tiny phantom, evaluated and exported; its network,
-    config and test subject."""
-    tmp = tmp_path_factory.mktemp("instance")
-    config = TrainConfig(dataset="phantom", data_dir=str(tmp / "phantom"), output_dir=str(tmp / "run"),
-                         dataset_options=PHANTOM, crop_size=32, batch_size=4, epochs=1)
-    outcome = train_and_evaluate(config, verbose=0, log=lambda *a: None)
+def run(phantom_run):
+    """conftest's tiny phantom GSMorph run (surgery layerwise, evaluated and exported): its network, config, test
+    subject and an InstanceOptimizer of it. The run is one epoch, far from trained: the refinement uses the
+    training rate (RATE), which shows its effect in a few steps (the default, 1e-4, is for trained networks)."""
+    tmp, config, outcome = phantom_run
     network, config = load_trained_network(config.output_dir)
     subject = load_data(config, generate=False)["test"][0]
     return {"tmp": tmp, "config": config, "outcome": outcome, "network": network, "subject": subject,
-            "refiner": instance.InstanceOptimizer(network, config)}
+            "refiner": instance.InstanceOptimizer(network, config, learning_rate=RATE)}
 
 
 def mse(a, b):
@@ -133,16 +134,17 @@ def command(tmp, script, *args):
 
 
 def test_run_eval_refines_each_test_subject(run):
-    done = command(run["tmp"], "run_eval.py", "--run_dir=%s" % run["config"].output_dir, "--instance_steps=3")
+    done = command(run["tmp"], "run_eval.py", "--run_dir=%s" % run["config"].output_dir, "--instance_steps=2",
+                   "--instance_learning_rate=%g" % RATE)
     assert done.returncode == 0, done.stderr[-3000:]
-    with open(os.path.join(run["config"].output_dir, "eval_test_instance3", "evaluation.json")) as f:
+    with open(os.path.join(run["config"].output_dir, "eval_test_instance2", "evaluation.json")) as f:
         report = json.load(f)
-    assert report["instance_steps"] == 3 and report["instance_learning_rate"] == run["config"].learning_rate
+    assert report["instance_steps"] == 2 and report["instance_learning_rate"] == RATE
     name = list(report["methods"])[1]
-    assert name == "GSMorph + 3 instance steps"
+    assert name == "GSMorph + 2 instance steps"
     plain = run["outcome"]["results"]["Model"]["summary"]["mse"]["mean"]
     assert report["methods"][name]["summary"]["mse"]["mean"] < 0.9 * plain  # refined on its own (mse) loss
-    assert "Instance optimisation: 3 step(s)" in done.stdout
+    assert "Instance optimisation: 2 step(s)" in done.stdout
 
 
 def test_run_register_refines_with_the_export_alone(run, tmp_path):
@@ -152,16 +154,29 @@ def test_run_register_refines_with_the_export_alone(run, tmp_path):
         nib.save(nib.Nifti1Image(array, np.diag([1.5, 1.5, 8.0, 1.0])), str(tmp_path / ("%s.nii.gz" % name)))
     base = ["--saved_model=%s" % run["outcome"]["export_dir"], "--moving=moving.nii.gz", "--fixed=fixed.nii.gz",
             "--crop_center=image"]
-    done = command(tmp_path, "run_register.py", *base, "--output_dir=refined", "--instance_steps=3")
+    done = command(tmp_path, "run_register.py", *base, "--output_dir=refined", "--instance_steps=2",
+                   "--instance_learning_rate=%g" % RATE)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "Instance optimisation: 3 step(s)" in done.stdout and "surgery=layerwise" in done.stdout
+    assert "Instance optimisation: 2 step(s)" in done.stdout and "surgery=layerwise" in done.stdout
     refined = nib.load(str(tmp_path / "refined" / "moving_moved.nii.gz")).get_fdata()
     # The same pair registered by the export as it is: the refinement lowered the pair's loss.
     plain = register_volumes(RegistrationModel(run["outcome"]["export_dir"]), moving, fixed, crop_center="image")
     scaled_fixed = scale_to_unit(moving, fixed)[1]
     assert mse(refined, scaled_fixed) < 0.9 * mse(plain.moved, scaled_fixed)
-    done = command(tmp_path, "run_register.py", *base, "--output_dir=bad", "--instance_steps=-1")
-    assert done.returncode != 0 and "--instance_steps=-1: -1 is not a non-negative integer" in done.stderr
-    done = command(tmp_path, "run_register.py", *base, "--output_dir=bad", "--instance_learning_rate=0.1")
-    assert done.returncode != 0 and "goes with --instance_steps > 0" in done.stderr
-    assert not os.path.exists(tmp_path / "bad")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--instance_steps=-1"], "-1 is not a non-negative integer"),
+    (["--instance_learning_rate=0.1"], "goes with --instance_steps > 0"),
+    (["--instance_steps=2", "--instance_learning_rate=0"], "must be > 0"),
+])
+def test_bad_instance_flags_are_refused(args, message):
+    """The flags run_eval.py and run_register.py define (gsmorph_tf.cli.define_instance_flags)."""
+    from absl import flags
+
+    from gsmorph_tf.cli import define_instance_flags
+
+    values = flags.FlagValues()
+    assert define_instance_flags(values) == ["instance_steps", "instance_learning_rate"]
+    with pytest.raises(flags.IllegalFlagValueError, match=re.escape(message)):
+        values(["run_register.py", *args])
