@@ -7,7 +7,8 @@ subject (the subject's slice pairs form the batch of every step; from the traine
 N of ``--steps``: Dice, HD95, NJD, MSE by the run's metric protocol, and seconds per slice pair (refinement +
 prediction; the training step is traced once per run beforehand, on one step, not counted).
 
-Resumable: every (method, seed, N, learning rate) is saved to ``--results`` as soon as it is done and skipped when run again.
+Resumable: every (method, seed, N, learning rate) is saved to ``--results`` as soon as it is done and skipped
+when run again.
 Runs seed by seed (all N and methods of a seed before the next), printing progress; at the end it prints the
 table (mean +- sd over the seeds done: the sd is over seeds) and the machine.
 
@@ -79,8 +80,7 @@ def table(results, methods, steps):
              "|---|---|---|%s---|" % ("---|" * len(METRICS))]
     for method in methods:
         for n in steps:
-            done = [r for r in results.values() if r["method"] == method and r["steps"] == n
-                    and (n == 0 or r["learning_rate"] == FLAGS.learning_rate)]
+            done = [r for k, r in results.items() if k == key(method, r["seed"], n) and r["method"] == method]
             if not done:
                 continue
             cells = ["%.2f +- %.2f" % (np.mean([r[key] for r in done]), np.std([r[key] for r in done]))

@@ -133,7 +133,8 @@ def define_dataset_options(only=None, defaults=None):
 
 def define_instance_flags(flag_values=flags.FLAGS):
     """Define ``--instance_steps`` (default 0, >= 0) and ``--instance_learning_rate`` (default None:
-    :data:`gsmorph_tf.instance.DEFAULT_LEARNING_RATE`; > 0, only with ``--instance_steps`` > 0): test-time instance optimisation (:mod:`gsmorph_tf.instance`).
+    :data:`gsmorph_tf.instance.DEFAULT_LEARNING_RATE`; > 0, only with ``--instance_steps`` > 0): test-time
+    instance optimisation (:mod:`gsmorph_tf.instance`).
     ``flag_values``: where they are defined (absl's global ``FLAGS`` for an entry point). Returns the flag names."""
     flags.DEFINE_integer("instance_steps", 0, "Test-time instance optimisation: refine a copy of the trained network "
                          "on each pair (2D: one subject's slices) for this many steps of its training step (GSMorph: "

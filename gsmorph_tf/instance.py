@@ -6,8 +6,8 @@ itself**: a copy of the network is wrapped in its model's training model, built 
 training uses (:meth:`gsmorph_tf.plugins.ModelPlugin.build_training_model`; for ``gsmorph`` and ``ulae`` a
 :class:`~gsmorph_tf.model.GradientSurgeryModel` with the run's similarity, smoothness penalty, surgery mode,
 grouping and, for surgery ``none``, lambda; Adam at a fine-tuning rate, :data:`DEFAULT_LEARNING_RATE` unless
-given), and Keras ``fit`` runs ``steps`` of its ``train_step`` on the pair. So a GSMorph run still has no lambda to choose at test time: the similarity and smoothness gradients are
-projected as in training.
+given), and Keras ``fit`` runs ``steps`` of its ``train_step`` on the pair. So a GSMorph run still has no lambda
+to choose at test time: the similarity and smoothness gradients are projected as in training.
 
 What is refined and what is not:
 
