@@ -15,6 +15,10 @@ on a ``learn2reg`` dataset ``--l2r_mask`` takes SDlogJ inside the fixed images' 
 ``--l2r_points=keypoints`` adds TRE at the points of ``keypointsTr/`` (as Learn2Reg scores NLST):
 
     python run_eval.py --run_dir=runs/nlst --split=val --metric_set=learn2reg --l2r_mask --l2r_points=keypoints
+
+``--instance_steps=N`` refines a copy of the trained network on each test subject's pairs (2D: its slices, one
+batch) for N steps of the run's training step before registering them, from the trained weights every time
+(:mod:`gsmorph_tf.instance`); the rows' ``seconds`` include the refinement.
 """
 import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 
@@ -27,7 +31,7 @@ import os
 
 from absl import app, flags
 
-from gsmorph_tf.cli import fail, quiet_logs, run_app
+from gsmorph_tf.cli import define_instance_flags, fail, quiet_logs, run_app
 from gsmorph_tf.config import CROP_CENTERS, METRIC_PROTOCOLS, METRIC_SETS, TrainConfig
 from gsmorph_tf.errors import ConfigError, DatasetError
 from gsmorph_tf.registry import DATASETS
@@ -56,7 +60,10 @@ flags.DEFINE_enum("crop_center", None, CROP_CENTERS, "Where the crop is centred:
                   "paper protocol), motion (smoothed temporal std of the cine: label-free, as deployed) or image "
                   "(image centre); default: the run's, else labels. Per-subject crop coverage goes to "
                   "evaluation.json.")
-flags.DEFINE_string("output_dir", None, "Where the tables go (default <run_dir>/eval_<split>, else eval/).")
+flags.DEFINE_string("output_dir", None, "Where the tables go (default <run_dir>/eval_<split>, with --instance_steps=N "
+                    "<run_dir>/eval_<split>_instanceN; else eval/).")
+for _name in define_instance_flags():
+    flags.declare_key_flag(_name)  # listed by --help with the flags above
 FLAGS = flags.FLAGS
 
 
@@ -128,36 +135,50 @@ def main(argv):
     import tensorflow as tf
 
     from gsmorph_tf import evaluation, training
+    from gsmorph_tf.errors import SavedModelError
     from gsmorph_tf.fileio import atomic_write_text
+    from gsmorph_tf.instance import InstanceOptimizer
     from gsmorph_tf.registry import MODELS
-    from gsmorph_tf.runs import load_run_for_inference
+    from gsmorph_tf.runs import load_export_for_training, load_run_for_inference
 
     try:
+        refined = None  # (network, its run config) to refine per subject, with --instance_steps
         if FLAGS.run_dir:
             run_config, network = load_run_for_inference(FLAGS.run_dir)
             predict = evaluation.keras_predictor(network, FLAGS.batch_size)
             source = FLAGS.run_dir
+            refined = network, run_config
         else:
             run_config = None
             predict = evaluation.savedmodel_predictor(FLAGS.saved_model, FLAGS.batch_size)
             source = FLAGS.saved_model
+            if FLAGS.instance_steps:
+                refined = load_export_for_training(FLAGS.saved_model)
+        if FLAGS.instance_steps:
+            refiner = InstanceOptimizer(*refined, learning_rate=FLAGS.instance_learning_rate)
+            predict = refiner.predictor(FLAGS.instance_steps, FLAGS.batch_size)
         config = data_config(run_config)
         if FLAGS.metric_set == "learn2reg" and DATASETS[config.dataset].ndim != 3:
             raise ConfigError("--metric_set=learn2reg scores 3D volume pairs; dataset=%s is %dD"
                               % (config.dataset, DATASETS[config.dataset].ndim))
         subjects = subjects_of(training.load_data(config, generate=False), FLAGS.split)
         masks, points = learn2reg_inputs(subjects)
-    except (ConfigError, DatasetError, FileNotFoundError) as error:
+    except (ConfigError, DatasetError, FileNotFoundError, SavedModelError) as error:
         return fail(error)
 
-    output_dir = FLAGS.output_dir or (os.path.join(FLAGS.run_dir, "eval_%s" % FLAGS.split) if FLAGS.run_dir
-                                      else "eval")
+    folder = "eval_%s" % FLAGS.split + ("_instance%d" % FLAGS.instance_steps if FLAGS.instance_steps else "")
+    output_dir = FLAGS.output_dir or (os.path.join(FLAGS.run_dir, folder) if FLAGS.run_dir else "eval")
     os.makedirs(output_dir, exist_ok=True)
     print("Evaluating %s on %d %s subjects of %s" % (source, len(subjects), FLAGS.split, config.data_dir))
     bar = tf.keras.utils.Progbar(len(subjects), unit_name="subject")
     # A SavedModel is named by its last two path parts, <model>/<version>, as TF Serving lays them out.
     name = (MODELS.load(run_config.model).method_name(run_config) if run_config
             else "/".join(os.path.abspath(source).split(os.sep)[-2:]))
+    if FLAGS.instance_steps:
+        name += " + %d instance steps" % FLAGS.instance_steps
+        print("Instance optimisation: %d step(s) of the run's training step per subject (surgery=%s, learning rate "
+              "%g, BatchNorm frozen), from the trained weights each time"
+              % (FLAGS.instance_steps, refiner.config.surgery, refiner.learning_rate))
     results = evaluation.evaluate_against_initial(predict, subjects, name, progress=lambda done, _: bar.update(done),
                                                   protocol=config.metric_protocol, metric_set=FLAGS.metric_set,
                                                   masks=masks, landmarks=points)
@@ -176,6 +197,8 @@ def main(argv):
                            "metric_protocol": config.metric_protocol, "metric_set": FLAGS.metric_set,
                            "l2r_mask": FLAGS.l2r_mask, "l2r_points": FLAGS.l2r_points,
                            "methods": results,
+                           "instance_steps": FLAGS.instance_steps,
+                           "instance_learning_rate": refiner.learning_rate if FLAGS.instance_steps else None,
                            "crop": crop})
     if crop is not None:
         print("Crops (crop_center=%s): %d of %d subjects keep >= %.0f %% of their ED label voxels"

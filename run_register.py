@@ -24,13 +24,17 @@ space by their affines first (one printed line says so); outputs are on the fixe
 LPS mm, ``<stem>_flow_itk.nii.gz``; with ``--itk_transform`` an ITK transform file ``<stem>_transform.h5``;
 warped labels) and their layout are described in :mod:`gsmorph_tf.register`. The only place that reads these
 flags. Errors print one ``error: ...`` line naming the file and exit with status 2, with nothing written.
+
+``--instance_steps=N`` (every mode) refines a copy of the network on each pair for N steps of the run's own
+training step before registering it (:mod:`gsmorph_tf.instance`); the network is rebuilt from the export's
+provenance and variables (:func:`gsmorph_tf.runs.load_export_for_training`).
 """
 import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 
 
 from absl import app, flags
 
-from gsmorph_tf.cli import fail, quiet_logs, run_app
+from gsmorph_tf.cli import define_instance_flags, fail, quiet_logs, run_app
 
 flags.DEFINE_string("saved_model", None, "SavedModel version folder (<base>/<model>/<N>) or a model base path "
                     "(its highest version is used).")
@@ -57,6 +61,8 @@ flags.DEFINE_enum("crop_center", None, ["motion", "image"], "Where the crop goes
 flags.DEFINE_boolean("itk_transform", False, "Also write <stem>_transform.h5, the field as an ITK "
                      "DisplacementFieldTransform (SimpleITK: sitk.ReadTransform; needs the baselines extra). "
                      "<stem>_flow_itk.nii.gz, the same field for ANTs / ITK / 3D Slicer, is always written.")
+for _name in define_instance_flags():
+    flags.declare_key_flag(_name)  # listed by --help with the flags above
 
 flags.mark_flags_as_required(["saved_model", "output_dir"])
 flags.mark_flags_as_mutual_exclusive(["moving", "moving_dir", "learn2reg_dir"], required=True)
@@ -104,6 +110,18 @@ flags.register_validator("center", _parses_as_center,
                          "--center takes comma-separated voxel coordinates r,c or r,c,s")
 
 
+def load_model():
+    """The ``RegistrationModel`` of ``--saved_model``; with ``--instance_steps`` a ``RefinedRegistrationModel``."""
+    from gsmorph_tf.register import RefinedRegistrationModel, RegistrationModel
+
+    if not FLAGS.instance_steps:
+        return RegistrationModel(FLAGS.saved_model)
+    model = RefinedRegistrationModel(FLAGS.saved_model, FLAGS.instance_steps, FLAGS.instance_learning_rate)
+    print("Instance optimisation: %d step(s) of the run's training step per pair (surgery=%s, learning rate %g, "
+          "BatchNorm frozen)" % (model.steps, model.refiner.config.surgery, model.refiner.learning_rate))
+    return model
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
@@ -113,11 +131,11 @@ def main(argv):
     center = parse_center(FLAGS.center)
     from gsmorph_tf.errors import DatasetError
     from gsmorph_tf.provenance import format_provenance
-    from gsmorph_tf.register import RegistrationModel, SavedModelError, register_files, register_folder
+    from gsmorph_tf.register import SavedModelError, register_files, register_folder
 
     quiet_logs(FLAGS["verbosity"].present)
     try:
-        model = RegistrationModel(FLAGS.saved_model)
+        model = load_model()
         print(format_provenance(model.provenance))
         if mode == "pair":
             written = [register_files(model, FLAGS.moving, FLAGS.fixed, FLAGS.output_dir, FLAGS.moving_labels,
@@ -147,13 +165,12 @@ def learn2reg_submission():
     try:
         task = read_task(FLAGS.learn2reg_dir)
         from gsmorph_tf.provenance import format_provenance
-        from gsmorph_tf.register import RegistrationModel
         from gsmorph_tf.register.learn2reg import (check_model, resolve_intensity_norm, submission_pairs,
                                                    window_note, write_submission)
 
         pairs = submission_pairs(task, pair_list)
         quiet_logs(FLAGS["verbosity"].present)
-        model = RegistrationModel(FLAGS.saved_model)
+        model = load_model()
         print(format_provenance(model.provenance))
         check_model(model)
         intensity_norm = resolve_intensity_norm(model, FLAGS.intensity_norm)

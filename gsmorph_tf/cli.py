@@ -6,6 +6,8 @@ Light to import (no TensorFlow), so ``--help`` answers at once:
   looked up in the project's ``flags/`` folder (``--flagfile=acdc.flags`` from anywhere), and a console
   script (``gsmorph-train --help``) lists the entry point's flags as ``python run_train.py --help`` does;
 - :func:`define_dataset_options`: the datasets' own settings (:mod:`gsmorph_tf.registry`) as flags;
+- :func:`define_instance_flags`: ``--instance_steps`` and ``--instance_learning_rate`` (test-time instance
+  optimisation, :mod:`gsmorph_tf.instance`) for the entry points that register;
 - :func:`fail`, :func:`quiet_logs`: one ``error: ...`` line for user errors, TensorFlow's INFO lines hidden;
   :func:`run_app` prints a missing optional dependency (:mod:`gsmorph_tf.extras`) that way too, wherever it
   is imported.
@@ -127,6 +129,26 @@ def define_dataset_options(only=None, defaults=None):
             flags.DEFINE_string(option.name, None, helptext)
         names.append(option.name)
     return names
+
+
+def define_instance_flags(flag_values=flags.FLAGS):
+    """Define ``--instance_steps`` (default 0, >= 0) and ``--instance_learning_rate`` (default None:
+    :data:`gsmorph_tf.instance.DEFAULT_LEARNING_RATE`; > 0, only with ``--instance_steps`` > 0): test-time
+    instance optimisation (:mod:`gsmorph_tf.instance`).
+    ``flag_values``: where they are defined (absl's global ``FLAGS`` for an entry point). Returns the flag names."""
+    flags.DEFINE_integer("instance_steps", 0, "Test-time instance optimisation: refine a copy of the trained network "
+                         "on each pair (2D: one subject's slices) for this many steps of its training step (GSMorph: "
+                         "gradient surgery, no lambda) before registering it; 0: the trained network as it is.",
+                         lower_bound=0, flag_values=flag_values)
+    flags.DEFINE_float("instance_learning_rate", None, "Adam's learning rate for --instance_steps (default 1e-4, "
+                       "not the run's: a training rate such as 5e-3 wrecks a trained network).",
+                       flag_values=flag_values)
+    flags.register_multi_flags_validator(
+        ["instance_steps", "instance_learning_rate"],
+        lambda values: values["instance_learning_rate"] is None or (values["instance_steps"] > 0
+                                                                    and values["instance_learning_rate"] > 0),
+        "--instance_learning_rate must be > 0 and goes with --instance_steps > 0", flag_values=flag_values)
+    return ["instance_steps", "instance_learning_rate"]
 
 
 def _format_default(value):

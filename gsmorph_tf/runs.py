@@ -4,6 +4,8 @@ A run directory (``run_train.py --output_dir``) holds ``config.json``, ``checkpo
 ``evaluation.json``; :func:`load_run_for_inference` turns it into the ``[moving, fixed] -> [moved, flow]``
 network that evaluation (``run_eval.py``), the paper comparison and export (``run_export.py``) use. The
 network is rebuilt by the model's registry entry (:mod:`gsmorph_tf.registry`), as in training.
+:func:`load_export_for_training` does the same from an exported SavedModel (its provenance records the run's
+settings), for test-time instance optimisation (:mod:`gsmorph_tf.instance`).
 """
 from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
 
@@ -13,6 +15,8 @@ import os
 import tensorflow as tf
 
 from gsmorph_tf.config import ConfigError, TrainConfig
+from gsmorph_tf.errors import SavedModelError
+from gsmorph_tf.provenance import read_provenance
 from gsmorph_tf.registry import DATASETS, MODELS
 
 
@@ -114,3 +118,47 @@ def load_run_for_inference(run_dir):
     return config, serving_network(run_dir, network, config)
 
 
+
+
+def load_export_for_training(export_dir):
+    """Rebuild the Keras network of an exported run (a SavedModel version folder written by
+    :func:`gsmorph_tf.export.export_saved_model`) with the export's weights, to train it further.
+
+    The SavedModel's restored functions are not used: they are graph functions, not a Keras model, so a
+    training step (:class:`~gsmorph_tf.model.GradientSurgeryModel`, which needs the network's layers, outputs
+    and trainable variables as Keras has them) cannot wrap them. Instead the network is rebuilt by the model's
+    registry entry from the run's settings recorded in ``assets/provenance.json`` (``training``), for the
+    exported input size (``crop.size``), and its variables (trainable and BatchNorm statistics) are read from the
+    SavedModel's ``variables/``, where the export stores them under ``network`` as a checkpoint does.
+
+    Returns:
+        ``(network, config)``.
+
+    Raises:
+        SavedModelError: naming ``export_dir``: no provenance, or one without the run's settings (a network
+            exported from memory, not from a run), a model whose served network is not its trained one
+            (HyperMorph), or variables that do not fit the rebuilt network.
+    """
+    provenance = read_provenance(export_dir)
+    if not provenance or not provenance.get("training"):
+        raise SavedModelError("%s: its provenance records no training settings (a network exported from memory "
+                              "or by an earlier version), so its network cannot be rebuilt for training; export "
+                              "it from its run (run_export.py --run_dir=...)" % export_dir)
+    try:
+        config = TrainConfig.from_dict(provenance["training"])
+        entry = MODELS.load(config.model)
+    except (ValueError, TypeError, KeyError) as error:
+        raise SavedModelError("%s: the training settings of its provenance are not this version's (%s)"
+                              % (export_dir, error)) from error
+    if entry.chosen_for_serving:
+        raise SavedModelError("%s: a %s export holds its served network (%s frozen in), not the network its "
+                              "training step trains" % (export_dir, config.model,
+                                                        ", ".join(entry.chosen_for_serving.values())))
+    network = entry.build_network(config, tuple(provenance["crop"]["size"]))
+    try:
+        status = tf.train.Checkpoint(network=network).read(os.path.join(export_dir, "variables", "variables"))
+        status.assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as error:
+        raise SavedModelError("%s: its variables do not fit the %s network its provenance describes (%s)"
+                              % (export_dir, config.model, error)) from error
+    return network, config

@@ -71,6 +71,20 @@ def trained_run(tmp_path_factory):
     return run_dir, initial, {w.name: w.numpy() for w in network.weights}
 
 
+@pytest.fixture(scope="session")
+def phantom_run(tmp_path_factory):
+    """``(tmp, config, outcome)``: a GSMorph run of one epoch on the tiny :data:`PHANTOM` (32x32 crops, batch 4)
+    by ``train_and_evaluate``, evaluated and exported (``outcome["export_dir"]``), shared by the modules that
+    evaluate, export or refine a finished run. Tests write only into new folders of it."""
+    from gsmorph_tf.config import TrainConfig
+    from gsmorph_tf.training import train_and_evaluate
+
+    tmp = tmp_path_factory.mktemp("phantom_run")
+    config = TrainConfig(dataset="phantom", data_dir=str(tmp / "phantom"), output_dir=str(tmp / "run"),
+                         dataset_options=PHANTOM, crop_size=32, batch_size=4, epochs=1)
+    return tmp, config, train_and_evaluate(config, verbose=0, log=lambda *a: None)
+
+
 def exported(tmp_path_factory, inshape, bias):
     """A GSMorph network with a non-trivial flow head, exported (a version folder): kernel ~ N(0, 0.05) so the
     field varies, and a constant shift of ``bias`` voxels so nearest-neighbour label warping visibly moves

@@ -9,20 +9,13 @@ import sys
 
 import pytest
 
-from conftest import PHANTOM
-from gsmorph_tf.config import TrainConfig
-from gsmorph_tf.training import train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("eval")
-    config = TrainConfig(dataset="phantom", data_dir=str(tmp / "phantom"), output_dir=str(tmp / "run"),
-                         dataset_options=PHANTOM, crop_size=32, batch_size=4, epochs=1)
-    outcome = train_and_evaluate(config, verbose=0, log=lambda *a: None)
-    return tmp, config, outcome
+def run(phantom_run):
+    return phantom_run
 
 
 def run_eval(tmp, *args):

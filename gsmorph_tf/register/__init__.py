@@ -62,14 +62,14 @@ from gsmorph_tf.register.apply import APPLY_KINDS, LABEL_INTERPOLATIONS, apply_f
 from gsmorph_tf.register.files import (OUTPUTS, TRANSFORM_SUFFIX, PairInputs, check_pair, load_pair, nifti_stem,
                                       write_registration)
 from gsmorph_tf.register.folders import find_pairs
-from gsmorph_tf.register.savedmodel import RegistrationModel
+from gsmorph_tf.register.savedmodel import RefinedRegistrationModel, RegistrationModel
 from gsmorph_tf.register.window import crop_indices, paste, take
 from gsmorph_tf.register.world import import_simpleitk
 
-__all__ = ["APPLY_KINDS", "LABEL_INTERPOLATIONS", "OUTPUTS", "PairInputs", "REGISTER_CROP_CENTERS", "Registration",
-           "RegistrationModel", "SavedModelError", "TRANSFORM_SUFFIX", "apply_field", "check_pair", "find_pairs",
-           "load_pair", "register_files", "register_folder", "register_volumes", "warp_image", "warp_label_map",
-           "window_center", "write_registration"]
+__all__ = ["APPLY_KINDS", "LABEL_INTERPOLATIONS", "OUTPUTS", "PairInputs", "REGISTER_CROP_CENTERS",
+           "RefinedRegistrationModel", "Registration", "RegistrationModel", "SavedModelError", "TRANSFORM_SUFFIX",
+           "apply_field", "check_pair", "find_pairs", "load_pair", "register_files", "register_folder",
+           "register_volumes", "warp_image", "warp_label_map", "window_center", "write_registration"]
 
 
 @dataclasses.dataclass
@@ -112,7 +112,7 @@ def register_volumes(model, moving, fixed, center=None, moving_labels=None, batc
     """Register ``moving`` to ``fixed`` (both ``[X, Y, Z]``, scanner intensities) with ``model``.
 
     Args:
-        model: :class:`RegistrationModel`.
+        model: :class:`RegistrationModel` (or :class:`RefinedRegistrationModel`: each call refines first).
         moving, fixed: ``[X, Y, Z]`` arrays of one shape (short-axis stacks for 2D models).
         center: window centre in voxels (see :func:`crop_indices`); None places it by ``crop_center``
             (:func:`window_center`).

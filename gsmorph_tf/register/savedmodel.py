@@ -9,7 +9,9 @@ from google.protobuf.message import DecodeError
 
 from gsmorph_tf.errors import SavedModelError
 from gsmorph_tf.export import CROP_SIGNATURE, SERVING_SIGNATURE, WARP_SIGNATURE, existing_versions
+from gsmorph_tf.instance import InstanceOptimizer
 from gsmorph_tf.provenance import read_provenance
+from gsmorph_tf.runs import load_export_for_training
 
 
 def crop_signature(loaded):
@@ -79,6 +81,39 @@ class RegistrationModel:
         """
         out = _call_in_batches(self._warp, batch_size, image=image, flow=flow)
         return out["warped_linear"], out["warped_nearest"]
+
+
+class RefinedRegistrationModel(RegistrationModel):
+    """A :class:`RegistrationModel` whose :meth:`register` first refines a copy of the network on the pair for
+    ``steps`` training steps (test-time instance optimisation, :mod:`gsmorph_tf.instance`); warping (labels)
+    still goes through the SavedModel's ``warp`` signature.
+
+    The network is rebuilt from the export's provenance and variables (:func:`gsmorph_tf.runs.
+    load_export_for_training`): the SavedModel's own functions cannot be trained by the training step.
+
+    Args:
+        export_dir: as :class:`RegistrationModel`.
+        steps: training steps per pair (0: the export's own registration, through the rebuilt network).
+        learning_rate, seed: see :class:`~gsmorph_tf.instance.InstanceOptimizer` (None: the run's).
+
+    Raises:
+        SavedModelError: see :class:`RegistrationModel` and :func:`~gsmorph_tf.runs.load_export_for_training`.
+    """
+
+    def __init__(self, export_dir, steps, learning_rate=None, seed=None):
+        super().__init__(export_dir)
+        network, config = load_export_for_training(self.path)
+        self.steps = int(steps)
+        self.refiner = InstanceOptimizer(network, config, learning_rate, seed)
+
+    def register(self, moving, fixed, batch_size=32):
+        """Refine on the ``[B, *inshape, 1]`` pair (all ``B`` items in every step), then register it.
+
+        Returns:
+            ``(moved [B, *inshape, 1], flow [B, *inshape, ndim])``, flow in voxels ('ij').
+        """
+        result = self.refiner.register(moving[..., 0], fixed[..., 0], self.steps, batch_size)
+        return result.moved[..., None], result.flow
 
 
 def _call_in_batches(signature, batch_size, **inputs):
