@@ -18,8 +18,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) run_train.py --flagfile=flags/demo.flags
 
+# Two worker processes (pytest-xdist), each test file on one of them, so module fixtures are built once.
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 # Speed and memory figures (benchmarks/), printed with the machine they ran on.
 speed-benchmarks: $(STAMP)

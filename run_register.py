@@ -110,18 +110,6 @@ flags.register_validator("center", _parses_as_center,
                          "--center takes comma-separated voxel coordinates r,c or r,c,s")
 
 
-def load_model():
-    """The ``RegistrationModel`` of ``--saved_model``; with ``--instance_steps`` a ``RefinedRegistrationModel``."""
-    from gsmorph_tf.register import RefinedRegistrationModel, RegistrationModel
-
-    if not FLAGS.instance_steps:
-        return RegistrationModel(FLAGS.saved_model)
-    model = RefinedRegistrationModel(FLAGS.saved_model, FLAGS.instance_steps, FLAGS.instance_learning_rate)
-    print("Instance optimisation: %d step(s) of the run's training step per pair (surgery=%s, learning rate %g, "
-          "BatchNorm frozen)" % (model.steps, model.refiner.config.surgery, model.refiner.learning_rate))
-    return model
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
@@ -131,11 +119,11 @@ def main(argv):
     center = parse_center(FLAGS.center)
     from gsmorph_tf.errors import DatasetError
     from gsmorph_tf.provenance import format_provenance
-    from gsmorph_tf.register import SavedModelError, register_files, register_folder
+    from gsmorph_tf.register import SavedModelError, load_registration_model, register_files, register_folder
 
     quiet_logs(FLAGS["verbosity"].present)
     try:
-        model = load_model()
+        model = load_registration_model(FLAGS.saved_model, FLAGS.instance_steps, FLAGS.instance_learning_rate)
         print(format_provenance(model.provenance))
         if mode == "pair":
             written = [register_files(model, FLAGS.moving, FLAGS.fixed, FLAGS.output_dir, FLAGS.moving_labels,
@@ -165,12 +153,13 @@ def learn2reg_submission():
     try:
         task = read_task(FLAGS.learn2reg_dir)
         from gsmorph_tf.provenance import format_provenance
+        from gsmorph_tf.register import load_registration_model
         from gsmorph_tf.register.learn2reg import (check_model, resolve_intensity_norm, submission_pairs,
                                                    window_note, write_submission)
 
         pairs = submission_pairs(task, pair_list)
         quiet_logs(FLAGS["verbosity"].present)
-        model = load_model()
+        model = load_registration_model(FLAGS.saved_model, FLAGS.instance_steps, FLAGS.instance_learning_rate)
         print(format_provenance(model.provenance))
         check_model(model)
         intensity_norm = resolve_intensity_norm(model, FLAGS.intensity_norm)

@@ -15,6 +15,9 @@ Any 4-D NIfTI cine, frames 0-based::
     python run_track.py --saved_model=models/gsmorph/1 --cine=cine.nii.gz --ed_frame=0 [--ed_labels=ed_gt.nii.gz] \\
         [--es_frame=9 --es_labels=es_gt.nii.gz] [--label_convention=acdc|mnms] --output_dir=tracked
 
+``--instance_steps=N`` refines a copy of the network on each frame pair for N steps of the run's own training step
+before registering it (:mod:`gsmorph_tf.instance`, as ``run_register.py``).
+
 Outputs, the field convention and the two strategies (``--strategy=direct|composed``) are described in
 :mod:`gsmorph_tf.register.track`. Every input is checked before the model loads; errors print one ``error: ...``
 line naming the file or value and exit with status 2, with nothing written. The only place that reads these flags.
@@ -23,7 +26,7 @@ import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 
 from absl import app, flags
 
-from gsmorph_tf.cli import fail, quiet_logs, run_app
+from gsmorph_tf.cli import define_instance_flags, fail, quiet_logs, run_app
 
 flags.DEFINE_string("saved_model", None, "SavedModel version folder (<base>/<model>/<N>) or a model base path "
                     "(its highest version is used).")
@@ -59,6 +62,9 @@ flags.register_multi_flags_validator(
     ["es_labels", "es_frame"], lambda values: values["es_labels"] is None or values["es_frame"] is not None,
     "--es_labels needs --es_frame, the frame they annotate")
 
+for _name in define_instance_flags():
+    flags.declare_key_flag(_name)  # listed by --help with the flags above
+
 FLAGS = flags.FLAGS
 
 
@@ -80,9 +86,9 @@ def main(argv):
             cine = track.read_cine(FLAGS.cine, FLAGS.ed_frame, FLAGS.ed_labels, FLAGS.es_frame, FLAGS.es_labels,
                                    FLAGS.label_convention)
         from gsmorph_tf.provenance import format_provenance
-        from gsmorph_tf.register import RegistrationModel
+        from gsmorph_tf.register import load_registration_model
 
-        model = RegistrationModel(FLAGS.saved_model)
+        model = load_registration_model(FLAGS.saved_model, FLAGS.instance_steps, FLAGS.instance_learning_rate)
         print(format_provenance(model.provenance))
         strategy = FLAGS.strategy or track.DEFAULT_STRATEGY
         print("%s: %d frames of %s, ED frame %d%s (0-based); %s strategy"

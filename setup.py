@@ -29,7 +29,7 @@ setup(
         "tensorflow-serving-api==2.21.*",
     ],
     extras_require={
-        "test": ["pytest>=8,<10"],
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"],  # make test: two worker processes, a file each (tested: 3.8.0)
         # Classical baselines (Demons, SyN). Tested: SimpleITK 2.5.7, antspyx 0.6.3 (needs numpy<2.4, scipy<1.16).
         "baselines": ["SimpleITK>=2.3,<3", "antspyx>=0.6,<0.7"],
         # 3D brain task for ULAE-net: the MNI152 template and tissue maps nilearn ships (no download).

@@ -147,22 +147,56 @@ def test_run_eval_refines_each_test_subject(run):
     assert "Instance optimisation: 2 step(s)" in done.stdout
 
 
-def test_run_register_refines_with_the_export_alone(run, tmp_path):
+def test_run_register_refines_with_the_export_alone(run, tmp_path, capsys):
+    """run_register.py's main in this process (its flags parsed as on the command line): the export alone is
+    enough to refine."""
+    import run_register
+
     subject = run["subject"]
     moving, fixed = (np.transpose(images, (1, 2, 0)) for images in (subject.moving, subject.fixed))  # [X, Y, Z]
     for name, array in (("moving", moving), ("fixed", fixed)):
         nib.save(nib.Nifti1Image(array, np.diag([1.5, 1.5, 8.0, 1.0])), str(tmp_path / ("%s.nii.gz" % name)))
-    base = ["--saved_model=%s" % run["outcome"]["export_dir"], "--moving=moving.nii.gz", "--fixed=fixed.nii.gz",
-            "--crop_center=image"]
-    done = command(tmp_path, "run_register.py", *base, "--output_dir=refined", "--instance_steps=2",
-                   "--instance_learning_rate=%g" % RATE)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "Instance optimisation: 2 step(s)" in done.stdout and "surgery=layerwise" in done.stdout
+    argv = ["run_register.py", "--saved_model=%s" % run["outcome"]["export_dir"],
+            "--moving=%s" % (tmp_path / "moving.nii.gz"), "--fixed=%s" % (tmp_path / "fixed.nii.gz"),
+            "--crop_center=image", "--output_dir=%s" % (tmp_path / "refined"), "--instance_steps=2",
+            "--instance_learning_rate=%g" % RATE]
+    run_register.FLAGS.unparse_flags()
+    try:
+        run_register.FLAGS(argv)
+        assert run_register.main(argv[:1]) == 0, capsys.readouterr().err
+    finally:
+        run_register.FLAGS.unparse_flags()
+    out = capsys.readouterr().out
+    assert "Instance optimisation: 2 step(s)" in out and "surgery=layerwise" in out
     refined = nib.load(str(tmp_path / "refined" / "moving_moved.nii.gz")).get_fdata()
     # The same pair registered by the export as it is: the refinement lowered the pair's loss.
     plain = register_volumes(RegistrationModel(run["outcome"]["export_dir"]), moving, fixed, crop_center="image")
     scaled_fixed = scale_to_unit(moving, fixed)[1]
     assert mse(refined, scaled_fixed) < 0.9 * mse(plain.moved, scaled_fixed)
+
+
+def test_tracking_refines_every_frame_pair(run, tmp_path):
+    """gsmorph_tf.register.track with the model run_track.py --instance_steps builds: each frame's registration
+    with ED is refined first (every non-ED field changes), and the ED frame carried to ES by the refined field is
+    closer to ES than without refinement."""
+    from gsmorph_tf.register import load_registration_model
+    from gsmorph_tf.register.track import read_cine, track_fields, track_window
+
+    subject = run["subject"]
+    ed, es = (np.transpose(images, (1, 2, 0)) for images in (subject.fixed, subject.moving))  # [X, Y, Z]
+    frames = np.stack([ed, 0.5 * (ed + es), es], axis=-1).astype(np.float32)  # a 3-frame cine, ED first
+    nib.save(nib.Nifti1Image(frames, np.diag([1.5, 1.5, 8.0, 1.0])), str(tmp_path / "cine.nii.gz"))
+    cine = read_cine(str(tmp_path / "cine.nii.gz"), 0)
+    fields = {}
+    for steps in (0, 2):
+        model = load_registration_model(run["outcome"]["export_dir"], steps, RATE, log=lambda line: None)
+        assert type(model).__name__ == ("RefinedRegistrationModel" if steps else "RegistrationModel")
+        fields[steps] = dict(track_fields(model, cine, track_window(model, cine.frames)))
+    assert all(np.abs(fields[2][t] - fields[0][t]).max() > 1e-3 for t in (1, 2))
+    scaled_ed, scaled_es = (np.transpose(v, (2, 0, 1)) for v in scale_to_unit(ed, es))  # [Z, X, Y] slices
+    error = {steps: mse(evaluation.warp_images(scaled_ed, np.transpose(fields[steps][2][..., :2], (2, 0, 1, 3))),
+                        scaled_es) for steps in (0, 2)}
+    assert error[2] < error[0], error
 
 
 @pytest.mark.parametrize("args, message", [

@@ -62,12 +62,12 @@ from gsmorph_tf.register.apply import APPLY_KINDS, LABEL_INTERPOLATIONS, apply_f
 from gsmorph_tf.register.files import (OUTPUTS, TRANSFORM_SUFFIX, PairInputs, check_pair, load_pair, nifti_stem,
                                       write_registration)
 from gsmorph_tf.register.folders import find_pairs
-from gsmorph_tf.register.savedmodel import RefinedRegistrationModel, RegistrationModel
+from gsmorph_tf.register.savedmodel import RefinedRegistrationModel, RegistrationModel, load_registration_model
 from gsmorph_tf.register.window import crop_indices, paste, take
 from gsmorph_tf.register.world import import_simpleitk
 
 __all__ = ["APPLY_KINDS", "LABEL_INTERPOLATIONS", "OUTPUTS", "PairInputs", "REGISTER_CROP_CENTERS",
-           "RefinedRegistrationModel", "Registration", "RegistrationModel", "SavedModelError", "TRANSFORM_SUFFIX",
+           "RefinedRegistrationModel", "Registration", "load_registration_model", "RegistrationModel", "SavedModelError", "TRANSFORM_SUFFIX",
            "apply_field", "check_pair", "find_pairs", "load_pair", "register_files", "register_folder",
            "register_volumes", "warp_image", "warp_label_map", "window_center", "write_registration"]
 

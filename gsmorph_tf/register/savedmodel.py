@@ -116,6 +116,17 @@ class RefinedRegistrationModel(RegistrationModel):
         return result.moved[..., None], result.flow
 
 
+def load_registration_model(export_dir, instance_steps=0, learning_rate=None, log=print):
+    """The model an entry point registers with: a :class:`RegistrationModel`, or with ``instance_steps`` > 0 a
+    :class:`RefinedRegistrationModel` (``learning_rate``: None for the default), saying so through ``log``."""
+    if not instance_steps:
+        return RegistrationModel(export_dir)
+    model = RefinedRegistrationModel(export_dir, instance_steps, learning_rate)
+    log("Instance optimisation: %d step(s) of the run's training step per pair (surgery=%s, learning rate %g, "
+        "BatchNorm frozen)" % (model.steps, model.refiner.config.surgery, model.refiner.learning_rate))
+    return model
+
+
 def _call_in_batches(signature, batch_size, **inputs):
     """Call ``signature`` on ``batch_size`` items of every input at a time; ``{output: concatenated array}``."""
     parts = {}
