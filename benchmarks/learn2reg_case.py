@@ -146,6 +146,16 @@ def write_config(config, path, masked):
         json.dump(dict(config, masked_evaluation=bool(masked)), f, indent=2)
 
 
+def evaluation_script(l2r_dir):
+    """``<l2r_dir>/evaluation/evaluation.py``, the official evaluation of a MDL-UzL/L2R checkout; exits with a
+    one-line error naming ``l2r_dir`` when it is not there."""
+    script = os.path.join(l2r_dir, "evaluation", "evaluation.py")
+    if not os.path.exists(script):
+        raise SystemExit("error: --l2r_dir=%s has no evaluation/evaluation.py (a checkout of MDL-UzL/L2R expected)"
+                         % l2r_dir)
+    return script
+
+
 def run_command(command, cwd=None):
     """Run ``command``; its standard output, or RuntimeError with everything it printed."""
     result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)

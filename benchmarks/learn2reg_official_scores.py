@@ -51,10 +51,7 @@ def _atomic_json(path, data):
 
 def main(argv):
     del argv
-    script = os.path.join(FLAGS.l2r_dir, "evaluation", "evaluation.py")
-    if not os.path.exists(script):
-        raise app.UsageError("--l2r_dir=%s has no evaluation/evaluation.py (a checkout of MDL-UzL/L2R expected)"
-                             % FLAGS.l2r_dir)
+    script = learn2reg_case.evaluation_script(FLAGS.l2r_dir)
     commit = learn2reg_case.run_command(["git", "-C", FLAGS.l2r_dir, "rev-parse", "HEAD"]).strip()
     versions = json.loads(learn2reg_case.run_command([
         FLAGS.reference_python, "-c", "import json, numpy, scipy, nibabel; print(json.dumps("

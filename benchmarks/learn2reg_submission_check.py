@@ -98,10 +98,7 @@ def largest_difference(ours, theirs):
 
 def main(argv):
     del argv
-    script = os.path.join(FLAGS.l2r_dir, "evaluation", "evaluation.py")
-    if not os.path.exists(script):
-        raise app.UsageError("--l2r_dir=%s has no evaluation/evaluation.py (a checkout of MDL-UzL/L2R expected)"
-                             % FLAGS.l2r_dir)
+    script = learn2reg_case.evaluation_script(FLAGS.l2r_dir)
     case = learn2reg_case.make_case()
     report = {"saved_model": FLAGS.saved_model, "results": {}}
     with tempfile.TemporaryDirectory() as tmp:
