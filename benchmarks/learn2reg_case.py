@@ -177,3 +177,63 @@ def run_reference(python, script, config, masked, submission_dir, task_dir, tmp,
         commands[key] = " ".join(command).replace(tmp, "<tmp>")
     with open(output, encoding="utf-8") as f:
         return json.load(f)
+
+
+#: Their result names (the evaluation config's, write_task) -> ours.
+NAMES = {"LogJacDetStd": "sdlogj", "DSC": "dice", "HD95": "hd95", "TRE_kp": "tre"}
+
+
+def write_dataset_json(task_dir):
+    """``TOY_dataset.json`` for the task ``write_task`` wrote: every scan with its labels in
+    ``training`` and the case's pairs as ``registration_val``."""
+    scans = sorted({name for pair in PAIRS for name in pair})
+    data = {"name": TASK, "tensorImageShape": {"0": list(SHAPE)},
+            "labels": {"0": {"0": "background", **{str(v): "label%d" % v for v in LABELS}}},
+            "training": [{"image": scan_path(n), "label": scan_path(n, "labelsTr")}
+                         for n in scans],
+            "registration_val": [{"fixed": scan_path(f), "moving": scan_path(m)}
+                                 for f, m in PAIRS]}
+    with open(os.path.join(task_dir, "%s_dataset.json" % TASK), "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1)
+
+
+def our_scores(case, submission_dir, masked):
+    """Our ``learn2reg`` scores of the files in ``submission_dir``, in their JSON's layout."""
+    import nibabel as nib
+
+    from gsmorph_tf import learn2reg_metrics as l2r
+
+    cases = {}
+    for fixed, moving in PAIRS:
+        name = disp_name(fixed, moving) + ".nii.gz"
+        disp = nib.load(os.path.join(submission_dir, name)).get_fdata()
+        f_scan, m_scan = case["scans"][fixed], case["scans"][moving]
+        scores = l2r.pair_scores(f_scan["labels"], m_scan["labels"], disp, labels=LABELS,
+                                 mask=case["masks"][fixed] if masked else None,
+                                 landmarks=(f_scan["keypoints"], m_scan["keypoints"]),
+                                 spacing_moving=SPACING)
+        cases["%s<--%s" % (fixed, moving)] = {their: scores[ours] for their, ours in NAMES.items()}
+    aggregates = {their: l2r.aggregate([cases[pair][their]["mean"] for pair in cases], ours)
+                  for their, ours in NAMES.items()}
+    return {"cases": cases, "aggregates": aggregates}
+
+
+def largest_difference(ours, theirs):
+    """The largest |ours - theirs| over every pair's mean and every aggregate (NaN == NaN and inf == inf count
+    as equal; any other mismatch of NaN or inf is inf)."""
+    import numpy as np
+
+    def values(result):
+        for pair in sorted(result["cases"]):
+            for name in NAMES:
+                yield result["cases"][pair][name]["mean"]
+        for name in NAMES:
+            for key in ("mean", "std", "30"):
+                yield result["aggregates"][name][key]
+    worst = 0.0
+    for a, b in zip(values(ours), values(theirs)):
+        a, b = float(a), float(b)
+        if (np.isnan(a) and np.isnan(b)) or a == b:
+            continue
+        worst = max(worst, abs(a - b) if np.isfinite(a) and np.isfinite(b) else float("inf"))
+    return worst

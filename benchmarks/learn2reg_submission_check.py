@@ -36,66 +36,6 @@ flags.DEFINE_string("output", None, "Optional JSON file for both sides' scores."
 flags.mark_flag_as_required("saved_model")
 FLAGS = flags.FLAGS
 
-#: Their result names (the evaluation config's, learn2reg_case.write_task) -> ours.
-NAMES = {"LogJacDetStd": "sdlogj", "DSC": "dice", "HD95": "hd95", "TRE_kp": "tre"}
-
-
-def write_dataset_json(task_dir):
-    """``TOY_dataset.json`` for the task ``learn2reg_case.write_task`` wrote: every scan with its labels in
-    ``training`` and the case's pairs as ``registration_val``."""
-    scans = sorted({name for pair in learn2reg_case.PAIRS for name in pair})
-    data = {"name": learn2reg_case.TASK, "tensorImageShape": {"0": list(learn2reg_case.SHAPE)},
-            "labels": {"0": {"0": "background", **{str(v): "label%d" % v for v in learn2reg_case.LABELS}}},
-            "training": [{"image": learn2reg_case.scan_path(n), "label": learn2reg_case.scan_path(n, "labelsTr")}
-                         for n in scans],
-            "registration_val": [{"fixed": learn2reg_case.scan_path(f), "moving": learn2reg_case.scan_path(m)}
-                                 for f, m in learn2reg_case.PAIRS]}
-    with open(os.path.join(task_dir, "%s_dataset.json" % learn2reg_case.TASK), "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1)
-
-
-def our_scores(case, submission_dir, masked):
-    """Our ``learn2reg`` scores of the files in ``submission_dir``, in their JSON's layout."""
-    import nibabel as nib
-
-    from gsmorph_tf import learn2reg_metrics as l2r
-
-    cases = {}
-    for fixed, moving in learn2reg_case.PAIRS:
-        name = learn2reg_case.disp_name(fixed, moving) + ".nii.gz"
-        disp = nib.load(os.path.join(submission_dir, name)).get_fdata()
-        f_scan, m_scan = case["scans"][fixed], case["scans"][moving]
-        scores = l2r.pair_scores(f_scan["labels"], m_scan["labels"], disp, labels=learn2reg_case.LABELS,
-                                 mask=case["masks"][fixed] if masked else None,
-                                 landmarks=(f_scan["keypoints"], m_scan["keypoints"]),
-                                 spacing_moving=learn2reg_case.SPACING)
-        cases["%s<--%s" % (fixed, moving)] = {their: scores[ours] for their, ours in NAMES.items()}
-    aggregates = {their: l2r.aggregate([cases[pair][their]["mean"] for pair in cases], ours)
-                  for their, ours in NAMES.items()}
-    return {"cases": cases, "aggregates": aggregates}
-
-
-def largest_difference(ours, theirs):
-    """The largest |ours - theirs| over every pair's mean and every aggregate (NaN == NaN and inf == inf count
-    as equal; any other mismatch of NaN or inf is inf)."""
-    import numpy as np
-
-    def values(result):
-        for pair in sorted(result["cases"]):
-            for name in NAMES:
-                yield result["cases"][pair][name]["mean"]
-        for name in NAMES:
-            for key in ("mean", "std", "30"):
-                yield result["aggregates"][name][key]
-    worst = 0.0
-    for a, b in zip(values(ours), values(theirs)):
-        a, b = float(a), float(b)
-        if (np.isnan(a) and np.isnan(b)) or a == b:
-            continue
-        worst = max(worst, abs(a - b) if np.isfinite(a) and np.isfinite(b) else float("inf"))
-    return worst
-
-
 def main(argv):
     del argv
     script = learn2reg_case.evaluation_script(FLAGS.l2r_dir)
@@ -104,7 +44,7 @@ def main(argv):
     with tempfile.TemporaryDirectory() as tmp:
         task_dir = os.path.join(tmp, learn2reg_case.TASK)
         config = learn2reg_case.write_task(case, task_dir, os.path.join(tmp, "case_fields"))
-        write_dataset_json(task_dir)
+        learn2reg_case.write_dataset_json(task_dir)
         command = [sys.executable, os.path.join(REPO, "run_register.py"), "--saved_model=%s" % FLAGS.saved_model,
                    "--learn2reg_dir=%s" % task_dir, "--intensity_norm=%s" % FLAGS.intensity_norm,
                    "--output_dir=%s" % os.path.join(tmp, "out")]
@@ -117,13 +57,14 @@ def main(argv):
         report["files"] = sorted(os.listdir(submission_dir))
         print("run_register wrote %s" % ", ".join(report["files"]))
         for key, masked in (("unmasked", False), ("masked", True)):
-            theirs = learn2reg_case.run_reference(FLAGS.reference_python, script, config, masked, submission_dir, task_dir, tmp, key)
-            ours = our_scores(case, submission_dir, masked)
-            difference = largest_difference(ours, theirs)
+            theirs = learn2reg_case.run_reference(FLAGS.reference_python, script, config, masked, submission_dir,
+                                                  task_dir, tmp, key)
+            ours = learn2reg_case.our_scores(case, submission_dir, masked)
+            difference = learn2reg_case.largest_difference(ours, theirs)
             report["results"][key] = {"theirs": theirs, "ours": ours, "largest_difference": difference}
             print("%s evaluation: the official code found and scored %d pairs; largest difference to ours %.3g"
                   % (key, len(theirs["cases"]), difference))
-            for name in NAMES:
+            for name in learn2reg_case.NAMES:
                 print("  %-12s theirs mean %-10.6g ours mean %.6g" % (name, theirs["aggregates"][name]["mean"],
                                                                       ours["aggregates"][name]["mean"]))
     if FLAGS.output:

@@ -147,27 +147,17 @@ def test_run_eval_refines_each_test_subject(run):
     assert "Instance optimisation: 2 step(s)" in done.stdout
 
 
-def test_run_register_refines_with_the_export_alone(run, tmp_path, capsys):
-    """run_register.py's main in this process (its flags parsed as on the command line): the export alone is
-    enough to refine."""
-    import run_register
-
+def test_run_register_refines_with_the_export_alone(run, tmp_path):
     subject = run["subject"]
     moving, fixed = (np.transpose(images, (1, 2, 0)) for images in (subject.moving, subject.fixed))  # [X, Y, Z]
     for name, array in (("moving", moving), ("fixed", fixed)):
         nib.save(nib.Nifti1Image(array, np.diag([1.5, 1.5, 8.0, 1.0])), str(tmp_path / ("%s.nii.gz" % name)))
-    argv = ["run_register.py", "--saved_model=%s" % run["outcome"]["export_dir"],
-            "--moving=%s" % (tmp_path / "moving.nii.gz"), "--fixed=%s" % (tmp_path / "fixed.nii.gz"),
-            "--crop_center=image", "--output_dir=%s" % (tmp_path / "refined"), "--instance_steps=2",
-            "--instance_learning_rate=%g" % RATE]
-    run_register.FLAGS.unparse_flags()
-    try:
-        run_register.FLAGS(argv)
-        assert run_register.main(argv[:1]) == 0, capsys.readouterr().err
-    finally:
-        run_register.FLAGS.unparse_flags()
-    out = capsys.readouterr().out
-    assert "Instance optimisation: 2 step(s)" in out and "surgery=layerwise" in out
+    base = ["--saved_model=%s" % run["outcome"]["export_dir"], "--moving=moving.nii.gz", "--fixed=fixed.nii.gz",
+            "--crop_center=image"]
+    done = command(tmp_path, "run_register.py", *base, "--output_dir=refined", "--instance_steps=2",
+                   "--instance_learning_rate=%g" % RATE)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Instance optimisation: 2 step(s)" in done.stdout and "surgery=layerwise" in done.stdout
     refined = nib.load(str(tmp_path / "refined" / "moving_moved.nii.gz")).get_fdata()
     # The same pair registered by the export as it is: the refinement lowered the pair's loss.
     plain = register_volumes(RegistrationModel(run["outcome"]["export_dir"]), moving, fixed, crop_center="image")

@@ -60,7 +60,7 @@ def _our_cases(case, masked):
 
 
 # Their result names (the evaluation config's) -> ours.
-_NAMES = {"LogJacDetStd": "sdlogj", "DSC": "dice", "HD95": "hd95", "TRE_kp": "tre"}
+_NAMES = learn2reg_case.NAMES
 
 
 @pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
@@ -292,23 +292,22 @@ def test_learn2reg_metric_set_refuses_2d_pairs_and_our_set_refuses_a_mask(case):
 
 
 def test_the_submission_checks_task_json_and_comparison(tmp_path):
-    """benchmarks/learn2reg_submission_check.py: its dataset JSON lists the case's pairs for run_register, and its
+    """benchmarks/learn2reg_submission_check.py's pieces (in learn2reg_case.py): its dataset JSON lists the case's pairs for run_register, and its
     comparison counts NaN == NaN and inf == inf as equal, any other NaN or inf mismatch as an infinite difference."""
-    import learn2reg_submission_check as check
     from gsmorph_tf.data.learn2reg import read_task
 
     case = learn2reg_case.make_case()
     learn2reg_case.write_task(case, tmp_path / "TOY", tmp_path / "fields")
-    check.write_dataset_json(str(tmp_path / "TOY"))
+    learn2reg_case.write_dataset_json(str(tmp_path / "TOY"))
     task = read_task(str(tmp_path / "TOY"))
     assert task.shape == learn2reg_case.SHAPE
     assert [(fixed.image.name, moving.image.name) for moving, fixed in task.val_pairs] == [
         ("TOY_%s.nii.gz" % f, "TOY_%s.nii.gz" % m) for f, m in learn2reg_case.PAIRS]
-    ours = check.our_scores(case, str(tmp_path / "fields"), masked=False)
-    assert check.largest_difference(ours, ours) == 0.0
+    ours = learn2reg_case.our_scores(case, str(tmp_path / "fields"), masked=False)
+    assert learn2reg_case.largest_difference(ours, ours) == 0.0
     shifted = json.loads(json.dumps(ours))
     pair = sorted(shifted["cases"])[0]
     shifted["cases"][pair]["DSC"]["mean"] += 0.25
-    assert check.largest_difference(ours, shifted) == pytest.approx(0.25)
+    assert learn2reg_case.largest_difference(ours, shifted) == pytest.approx(0.25)
     shifted["cases"][pair]["DSC"]["mean"] = math.inf
-    assert check.largest_difference(ours, shifted) == math.inf
+    assert learn2reg_case.largest_difference(ours, shifted) == math.inf
