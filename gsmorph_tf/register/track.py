@@ -67,7 +67,7 @@ from gsmorph_tf.data.mnms import MNMS_LABELS, read_mnms_csv
 from gsmorph_tf.data.nifti import DatasetError, load_nifti
 from gsmorph_tf.data.preprocessing import image_center, motion_center
 from gsmorph_tf.data.subjects import validate_label_map
-from gsmorph_tf.fileio import atomic_save_figure, atomic_write_text
+from gsmorph_tf.fileio import atomic_save_figure, atomic_save_nifti, atomic_write_text
 from gsmorph_tf.flows import compose_flows
 from gsmorph_tf.metrics import dice_per_structure, hd95_per_structure
 from gsmorph_tf.register import register_volumes
@@ -348,13 +348,7 @@ def _save_nifti(array, cine, description, path, zooms):
     image.header.set_slope_inter(None, None)
     image.header.set_zooms(zooms)
     image.header["descrip"] = description
-    temp = "%s.tmp-%d.nii.gz" % (path, os.getpid())
-    try:
-        nib.save(image, temp)
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.remove(temp)
+    atomic_save_nifti(image, path)
 
 
 def _volumes_csv(volumes):
