@@ -33,6 +33,11 @@ flags.DEFINE_list("magnitudes", ["2", "5", "8"], "brain_max_displacement levels 
 flags.DEFINE_integer("split_seed", 0, "Seed of the brain subjects and of the split, the same for every run.")
 flags.DEFINE_integer("epochs", 10, "Training epochs of every learned run (each --pairs_per_epoch steps at batch 1).",
                      lower_bound=1)
+flags.DEFINE_integer("early_stopping_patience", 0, "Stop each learned run once its validation Dice has not improved "
+                     "by more than --early_stopping_min_delta for this many epochs in a row (--epochs is then the "
+                     "most it trains). 0: every run trains --epochs.", lower_bound=0)
+flags.DEFINE_float("early_stopping_min_delta", 0.0, "Validation Dice points an epoch must gain over the run's best "
+                   "to count as an improvement.", lower_bound=0.0)
 flags.DEFINE_integer("batch_size", 1, "Pairs per step (ULAE's reference: 1).", lower_bound=1)
 flags.DEFINE_float("learning_rate", 1e-4, "Adam learning rate of every learned run (ULAE's reference).",
                    lower_bound=0.0)
@@ -89,6 +94,8 @@ def plan_from_flags():
                          ncc_windows=parse_numbers("ncc_windows", FLAGS.ncc_windows, int), ncc_gamma=FLAGS.ncc_gamma,
                          ncc=FLAGS.ncc, warp_padding=FLAGS.warp_padding, ulae_moved=FLAGS.ulae_moved, ulae_init=FLAGS.ulae_init,
                          learning_rate=FLAGS.learning_rate, batch_size=FLAGS.batch_size, epochs=FLAGS.epochs,
+                         early_stopping_patience=FLAGS.early_stopping_patience,
+                         early_stopping_min_delta=FLAGS.early_stopping_min_delta,
                          seed=seeds[0] if seeds else 0, split_seed=FLAGS.split_seed, metric_protocol="volume",
                          conflict_diagnostics=False, dataset_options=options)
     return deformation_study.StudyPlan(

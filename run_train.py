@@ -81,6 +81,13 @@ flags.DEFINE_enum("crop_center", _DEFAULTS.crop_center, CROP_CENTERS,
 flags.DEFINE_boolean("conflict_diagnostics", _DEFAULTS.conflict_diagnostics,
                      "With --surgery=none, also compute the two gradients separately to log their conflict "
                      "(one extra backward pass); other modes always log it.")
+flags.DEFINE_integer("early_stopping_patience", _DEFAULTS.early_stopping_patience,
+                     "Stop once validation Dice has not improved by more than --early_stopping_min_delta for this many "
+                     "epochs in a row (--epochs is then the most it trains; needs a validation split). 0: train every "
+                     "epoch.", lower_bound=0)
+flags.DEFINE_float("early_stopping_min_delta", _DEFAULTS.early_stopping_min_delta,
+                   "Validation Dice points an epoch must gain over the best so far to count as an improvement.",
+                   lower_bound=0.0)
 flags.DEFINE_integer("log_every_n_steps", _DEFAULTS.log_every_n_steps,
                      "Write per-step TensorBoard summaries every N steps.", lower_bound=1)
 flags.DEFINE_list("profile_batch", None, "Training steps TensorBoard's profiler traces: 'first,last' (1-based, e.g. "

@@ -64,11 +64,12 @@ ULAE_INITS = ("keras", "pytorch")
 #: model refuses a value other than the default.
 MODEL_SETTINGS = ("unet_width", "warp_padding", "ulae_moved", "ulae_init")
 
-#: Settings that may change between an interrupted run and its resumption: more epochs, another place, what to
-#: profile, another number of logical CPU devices (as the number of GPUs may change). Not ``strategy``,
+#: Settings that may change between an interrupted run and its resumption: more epochs (or another stopping rule),
+#: another place, what to profile, another number of logical CPU devices (as the number of GPUs may change). Not ``strategy``,
 #: ``sync_batchnorm`` or ``mixed_precision``: they change what a step computes (which examples BatchNorm's
 #: statistics see, float16), so a run resumes under the settings it started with.
-RESUMABLE_CHANGES = ("epochs", "output_dir", "profile_batch", "cpu_replicas")
+RESUMABLE_CHANGES = ("epochs", "output_dir", "profile_batch", "cpu_replicas", "early_stopping_patience",
+                     "early_stopping_min_delta")
 
 __all__ = ["CROP_CENTERS", "ConfigError", "GROUPINGS", "METRIC_PROTOCOLS", "METRIC_SETS", "MODEL_SETTINGS",
            "NCC_FORMULAS", "REG_PENALTIES", "RESUMABLE_CHANGES", "STRATEGIES", "SURGERY_MODES", "TrainConfig",
@@ -116,6 +117,10 @@ class TrainConfig:
     Similarity: ``ncc_window`` (``ncc``) and ``ncc_windows`` weighted 1, ``ncc_gamma``, ``ncc_gamma^2``, ...
     (``multi_ncc``) are window sides in voxels; ``ncc`` is the local NCC formula of both (:data:`NCC_FORMULAS`).
 
+    ``early_stopping_patience``: with ``N`` > 0, training stops once validation Dice (``val_dice``, %) has not
+    improved on its best by more than ``early_stopping_min_delta`` points for ``N`` epochs in a row
+    (:class:`gsmorph_tf.training.ValidationPlateau`); ``epochs`` is then the most it trains. 0 trains every epoch.
+
     ``profile_batch``: ``(first, last)`` training steps (1-based, counted from the start of this process's
     ``fit``) that TensorBoard's profiler traces; ``()`` traces none.
 
@@ -151,6 +156,8 @@ class TrainConfig:
     learning_rate: float = 5e-3
     batch_size: int = 32
     epochs: int = 500
+    early_stopping_patience: int = 0
+    early_stopping_min_delta: float = 0.0
     seed: int = 0
     split_seed: int | None = None
     drop_last: bool = True
@@ -230,6 +237,12 @@ class TrainConfig:
                 raise ConfigError("model=%s does not take %s: %s must be %r, got %r; models that take it: %s"
                                   % (self.model, name, name, default, getattr(self, name),
                                      ", ".join(m.name for m in MODELS if name in m.settings)))
+        if not (isinstance(self.early_stopping_patience, int) and self.early_stopping_patience >= 0):
+            raise ConfigError("early_stopping_patience must be an integer >= 0 (epochs; 0: off), got %r"
+                              % (self.early_stopping_patience,))
+        if not (math.isfinite(self.early_stopping_min_delta) and self.early_stopping_min_delta >= 0):
+            raise ConfigError("early_stopping_min_delta must be >= 0 (Dice points), got %r"
+                              % self.early_stopping_min_delta)
         if self.int_steps < 0:
             raise ConfigError("int_steps must be >= 0, got %r" % self.int_steps)
         if self.crop_size <= 0 or self.crop_size % 16:

@@ -20,10 +20,12 @@ structure, HD95, NJD, SDlogJ, inference ms per pair). Models are named by their 
 - **ULAE's Fig. 3**: one test pair after each of ULAE-net's three steps (its ``step1_moved``, ``step2_moved``,
   ``step3_moved`` outputs) and warped by the composed field (``moved``), beside moving and fixed.
 
-Stopping rule: every learned run trains the same fixed number of steps (``epochs`` x ``pairs_per_epoch``) and is
-scored with its last weights (no early stopping, no best-epoch pick: the reference's inference loads the last);
-the validation curves, and each method's validation-Dice gain over the last quarter of its epochs, say whether a
-method still improved.
+Stopping rule: every learned run trains at most ``epochs`` epochs of ``pairs_per_epoch`` steps; with
+``early_stopping_patience`` (the CPU flagfile's) it stops earlier, once its validation Dice has not improved for that
+many epochs (:class:`gsmorph_tf.training.ValidationPlateau`), so each run trains until its own plateau. It is
+scored with its last weights (no best-epoch pick: the reference's inference loads the last). The validation curves,
+each method's validation-Dice gain over the last quarter of its epochs and its steps (min-max over seeds) say
+where each method stopped and whether it still improved.
 
 Everything goes to ``output_dir``: one folder per level (``disp<level>/``), in it one per row (``<slug>/``, learned
 rows one more per seed, ``seed<k>/``), each an ordinary training run (resumed after an interruption) with the
@@ -231,7 +233,7 @@ def run_record(method, seed, level, config, splits, folder, log=print, networks=
                 "test_subjects": scored["subjects"], "ms_per_pair": scored["ms_per_pair"],
                 "parameters": scored["parameters"], "validation_curve": curve,
                 "validation_dice": curve[-1] if curve else float("nan"),
-                "steps": seed_studies.epoch_steps(config, splits) * config.epochs if learned else 0,
+                "steps": seed_studies.epoch_steps(config, splits) * len(curve) if learned else 0,
                 "metric_protocol": config.metric_protocol}
     return seed_studies.read_or_make(os.path.join(folder, "study_run.json"), make)
 
@@ -319,7 +321,8 @@ def structures(records):
 def summarize_method(records):
     """One row of the table from a method's records (one per seed; Initial and SyN one): ``(mean, std)`` over
     seeds of each test metric, of the per-run median inference ms per pair, of the final validation Dice and of
-    its :func:`late_gain`; and ``seeds``, ``steps``, ``parameters``."""
+    its :func:`late_gain`; and ``seeds``, ``steps`` (``(min, max)`` over seeds: early stopping ends each run on its
+    own plateau), ``parameters``."""
     row = {key: seed_studies.over_seeds(records, key)
            for key in ["dice_%s" % s for s in structures(records)] + [key for key, _ in TABLE_KEYS]}
 
@@ -329,7 +332,8 @@ def summarize_method(records):
     row["ms_per_pair"] = spread([float(np.median(r["ms_per_pair"])) for r in records if r["ms_per_pair"]])
     row["validation_dice"] = spread([r["validation_dice"] for r in records])
     row["late_gain"] = spread([late_gain(r["validation_curve"]) for r in records])
-    row.update(seeds=len(records), steps=records[0]["steps"], parameters=records[0]["parameters"])
+    steps = [r["steps"] for r in records]
+    row.update(seeds=len(records), steps=(min(steps), max(steps)), parameters=records[0]["parameters"])
     return row
 
 
@@ -398,6 +402,11 @@ def _test_line(entry):
                                                   _p(welch["p_value"])))
 
 
+def _steps_cell(steps):
+    low, high = steps
+    return "-" if not high else str(low) if low == high else "%d-%d" % (low, high)
+
+
 def study_table(summary, test_pairs):
     """Markdown: the main level's table (mean +- std over seeds), the chosen lambda, the tests, and Dice against
     deformation magnitude."""
@@ -411,7 +420,7 @@ def study_table(summary, test_pairs):
     for name, row in rows.items():
         cells = [_cell(row["dice_%s" % s]) for s in names] + [_cell(row[key]) for key, _ in TABLE_KEYS]
         cells += [_cell(row["ms_per_pair"]), _cell(row["validation_dice"]), _cell(row["late_gain"]),
-                  str(row["seeds"]), str(row["steps"]) if row["steps"] else "-"]
+                  str(row["seeds"]), _steps_cell(row["steps"])]
         lines.append("| %s | %s |" % (name, " | ".join(cells)))
     if summary["chosen_lambda"] is not None:
         lines += ["", "VoxelMorph's lambda chosen on the validation split (best mean validation Dice over seeds): %g "

@@ -16,6 +16,9 @@ after exporting, finds the reservation: if the version folder exists the export 
 if not (killed before the rename), the same version is written. A new version is exported only when the
 trained state changed: a resumed run with a larger ``epochs``.
 
+**Curves.** :func:`epoch_curve` reads one per-epoch scalar of a run (validation Dice, a training loss) back
+from its TensorBoard events: what the studies plot, and what a resumed run's early stopping starts from.
+
 No TensorFlow import: the lock is taken before any long work.
 """
 import contextlib
@@ -159,3 +162,19 @@ def export_once(output_dir, base_dir, epochs, export):
     for stale in glob.glob(os.path.join(base_dir, ".tmp-%d-*" % version)):
         shutil.rmtree(stale, ignore_errors=True)
     return export(version)
+
+
+def epoch_curve(run_dir, split="validation", tag="epoch_dice"):
+    """One value per epoch of a run's TensorBoard events (``<run_dir>/tensorboard/<split>``, scalar ``tag``),
+    as a list in epoch order: e.g. validation Dice (%), or ``split="train", tag="epoch_sim_loss"``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util.tensor_util import make_ndarray
+
+    folder = os.path.join(run_dir, "tensorboard", split)
+    if not os.path.isdir(folder):
+        return []
+    events = EventAccumulator(folder, size_guidance={"tensors": 0}).Reload()
+    if tag not in events.Tags()["tensors"]:
+        return []
+    by_step = {event.step: float(make_ndarray(event.tensor_proto)) for event in events.Tensors(tag)}
+    return [by_step[step] for step in sorted(by_step)]

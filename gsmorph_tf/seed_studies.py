@@ -16,6 +16,7 @@ import os
 import numpy as np
 
 from gsmorph_tf.fileio import atomic_save_figure
+from gsmorph_tf.rundir import epoch_curve  # noqa: F401  (the studies read their curves through this module)
 
 
 def read_or_make(record_path, make):
@@ -28,22 +29,6 @@ def read_or_make(record_path, make):
         evaluation.write_json(record_path, make())
     with open(record_path, encoding="utf-8") as f:
         return json.load(f)
-
-
-def epoch_curve(run_dir, split="validation", tag="epoch_dice"):
-    """One value per epoch of a run's TensorBoard events (``<run_dir>/tensorboard/<split>``, scalar ``tag``),
-    as a list in epoch order: e.g. validation Dice (%), or ``split="train", tag="epoch_sim_loss"``."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from tensorboard.util.tensor_util import make_ndarray
-
-    folder = os.path.join(run_dir, "tensorboard", split)
-    if not os.path.isdir(folder):
-        return []
-    events = EventAccumulator(folder, size_guidance={"tensors": 0}).Reload()
-    if tag not in events.Tags()["tensors"]:
-        return []
-    by_step = {event.step: float(make_ndarray(event.tensor_proto)) for event in events.Tensors(tag)}
-    return [by_step[step] for step in sorted(by_step)]
 
 
 def epoch_steps(config, splits):

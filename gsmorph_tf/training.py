@@ -30,6 +30,7 @@ import json
 import os
 import sys
 
+import numpy as np
 import tensorflow as tf
 
 from gsmorph_tf import distribute, evaluation, monitoring, rundir
@@ -140,6 +141,38 @@ class ValidationMetrics(tf.keras.callbacks.Callback):
             logs["val_%s" % key] = summary[key]["mean"]
 
 
+def plateau_state(curve, min_delta=0.0):
+    """Where a validation-Dice ``curve`` (one value per epoch, %) leaves the early-stopping rule: ``(best, wait)``,
+    the best value so far and the epochs since it, as :class:`ValidationPlateau` counts them (an epoch improves
+    when it exceeds the best so far by more than ``min_delta`` points; the first epoch always does; NaN never).
+    ``(-inf, 0)`` for an empty curve."""
+    best, wait = -np.inf, 0
+    for value in curve:
+        wait += 1
+        if value - min_delta > best:
+            best, wait = value, 0
+    return best, wait
+
+
+class ValidationPlateau(tf.keras.callbacks.EarlyStopping):
+    """Keras ``EarlyStopping`` on validation Dice (``val_dice``, %, added to the logs by
+    :class:`ValidationMetrics`, which must run before it): training stops once ``patience`` epochs in a row have
+    not improved on the best by more than ``min_delta`` points. The last weights are kept (not the best epoch's):
+    a run's scored network is the one it ended with.
+
+    A resumed run continues the count where it stood: ``previous`` is the validation Dice of the epochs already
+    completed (:func:`plateau_state`), which ``BackupAndRestore`` does not save."""
+
+    def __init__(self, patience, min_delta=0.0, previous=()):
+        super().__init__(monitor="val_dice", mode="max", patience=patience, min_delta=min_delta, verbose=1)
+        self.previous = list(previous)
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.previous:
+            self.best, self.wait = plateau_state(self.previous, self.min_delta)
+
+
 def drop_remainder(config, pairs, replicas=1):
     """Whether the training pipeline drops each epoch's last partial batch: ``config.drop_last``, or when
     that batch (``pairs % batch_size`` examples) is smaller than the number of ``replicas``, so that one
@@ -164,8 +197,21 @@ def completed_epochs(output_dir):
     return int(tf.train.load_checkpoint(latest).get_tensor("ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE")) + 1
 
 
+def stopped_early(config, output_dir):
+    """Whether the run in ``output_dir`` has already stopped on its validation plateau
+    (``config.early_stopping_patience`` > 0): its completed epochs' validation Dice, read back from its
+    TensorBoard events, have waited ``patience`` epochs without improving. Such a run is not trained further when
+    it is resumed (unless the stopping settings change)."""
+    patience = config.early_stopping_patience
+    if not patience:
+        return False
+    curve = rundir.epoch_curve(output_dir)[:completed_epochs(output_dir)]
+    return plateau_state(curve, config.early_stopping_min_delta)[1] >= patience
+
+
 def fit(model, splits, config, output_dir, verbose=None, write_dir=None):
-    """Train ``model`` for ``config.epochs`` epochs, resuming from ``output_dir/checkpoints`` if present.
+    """Train ``model`` for ``config.epochs`` epochs, resuming from ``output_dir/checkpoints`` if present, or
+    fewer with ``config.early_stopping_patience`` (:class:`ValidationPlateau`).
 
     The model's strategy (``model.distribute_strategy``, the one it was built under) splits each batch of
     ``config.batch_size`` over its replicas; under a multi-worker strategy the datasets are sharded by
@@ -177,7 +223,7 @@ def fit(model, splits, config, output_dir, verbose=None, write_dir=None):
             (:func:`gsmorph_tf.distribute.chief_write_dir`).
 
     Returns:
-        The Keras ``History`` (only the epochs run now).
+        The Keras ``History`` (only the epochs run now; empty when the run had already stopped on its plateau).
     """
     replicas = model.distribute_strategy.num_replicas_in_sync
     train = batches(splits["train"], config.batch_size, shuffle=True, seed=config.seed,
@@ -199,6 +245,12 @@ def fit(model, splits, config, output_dir, verbose=None, write_dir=None):
                                        profile_batch=config.profile_batch or 0),
         tf.keras.callbacks.BackupAndRestore(checkpoint_dir(output_dir), delete_checkpoint=False),
     ]
+    if config.early_stopping_patience:
+        if stopped_early(config, output_dir):  # finished earlier on its plateau: nothing left to train
+            return tf.keras.callbacks.History()
+        done = completed_epochs(output_dir)
+        callbacks.insert(1, ValidationPlateau(config.early_stopping_patience, config.early_stopping_min_delta,
+                                              previous=rundir.epoch_curve(output_dir)[:done]))
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2  # a progress bar on a terminal, a line per epoch in logs
     tf.keras.utils.set_random_seed(config.seed)
@@ -243,6 +295,10 @@ def check_batches(config, splits, replicas=1):
     if pairs < replicas:
         raise ConfigError("the %d training pairs cannot give each of the %d replicas of strategy=%s an example"
                           % (pairs, replicas, config.strategy))
+    if config.early_stopping_patience and not len(splits["val"]):
+        raise ConfigError("early_stopping_patience=%d stops on validation Dice, but the validation split is empty: "
+                          "set early_stopping_patience=0 or give the dataset validation subjects"
+                          % config.early_stopping_patience)
 
 
 def prepare_output_dir(config, write_dir=None):
@@ -327,6 +383,10 @@ def _train_and_evaluate(config, strategy, splits, write_dir, verbose, log, expor
         log("Resuming %s: %d of %d epochs completed%s" % (
             config.output_dir, done, config.epochs, ", training epochs %d-%d" % (done + 1, config.epochs)
             if done < config.epochs else ", nothing left to train"))
+    if done and stopped_early(config, config.output_dir):
+        log("%s stopped after epoch %d on its validation plateau (%d epochs without a gain above %g Dice points): "
+            "nothing left to train" % (config.output_dir, done, config.early_stopping_patience,
+                                       config.early_stopping_min_delta))
     history = fit(model, splits, config, config.output_dir, verbose=verbose, write_dir=write_dir)
 
     network, chosen = model_entry.finalize(config, network, splits, log=log)

@@ -90,7 +90,7 @@ def test_statistics_by_hand(tmp_path):
     assert np.isnan(ulae["sdlogj"][0])                 # undefined in every run: shown as "-"
     assert ulae["ms_per_pair"] == (30.0, 10.0)         # medians 20 and 40
     assert ulae["late_gain"] == (2.5, 1.5)             # last quarter of 4 epochs: 66 - 65 and 64 - 60
-    assert ulae["validation_dice"] == (65.0, 1.0) and ulae["seeds"] == 2 and ulae["steps"] == 40
+    assert ulae["validation_dice"] == (65.0, 1.0) and ulae["seeds"] == 2 and ulae["steps"] == (40, 40)
     assert np.isnan(summary["rows"]["Initial"]["ms_per_pair"][0])
     tests = {(c["a"], c["b"]): c for c in summary["comparisons"]}
     assert set(tests) == {("ULAE-net", "VoxelMorph (lam=1)"), ("ULAE-net", "VoxelMorph x2 (lam=1)")}
@@ -251,8 +251,8 @@ def run_command(argv, fake, capsys):
 
 def test_the_whole_command_on_a_tiny_task_and_its_resume(tmp_path, capsys):
     argv = ["--data_dir=%s" % (tmp_path / "data"), "--output_dir=%s" % (tmp_path / "study"), "--epochs=3",
-            "--seeds=0,1", "--lambdas=0.5,1", "--magnitudes=1,2",
-            "--methods=Initial,SyN,VoxelMorph,VoxelMorph x2,ULAE-net"] + TINY_FLAGS
+            "--seeds=0,1", "--lambdas=0.5,1", "--magnitudes=1,2", "--early_stopping_patience=4",
+            "--early_stopping_min_delta=0.1", "--methods=Initial,SyN,VoxelMorph,VoxelMorph x2,ULAE-net"] + TINY_FLAGS
     calls = []
     status, out = run_command(argv, fake_learned(calls), capsys)
     assert status == 0, out.err
@@ -267,6 +267,7 @@ def test_the_whole_command_on_a_tiny_task_and_its_resume(tmp_path, capsys):
         assert (config.learning_rate, config.epochs, config.batch_size, config.split_seed) == (1e-4, 3, 1, 0)
         assert (config.similarity, config.reg_penalty, config.warp_padding) == ("multi_ncc", "l2", "zeros")
         assert config.option("pairs_per_epoch") == 2 and config.conflict_diagnostics is False
+        assert (config.early_stopping_patience, config.early_stopping_min_delta) == (4, 0.1)
     by_model = {(c.model, c.unet_width, c.lam, c.option("brain_max_displacement")): c for c in calls}
     x2 = by_model[("gsmorph", 2, 1.0, 1.0)]   # VoxelMorph x2 at the chosen lambda, on level 1's data
     assert (x2.surgery, x2.ulae_moved, x2.ulae_init) == ("none", "composed", "keras")
@@ -440,3 +441,9 @@ def test_the_ulae_reference_comparison_refuses_another_objective(tmp_path):
     missing = subprocess.run(command[:2] + ["--study_dir=%s" % tmp_path] + command[3:], capture_output=True, text=True,
                              timeout=300)
     assert missing.returncode == 2 and "no study_config.json; run run_deformation_study.py" in missing.stderr
+
+
+def test_the_steps_column_shows_the_spread_of_runs_that_stopped_on_their_plateaus():
+    assert deformation_study._steps_cell((400, 400)) == "400"
+    assert deformation_study._steps_cell((320, 560)) == "320-560"
+    assert deformation_study._steps_cell((0, 0)) == "-"     # Initial, SyN

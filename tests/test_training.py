@@ -220,3 +220,69 @@ def test_crop_center_is_validated_and_motion_crops_the_phantom_from_its_cine(tmp
     assert all(labelled[s.subject].crop_coverage == 1.0 for s in subjects)  # the labels' own centre
     # the motion crops are not the label crops: another centre, the same anatomy around it
     assert any(not np.array_equal(s.fixed_labels, labelled[s.subject].fixed_labels) for s in subjects)
+
+
+@pytest.mark.parametrize("curve, min_delta, expected", [
+    ([], 0.0, (-np.inf, 0)),
+    ([50.0], 0.0, (50.0, 0)),
+    ([50.0, 52.0, 51.0, 51.5], 0.0, (52.0, 2)),
+    ([50.0, 50.4, 50.2, 50.45], 0.5, (50.0, 3)),     # each gain below min_delta: the best stays the first
+    ([50.0, 50.4, 51.0, 49.0], 0.5, (51.0, 1)),
+    ([50.0, float("nan"), 49.0], 0.0, (50.0, 2)),   # NaN never improves
+])
+def test_plateau_state_counts_epochs_since_the_best(curve, min_delta, expected):
+    from gsmorph_tf.training import plateau_state
+
+    assert plateau_state(curve, min_delta) == expected
+
+
+def test_validation_plateau_stops_as_plateau_state_counts_and_resumes_its_count():
+    from gsmorph_tf.training import ValidationPlateau, plateau_state
+
+    curve = [40.0, 45.0, 44.0, 46.0, 45.9, 45.5, 45.8, 47.0]
+    model = tf.keras.Sequential([tf.keras.layers.Dense(1)])
+
+    def stop_epoch(callback, values, first_epoch=0):
+        callback.set_model(model)
+        model.stop_training = False
+        callback.on_train_begin()
+        for epoch, value in enumerate(values, start=first_epoch):
+            callback.on_epoch_end(epoch, {"val_dice": value})
+            if model.stop_training:
+                return epoch
+        return None
+
+    # patience 3: epochs 4, 5, 6 (0-based) do not beat 46.0, so it stops after epoch 6
+    assert stop_epoch(ValidationPlateau(3), curve) == 6
+    assert plateau_state(curve[:7], 0.0)[1] == 3
+    # the same run interrupted after epoch 4 and resumed: the count continues from the first part of the curve
+    assert stop_epoch(ValidationPlateau(3, previous=curve[:5]), curve[5:], first_epoch=5) == 6
+    # a min_delta of 1 point: 46.0 does not count against 45.0, so the wait starts at epoch 1
+    assert stop_epoch(ValidationPlateau(3, min_delta=1.0), curve) == 4
+
+
+def test_early_stopping_ends_a_run_on_its_plateau_and_a_rerun_trains_no_further(tmp_path):
+    """min_delta of 100 Dice points: no epoch after the first improves, so patience 1 stops after epoch 2 of 5;
+    the same command again finds the run stopped and trains nothing."""
+    from gsmorph_tf.rundir import epoch_curve
+    from gsmorph_tf.training import completed_epochs
+
+    config = tiny_config(tmp_path, epochs=5, early_stopping_patience=1, early_stopping_min_delta=100.0,
+                         surgery="none", conflict_diagnostics=False)
+    first = quiet(config)
+    assert len(first["history"]["sim_loss"]) == 2
+    assert completed_epochs(config.output_dir) == 2 and len(epoch_curve(config.output_dir)) == 2
+    lines = []
+    second = train_and_evaluate(config, verbose=0, log=lines.append)
+    assert second["history"] == {} and completed_epochs(config.output_dir) == 2
+    assert any("stopped after epoch 2 on its validation plateau" in line for line in lines), lines
+    # a looser rule may be given to the same run: it trains on from epoch 3
+    looser = dataclasses.replace(config, early_stopping_patience=3)
+    assert len(quiet(looser)["history"]["sim_loss"]) >= 1
+
+
+def test_early_stopping_settings_are_checked(tmp_path):
+    with pytest.raises(ConfigError, match="early_stopping_patience must be an integer >= 0"):
+        tiny_config(tmp_path, early_stopping_patience=-1).validate()
+    with pytest.raises(ConfigError, match="early_stopping_min_delta must be >= 0"):
+        tiny_config(tmp_path, early_stopping_min_delta=float("nan")).validate()
