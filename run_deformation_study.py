@@ -28,18 +28,20 @@ flags.DEFINE_list("methods", None, "Subset of the rows by name (default: all): I
 flags.DEFINE_list("lambdas", ["0.3", "1", "3"], "VoxelMorph's smoothness weights (l2); the one with the best mean "
                   "validation Dice also trains VoxelMorph x2.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds (initialisation, pair order) of every learned method.")
-flags.DEFINE_list("magnitudes", ["2", "5", "8"], "brain_max_displacement levels (voxels) at which ULAE-net and "
+flags.DEFINE_list("magnitudes", ["2", "5", "7"], "brain_max_displacement levels (voxels) at which ULAE-net and "
                   "VoxelMorph x2 are compared, each its own dataset; empty: no magnitude study.")
 flags.DEFINE_integer("split_seed", 0, "Seed of the brain subjects and of the split, the same for every run.")
-flags.DEFINE_integer("epochs", 10, "Training epochs of every learned run (each --pairs_per_epoch steps at batch 1).",
+flags.DEFINE_integer("epochs", 60, "Most training epochs of every learned run (each --pairs_per_epoch steps at batch "
+                     "1); with --early_stopping_patience a run stops earlier, on its plateau.",
                      lower_bound=1)
-flags.DEFINE_integer("early_stopping_patience", 0, "Stop each learned run once its validation Dice has not improved "
+flags.DEFINE_integer("early_stopping_patience", 8, "Stop each learned run once its validation Dice has not improved "
                      "by more than --early_stopping_min_delta for this many epochs in a row (--epochs is then the "
                      "most it trains). 0: every run trains --epochs.", lower_bound=0)
-flags.DEFINE_float("early_stopping_min_delta", 0.0, "Validation Dice points an epoch must gain over the run's best "
+flags.DEFINE_float("early_stopping_min_delta", 0.25, "Validation Dice points an epoch must gain over the run's best "
                    "to count as an improvement.", lower_bound=0.0)
 flags.DEFINE_integer("batch_size", 1, "Pairs per step (ULAE's reference: 1).", lower_bound=1)
-flags.DEFINE_float("learning_rate", 1e-4, "Adam learning rate of every learned run (ULAE's reference).",
+flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate of every learned run (the ULAE reference's is 1e-4, "
+                   "which the GPU flagfile keeps; on CPU 1e-3 lets runs reach their plateau).",
                    lower_bound=0.0)
 flags.DEFINE_float("lam", 1.0, "ULAE-net's smoothness weight (its reference objective: 1).", lower_bound=0.0)
 flags.DEFINE_list("ncc_windows", ["11", "9", "7"], "Multi-window NCC window sides, largest first (every method).")
@@ -50,10 +52,10 @@ flags.DEFINE_enum("warp_padding", "zeros", WARP_PADDINGS, "What every learned me
                   "(zeros: the reference's grid_sample).")
 flags.DEFINE_enum("ulae_moved", "warp3", ULAE_MOVED, "The image ULAE-net's similarity scores (warp3: the reference's).")
 flags.DEFINE_enum("ulae_init", "pytorch", ULAE_INITS, "ULAE-net's initialisation (pytorch: the reference's).")
-#: The CPU-sized brain task (flags/deformation_study.flags says why): 30 subjects at 48x64x48 (3.6 mm voxels), the
+#: The CPU-sized brain task (flags/deformation_study.flags says why): 30 subjects at 32x48x32 (4.5 mm voxels), the
 #: main level 5 voxels; 3 validation subjects (2 pairs), 11 held out for test (10 pairs), 16 training subjects (240
 #: ordered pairs, 40 drawn per epoch).
-BRAIN_DEFAULTS = {"brain_subjects": 30, "brain_shape": (48, 64, 48), "brain_max_displacement": 5.0,
+BRAIN_DEFAULTS = {"brain_subjects": 30, "brain_shape": (32, 48, 32), "brain_max_displacement": 5.0,
                   "pairs_per_epoch": 40, "test_fraction": 0.4}
 for _name in define_dataset_options(only=("brain",), defaults=BRAIN_DEFAULTS):
     flags.declare_key_flag(_name)

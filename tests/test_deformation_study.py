@@ -196,18 +196,21 @@ def test_the_cpu_flagfile_is_the_commands_defaults(tmp_path):
             "    r.FLAGS.unparse_flags(); r.FLAGS(['x'] + argv); plans.append(r.plan_from_flags())\n"
             "print(json.dumps([plans[0] == plans[1], plans[0].run_count(), list(plans[0].levels), "
             "plans[0].config.dataset_options, plans[2].config.dataset_options, list(plans[2].magnitudes), "
-            "plans[0].config.ncc]))")
+            "plans[0].config.ncc, [p.config.learning_rate for p in plans], [p.config.early_stopping_patience for p in plans], "
+            "plans[0].config.epochs]))")
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, PYTHONPATH=ROOT))
     assert done.returncode == 0, done.stderr[-2000:]
-    same, runs, levels, cpu, gpu, magnitudes, ncc = json.loads(done.stdout)
-    assert same and levels == [5.0, 2.0, 8.0] and ncc == "reference"   # the ULAE code's NCC formula
+    same, runs, levels, cpu, gpu, magnitudes, ncc, rates, patience, epochs = json.loads(done.stdout)
+    assert same and levels == [5.0, 2.0, 7.0] and ncc == "reference"   # the ULAE code's NCC formula
+    # on CPU every run stops on its plateau within 60 epochs at lr 1e-3; the GPU study keeps the reference's 1e-4
+    assert rates == [1e-3, 1e-3, 1e-4] and patience == [8, 8, 3] and epochs == 60
     # main level: Initial, SyN, 3 lambdas x 3 seeds, x2, ULAE-net, ULAE + GS, GSMorph-3D x 3 seeds; two more levels:
     # Initial and (x2, ULAE-net) x 3 seeds
     assert runs == 2 + 9 + 4 * 3 + 2 * (1 + 2 * 3) == 37
-    assert cpu == {"brain_subjects": 30, "brain_shape": [48, 64, 48], "brain_max_displacement": 5.0,
+    assert cpu == {"brain_subjects": 30, "brain_shape": [32, 48, 32], "brain_max_displacement": 5.0,
                    "pairs_per_epoch": 40, "test_fraction": 0.4}
-    assert gpu["brain_shape"] == [160, 192, 160] and magnitudes == [6.0, 15.0, 24.0]
+    assert gpu["brain_shape"] == [160, 192, 160] and magnitudes == [8.0, 20.0, 28.0]
 
 
 # --- the whole command, learned runs stood in for ------------------------------------------------------------------
@@ -264,7 +267,7 @@ def test_the_whole_command_on_a_tiny_task_and_its_resume(tmp_path, capsys):
     # every learned run: the same data, steps, learning rate and objective; each row its own model settings
     assert len(calls) == 12
     for config in calls:
-        assert (config.learning_rate, config.epochs, config.batch_size, config.split_seed) == (1e-4, 3, 1, 0)
+        assert (config.learning_rate, config.epochs, config.batch_size, config.split_seed) == (1e-3, 3, 1, 0)
         assert (config.similarity, config.reg_penalty, config.warp_padding) == ("multi_ncc", "l2", "zeros")
         assert config.option("pairs_per_epoch") == 2 and config.conflict_diagnostics is False
         assert (config.early_stopping_patience, config.early_stopping_min_delta) == (4, 0.1)
@@ -328,11 +331,12 @@ def test_the_whole_command_on_a_tiny_task_and_its_resume(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def real_ulae_study(tmp_path_factory):
-    """The command on the tiny task with ULAE-net trained for real (1 step, seed 3): ``(folder, its output)``."""
+    """The command on the tiny task with ULAE-net trained for real (1 step at the reference's lr 1e-4, seed 3):
+    ``(folder, its output)``."""
     tmp_path = tmp_path_factory.mktemp("real_ulae")
     command = [sys.executable, os.path.join(ROOT, "run_deformation_study.py"), "--data_dir=%s" % (tmp_path / "data"),
                "--output_dir=%s" % (tmp_path / "study"), "--methods=Initial,ULAE-net", "--seeds=3", "--epochs=1",
-               "--magnitudes=", "--pairs_per_epoch=1"] + [f for f in TINY_FLAGS if "pairs_per_epoch" not in f]
+               "--magnitudes=", "--pairs_per_epoch=1", "--learning_rate=1e-4"] + [f for f in TINY_FLAGS if "pairs_per_epoch" not in f]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return tmp_path, done.stdout
