@@ -7,12 +7,18 @@ subject (the subject's slice pairs form the batch of every step; from the traine
 N of ``--steps``: Dice, HD95, NJD, MSE by the run's metric protocol, and seconds per slice pair (refinement +
 prediction; the training step is traced once per run beforehand, on one step, not counted).
 
-Resumable: every (method, seed, N, learning rate) is saved to ``--results`` as soon as it is done and skipped
-when run again.
+The refinement's learning rate is chosen on the validation split, not the test split: ``--split=validation
+--learning_rates=3e-5,1e-4,3e-4,1e-3 --steps=50`` scores each rate on the validation subjects and prints, per
+method, the rate with the best mean validation Dice over the seeds; then ``--split=test --learning_rates=<it>``
+measures the table.
+
+Resumable: every (split, method, seed, N, learning rate) is saved to ``--results`` as soon as it is done and
+skipped when run again.
 Runs seed by seed (all N and methods of a seed before the next), printing progress; at the end it prints the
 table (mean +- sd over the seeds done: the sd is over seeds) and the machine.
 
-Usage: ``python benchmarks/instance_optimisation.py [--seeds=3407,1,2] [--steps=0,10,50,100]``
+Usage: ``python benchmarks/instance_optimisation.py [--seeds=3407,1,2] [--steps=0,10,50,100] [--split=validation]
+[--learning_rates=1e-4]``
 """
 import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 
@@ -34,7 +40,10 @@ flags.DEFINE_list("methods", ["gsmorph", "voxelmorph"], "gsmorph (surgery layerw
 flags.DEFINE_float("lam", 0.01, "VoxelMorph's lambda (l1; 0.01 is the paper's VoxelMorph-m).")
 flags.DEFINE_list("seeds", ["3407", "1", "2"], "Training seeds (each its own subject split, as the demo's).")
 flags.DEFINE_list("steps", ["0", "10", "50", "100"], "Instance steps per test subject.")
-flags.DEFINE_float("learning_rate", 1e-4, "Adam's learning rate of the refinement (gsmorph_tf.instance's default).")
+flags.DEFINE_list("learning_rates", ["1e-4"], "Adam's learning rates of the refinement (gsmorph_tf.instance's "
+                  "default: 1e-4), each measured.")
+flags.DEFINE_enum("split", "test", ["test", "validation"], "The split scored: validation to choose the learning rate, "
+                  "test for the table.")
 flags.DEFINE_string("results", None, "Results JSON (default <runs_dir>/instance_results.json).")
 FLAGS = flags.FLAGS
 
@@ -69,26 +78,53 @@ def measure(refiner, subjects, steps, protocol):
     return out
 
 
-def key(method, seed, steps):
-    """The results key of (method, seed, steps) at ``--learning_rate``."""
-    return "%s/%d/%d/%g" % (method, seed, steps, FLAGS.learning_rate)
+def key(method, seed, steps, rate, split="test"):
+    """The results key of (method, seed, steps) at learning rate ``rate`` on ``split`` (test keys have no
+    prefix: the form of the results measured before validation keys existed)."""
+    return "%s%s/%d/%d/%g" % ("" if split == "test" else split + "/", method, seed, steps, rate)
 
 
-def table(results, methods, steps):
-    """Markdown: per method and N, at ``--learning_rate``, mean +- sd over the seeds measured."""
-    lines = ["| Method | N | seeds | %s | s per pair |" % " | ".join(h for _, h in METRICS),
-             "|---|---|---|%s---|" % ("---|" * len(METRICS))]
+def done_rows(results, method, steps, rate, split):
+    """The results of every seed measured for (method, steps, rate) on ``split``."""
+    return [r for k, r in results.items()
+            if r["method"] == method and k == key(method, r["seed"], steps, rate, split)]
+
+
+def method_name(method):
+    return METHODS[method][0] % FLAGS.lam if "%" in METHODS[method][0] else METHODS[method][0]
+
+
+def table(results, methods, steps, rates, split):
+    """Markdown: per method, learning rate and N on ``split``, mean +- sd over the seeds measured."""
+    lines = ["| Method | lr | N | seeds | %s | s per pair |" % " | ".join(h for _, h in METRICS),
+             "|---|---|---|---|%s---|" % ("---|" * len(METRICS))]
     for method in methods:
-        for n in steps:
-            done = [r for k, r in results.items() if k == key(method, r["seed"], n) and r["method"] == method]
-            if not done:
-                continue
-            cells = ["%.2f +- %.2f" % (np.mean([r[key] for r in done]), np.std([r[key] for r in done]))
-                     for key, _ in METRICS + (("seconds_per_pair", ""),)]
-            name = METHODS[method][0] % FLAGS.lam if "%" in METHODS[method][0] else METHODS[method][0]
-            lines.append("| %s | %d | %s | %s |" % (name, n, ",".join(str(r["seed"]) for r in done),
-                                                   " | ".join(cells)))
+        for rate in rates:
+            for n in steps:
+                done = done_rows(results, method, n, rate, split)
+                if not done:
+                    continue
+                cells = ["%.2f +- %.2f" % (np.mean([r[k] for r in done]), np.std([r[k] for r in done]))
+                         for k, _ in METRICS + (("seconds_per_pair", ""),)]
+                lines.append("| %s | %g | %d | %s | %s |" % (method_name(method), rate, n,
+                                                             ",".join(str(r["seed"]) for r in done), " | ".join(cells)))
     return "\n".join(lines)
+
+
+def best_rates(results, methods, steps, rates, split):
+    """Per method: the learning rate with the best mean Dice over seeds at the largest N, ``{method: (rate, Dice,
+    seeds)}`` (only rates measured on every seed that any rate was measured on)."""
+    best = {}
+    for method in methods:
+        n = max(steps)
+        scores = {rate: done_rows(results, method, n, rate, split) for rate in rates}
+        seeds = max((len(rows) for rows in scores.values()), default=0)
+        complete = {rate: float(np.mean([r["dice_mean"] for r in rows])) for rate, rows in scores.items()
+                    if rows and len(rows) == seeds}
+        if complete:
+            rate = max(complete, key=complete.get)
+            best[method] = (rate, complete[rate], seeds)
+    return best
 
 
 def main(argv):
@@ -105,6 +141,13 @@ def main(argv):
     seeds, steps = [int(s) for s in FLAGS.seeds], [int(n) for n in FLAGS.steps]
     if min(steps) < 0:
         raise app.UsageError("--steps must be >= 0, got %s" % ",".join(FLAGS.steps))
+    try:
+        rates = [float(r) for r in FLAGS.learning_rates]
+    except ValueError:
+        raise app.UsageError("--learning_rates takes numbers, got %s" % ",".join(FLAGS.learning_rates))
+    if not rates or min(rates) <= 0:
+        raise app.UsageError("--learning_rates must be > 0, got %s" % ",".join(FLAGS.learning_rates))
+    split = FLAGS.split
     path = FLAGS.results or os.path.join(FLAGS.runs_dir, "instance_results.json")
     results = {}
     if os.path.isfile(path):
@@ -113,28 +156,36 @@ def main(argv):
     print("Machine: %s" % machine_description(), flush=True)
     for seed in seeds:
         for method in FLAGS.methods:
-            todo = [n for n in steps if key(method, seed, n) not in results]
-            if not todo:
-                continue
-            run_dir = trained_run(method, seed)
-            config, network = load_run_for_inference(run_dir)
-            subjects = training.load_data(config, generate=False)["test"]
-            refiner = InstanceOptimizer(network, config, learning_rate=FLAGS.learning_rate)
-            start = time.perf_counter()
-            refiner.register(subjects[0].moving, subjects[0].fixed, 1)  # traces the training step once
-            print("%s seed %d: %d test subjects, %d slice pairs; step traced in %.1f s"
-                  % (method, seed, len(subjects), sum(len(s.moving) for s in subjects),
-                     time.perf_counter() - start), flush=True)
-            for n in todo:
-                row = dict(method=method, seed=seed, steps=n, run_dir=run_dir,
-                           learning_rate=refiner.learning_rate, protocol=config.metric_protocol,
-                           **measure(refiner, subjects, n, config.metric_protocol))
-                results[key(method, seed, n)] = row
-                atomic_write_text(path, json.dumps(results, indent=2) + "\n")
-                print("  N=%3d: Dice %.2f %%, HD95 %.2f mm, NJD %.3f %%, MSE %.3f x1e-2, %.2f s per pair"
-                      % (n, row["dice_mean"], row["hd95_mean"], row["njd"], row["mse_x100"],
-                         row["seconds_per_pair"]), flush=True)
-    print("\n%s\n\nMachine: %s; results in %s" % (table(results, FLAGS.methods, steps), machine_description(), path))
+            for rate in rates:
+                todo = [n for n in steps if key(method, seed, n, rate, split) not in results]
+                if not todo:
+                    continue
+                run_dir = trained_run(method, seed)
+                config, network = load_run_for_inference(run_dir)
+                subjects = training.load_data(config, generate=False)["val" if split == "validation" else "test"]
+                if not len(subjects):
+                    raise app.UsageError("%s has no %s subjects" % (run_dir, split))
+                refiner = InstanceOptimizer(network, config, learning_rate=rate)
+                start = time.perf_counter()
+                refiner.register(subjects[0].moving, subjects[0].fixed, 1)  # traces the training step once
+                print("%s seed %d, lr %g: %d %s subjects, %d slice pairs; step traced in %.1f s"
+                      % (method, seed, rate, len(subjects), split, sum(len(s.moving) for s in subjects),
+                         time.perf_counter() - start), flush=True)
+                for n in todo:
+                    row = dict(method=method, seed=seed, steps=n, run_dir=run_dir, split=split,
+                               learning_rate=refiner.learning_rate, protocol=config.metric_protocol,
+                               **measure(refiner, subjects, n, config.metric_protocol))
+                    results[key(method, seed, n, rate, split)] = row
+                    atomic_write_text(path, json.dumps(results, indent=2) + "\n")
+                    print("  N=%3d: Dice %.2f %%, HD95 %.2f mm, NJD %.3f %%, MSE %.3f x1e-2, %.2f s per pair"
+                          % (n, row["dice_mean"], row["hd95_mean"], row["njd"], row["mse_x100"],
+                             row["seconds_per_pair"]), flush=True)
+    print("\nOn the %s split:\n\n%s" % (split, table(results, FLAGS.methods, steps, rates, split)))
+    if len(rates) > 1:
+        for method, (rate, dice, count) in best_rates(results, FLAGS.methods, steps, rates, split).items():
+            print("%s: best learning rate on the %s split at N=%d: %g (mean Dice %.2f %% over %d seeds)"
+                  % (method_name(method), split, max(steps), rate, dice, count))
+    print("\nMachine: %s; results in %s" % (machine_description(), path))
 
 
 if __name__ == "__main__":

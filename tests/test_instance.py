@@ -204,3 +204,30 @@ def test_bad_instance_flags_are_refused(args, message):
     assert define_instance_flags(values) == ["instance_steps", "instance_learning_rate"]
     with pytest.raises(flags.IllegalFlagValueError, match=re.escape(message)):
         values(["run_register.py", *args])
+
+
+def test_the_benchmark_chooses_the_learning_rate_on_the_validation_split(run, tmp_path):
+    """benchmarks/instance_optimisation.py --split=validation on the shared run: every rate scored on the validation
+    subject, the best one named, everything saved under validation keys and read back by a second call."""
+    config = run["config"]
+    runs_dir = tmp_path / "runs"
+    (runs_dir / "gsmorph").mkdir(parents=True)
+    os.symlink(config.output_dir, runs_dir / "gsmorph" / "seed0")
+    results = tmp_path / "results.json"
+    command = [sys.executable, os.path.join(ROOT, "benchmarks", "instance_optimisation.py"), "--methods=gsmorph",
+               "--seeds=0", "--steps=0,2", "--split=validation", "--learning_rates=1e-4,1e-2",
+               "--runs_dir=%s" % runs_dir, "--results=%s" % results]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "gsmorph seed 0, lr 0.01: 1 validation subjects" in first.stdout
+    saved = json.loads(results.read_text())
+    assert sorted(saved) == ["validation/gsmorph/0/0/0.0001", "validation/gsmorph/0/0/0.01",
+                             "validation/gsmorph/0/2/0.0001", "validation/gsmorph/0/2/0.01"]
+    assert {row["split"] for row in saved.values()} == {"validation"}
+    # N = 0 is the plain prediction whatever the rate; the named rate is the one with the best Dice at N = 2
+    assert saved["validation/gsmorph/0/0/0.0001"]["dice_mean"] == saved["validation/gsmorph/0/0/0.01"]["dice_mean"]
+    best = max((1e-4, 1e-2), key=lambda rate: saved["validation/gsmorph/0/2/%g" % rate]["dice_mean"])
+    assert re.search(r"GSMorph: best learning rate on the validation split at N=2: %g \(mean Dice [0-9.]+ %% over 1 "
+                     r"seeds\)" % best, first.stdout), first.stdout
+    second = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert second.returncode == 0 and "traced" not in second.stdout and "On the validation split" in second.stdout
