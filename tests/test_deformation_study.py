@@ -451,3 +451,25 @@ def test_the_steps_column_shows_the_spread_of_runs_that_stopped_on_their_plateau
     assert deformation_study._steps_cell((400, 400)) == "400"
     assert deformation_study._steps_cell((320, 560)) == "320-560"
     assert deformation_study._steps_cell((0, 0)) == "-"     # Initial, SyN
+
+
+def test_instance_optimisation_of_the_studys_ulae_net_run(real_ulae_study, tmp_path):
+    """benchmarks/instance_optimisation.py --methods=ulae on the study's real ULAE-net run (3D, one volume pair a
+    step): N = 0 scores as the study scored the run, N = 2 refines every test pair; a study level without the run
+    is refused, naming the folder."""
+    study = real_ulae_study[0] / "study"
+    results = tmp_path / "results.json"
+    command = [sys.executable, os.path.join(ROOT, "benchmarks", "instance_optimisation.py"), "--methods=ulae",
+               "--seeds=3", "--steps=0,2", "--learning_rates=1e-3", "--runs_dir=%s" % (study / "disp2"),
+               "--results=%s" % results]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ulae seed 3, lr 0.001: 2 test subjects, 2 pairs" in done.stdout
+    saved = json.loads(results.read_text())
+    assert sorted(saved) == ["ulae/3/0/0.001", "ulae/3/2/0.001"]
+    record = json.loads((study / "disp2" / "ulae" / "seed3" / "study_run.json").read_text())
+    assert saved["ulae/3/0/0.001"]["dice_mean"] == pytest.approx(record["test"]["dice_mean"]["mean"], abs=1e-4)
+    assert saved["ulae/3/2/0.001"]["pairs"] == 2 and "| ULAE-net | 0.001 | 2 | 3 |" in done.stdout
+    elsewhere = ["--runs_dir=%s" % (study / "disp9"), "--results=%s" % (tmp_path / "other.json")]
+    missing = subprocess.run(command[:-2] + elsewhere, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert missing.returncode != 0 and "disp9/ulae/seed3 holds no finished run" in missing.stderr
