@@ -8,6 +8,7 @@ runs mkdocs (the project's ``.venv`` for ``make docs``), with the repository fir
 """
 import html
 import json
+import re
 import os
 import subprocess
 import sys
@@ -57,9 +58,7 @@ def code(value):
 
 
 def type_cell(flag):
-    kind = flag["type"]
-    if flag["choices"]:
-        kind += ": " + ", ".join(code(c) for c in flag["choices"])
+    kind = flag["type"]  # an enum's values are in its help text ("<a|b|c>: ...")
     bounds = []
     if flag["lower_bound"] is not None:
         bounds.append(">= %s" % flag["lower_bound"])
@@ -75,14 +74,17 @@ def page_name(entry):
 
 
 def first_paragraph(doc):
-    return " ".join(doc.split("\n\n")[0].split())
+    """The docstring's first paragraph as Markdown: reST literals and roles become code spans."""
+    text = " ".join(doc.split("\n\n")[0].split())
+    text = re.sub(r":\w+:`([^`]+)`", r"`\1`", text).replace("``", "`")
+    return text.replace("|", "\\|")
 
 
 def write_page(data):
     entry = data["entry_point"]
     lines = ["# `%s`" % entry, ""]
     if data["doc"]:
-        lines += [cell(first_paragraph(data["doc"])).replace("\\`", "`"), ""]
+        lines += [first_paragraph(data["doc"]), ""]
     lines += ["Generated from the flag definitions (`python %s --helpfull` prints the same). Every entry point "
               "also takes absl's own flags (`--flagfile`, `--helpfull`, `--verbosity`, ...); a flagfile named "
               "without a folder is also looked up in the project's `flags/`." % entry, ""]
@@ -114,7 +116,7 @@ index = ["# Flag reference", "",
          "built (each script is imported in its own process and its flags read back), so it cannot drift from "
          "the code. `python <script> --help` prints the same at the command line.", "",
          "## Entry points", ""]
-index += ["- [`%s`](%s): %s" % (d["entry_point"], page_name(d["entry_point"]), cell(first_paragraph(d["doc"])))
+index += ["- [`%s`](%s): %s" % (d["entry_point"], page_name(d["entry_point"]), first_paragraph(d["doc"]))
           for d in runs]
 index += ["", "## Benchmark scripts", ""]
 index += ["- [`%s`](%s)" % (d["entry_point"], page_name(d["entry_point"])) for d in benchmarks]
