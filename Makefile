@@ -4,12 +4,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test speed-benchmarks paper-benchmark clean-demo
+.PHONY: install demo test browser docs docs-serve speed-benchmarks paper-benchmark clean-demo
 
 # The virtualenv is (re)built when setup.py changes.
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test,baselines,brain]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test,baselines,brain,docs]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -19,8 +19,30 @@ demo: $(STAMP)
 	$(PY) run_train.py --flagfile=flags/demo.flags
 
 # Two worker processes (pytest-xdist), each test file on one of them, so module fixtures are built once.
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
+
+# The headless browser tests/test_docs_site.py opens: Debian's Chromium and its driver, installed when missing
+# (as root with apt-get; otherwise the command to run is printed and the test fails naming it).
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      chromium chromium-driver; \
+	  else \
+	    echo "make browser: /usr/bin/chromium or /usr/bin/chromedriver is missing; as root run:" \
+	         "apt-get install -y --no-install-recommends chromium chromium-driver"; \
+	  fi; \
+	fi
+
+# The documentation site (docs/, mkdocs.yml) built into site/; strict: a broken link, a missing page or a
+# docstring the API generator cannot read fails the build. docs-serve serves it live on localhost:8000.
+MKDOCS := DISABLE_MKDOCS_2_WARNING=true NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs
+docs: $(STAMP)
+	$(MKDOCS) build --strict --site-dir site
+
+docs-serve: $(STAMP)
+	$(MKDOCS) serve
 
 # Speed and memory figures (benchmarks/), printed with the machine they ran on.
 speed-benchmarks: $(STAMP)

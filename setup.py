@@ -34,6 +34,12 @@ setup(
         "baselines": ["SimpleITK>=2.3,<3", "antspyx>=0.6,<0.7"],
         # 3D brain task for ULAE-net: the MNI152 template and tissue maps nilearn ships (no download).
         "brain": ["nilearn>=0.14,<0.15"],  # tested: nilearn 0.14.1
+        # The documentation site (make docs) and its browser test (tests/test_docs_site.py; the browser itself is
+        # Debian's chromium + chromium-driver, `make browser`). Tested: mkdocs 1.6.1, mkdocs-material 9.8.2,
+        # mkdocstrings 1.0.8, mkdocstrings-python 2.0.11, mkdocs-gen-files 0.6.1, mkdocs-literate-nav 0.6.3,
+        # selenium 4.51.0.
+        "docs": ["mkdocs>=1.6,<2", "mkdocs-material>=9.5,<10", "mkdocstrings>=1.0,<2", "mkdocstrings-python>=2.0,<3",
+                 "mkdocs-gen-files>=0.5,<0.7", "mkdocs-literate-nav>=0.6,<0.7", "selenium>=4.20,<5"],
     },
     entry_points={"console_scripts": ["gsmorph-train=run_train:run", "gsmorph-eval=run_eval:run",
                                       "gsmorph-benchmark=run_benchmark:run", "gsmorph-export=run_export:run",
