@@ -11,7 +11,7 @@ and 3D:
 - flow head: 3x3 conv 16 -> ndim, weights ~ N(0, 1e-5), bias 0, so training starts at the identity;
 - optional scaling-and-squaring integration (voxelmorph ``VecInt``) for a diffeomorphic variant;
 - voxelmorph ``SpatialTransformer`` (linear) warps the moving image (or, with ``warp_padding="zeros"``,
-  :class:`gsmorph_tf.flows.Warp`, zero outside the volume as the reference's ``grid_sample``).
+  :class:`gsmorph_tf.core.flows.Warp`, zero outside the volume as the reference's ``grid_sample``).
 
 In 2D at 128x128 this has 1,968,002 trainable parameters in 75 trainable tensors (paper: 1.96M).
 
@@ -26,7 +26,7 @@ import neurite as ne
 import tensorflow as tf
 import voxelmorph as vxm
 
-from gsmorph_tf.flows import check_padding, warp_layer
+from gsmorph_tf.core.flows import check_padding, warp_layer
 
 KL = tf.keras.layers
 
@@ -95,7 +95,8 @@ def build_gsmorph_unet(inshape, features=PAPER_FEATURES, int_steps=0, name="gsmo
             transformer run in float32, so ``moved`` and ``flow`` (what the losses see) stay float32.
             Train it with a ``tf.keras.mixed_precision.LossScaleOptimizer`` for float16.
         warp_padding: what the warp of the moving image reads outside the volume (see
-            :func:`gsmorph_tf.flows.warp`): ``border`` (voxelmorph's) or ``zeros`` (the reference's ``grid_sample``).
+            :func:`gsmorph_tf.core.flows.warp`): ``border`` (voxelmorph's) or ``zeros`` (the reference's
+            ``grid_sample``).
 
     Returns:
         A ``tf.keras.Model`` with inputs ``moving`` and ``fixed`` (``[B, *inshape, 1]`` float32, intensities in

@@ -1,6 +1,6 @@
-"""What the multi-seed studies share (:mod:`gsmorph_tf.lambda_study`, :mod:`gsmorph_tf.deformation_study`): run
-records made once and read back, per-epoch curves from a run's TensorBoard events, statistics over seeds and over
-test subjects, and the validation-curve figure.
+"""What the multi-seed studies share (:mod:`gsmorph_tf.studies.lambda_study`,
+:mod:`gsmorph_tf.studies.deformation_study`): run records made once and read back, per-epoch curves from a run's
+TensorBoard events, statistics over seeds and over test subjects, and the validation-curve figure.
 
 A *record* is the JSON-serialisable result of one training run (one method, one seed)::
 
@@ -16,15 +16,15 @@ import os
 import numpy as np
 
 from gsmorph_tf.fileio import atomic_save_figure
-from gsmorph_tf.rundir import epoch_curve  # noqa: F401  (the studies read their curves through this module)
+from gsmorph_tf.train.rundir import epoch_curve  # noqa: F401  (the studies read their curves through this module)
 
 
 def read_or_make(record_path, make):
     """The record saved at ``record_path`` by an earlier call (a finished run, read back), or ``make()``'s,
-    saved there atomically first (:func:`gsmorph_tf.evaluation.write_json`, NaN as null) and returned as it
+    saved there atomically first (:func:`gsmorph_tf.evaluate.evaluation.write_json`, NaN as null) and returned as it
     reads back, so a record is the same whether it was just made or read."""
     if not os.path.exists(record_path):
-        from gsmorph_tf import evaluation
+        from gsmorph_tf.evaluate import evaluation
 
         evaluation.write_json(record_path, make())
     with open(record_path, encoding="utf-8") as f:
@@ -34,7 +34,7 @@ def read_or_make(record_path, make):
 def epoch_steps(config, splits):
     """Optimiser steps per epoch of a run on ``splits`` (one device): training pairs over the batch size,
     the last partial batch dropped with ``config.drop_last``."""
-    from gsmorph_tf import training
+    from gsmorph_tf.train import training
 
     pairs = training.pair_count(splits["train"])
     return pairs // config.batch_size if config.drop_last else -(-pairs // config.batch_size)

@@ -9,7 +9,7 @@ the smoothness regulariser ``g_reg`` separately and, per parameter group ``i``::
 i.e. where the two objectives conflict, the component of ``g_sim`` that opposes ``g_reg`` is projected away.
 
 Everything here is a pure function of two gradient lists (aligned with a model's trainable variables), so it
-runs inside ``tf.function`` and is tested with hand-made tensors; :mod:`gsmorph_tf.model` only wires it into
+runs inside ``tf.function`` and is tested with hand-made tensors; :mod:`gsmorph_tf.core.model` only wires it into
 ``train_step``. A *group* is a list of indices into those lists; by default every variable (kernel, bias, BN
 gamma, BN beta) is its own group, as in the paper's reference implementation.
 """

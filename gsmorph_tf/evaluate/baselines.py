@@ -3,7 +3,8 @@
 Each method registers one 2-D pair (or one 3-D pair: the same calls in 3-D) with the implementation its users trust -- SimpleITK's diffeomorphic
 Demons (Vercauteren et al. 2009) and ANTsPy's SyN (Avants et al. 2008) -- and returns the result in this
 project's convention, so the learned and classical methods are scored by the same code
-(:func:`gsmorph_tf.evaluation.subject_metrics`, labels warped by :func:`gsmorph_tf.evaluation.warp_labels`):
+(:func:`gsmorph_tf.evaluate.evaluation.subject_metrics`, labels warped by
+:func:`gsmorph_tf.evaluate.evaluation.warp_labels`):
 
 - images: ``[H, W]`` (or ``[D, H, W]``) float32 in [0, 1] (the scaled slices or volumes of
   :class:`~gsmorph_tf.data.subjects.SubjectPairs`);

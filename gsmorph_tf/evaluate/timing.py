@@ -59,7 +59,7 @@ def median_ms(fn, steps, warmup=1):
 
 
 def compiled_predictor(network):
-    """A predictor (see :func:`gsmorph_tf.evaluation.evaluate_predictor`) calling ``network`` through one
+    """A predictor (see :func:`gsmorph_tf.evaluate.evaluation.evaluate_predictor`) calling ``network`` through one
     ``tf.function``: no per-call Keras ``predict`` overhead, so per-pair times measure the network."""
     call = tf.function(lambda moving, fixed: network([moving, fixed], training=False), reduce_retracing=True)
 

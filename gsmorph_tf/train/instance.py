@@ -4,7 +4,7 @@ A trained network is only as good as its training domain; refining it on each te
 ``--io_iterations``, the Learn2Reg leaders) closes part of the gap. Here the refinement is **the training step
 itself**: a copy of the network is wrapped in its model's training model, built by the same registry code
 training uses (:meth:`gsmorph_tf.plugins.ModelPlugin.build_training_model`; for ``gsmorph`` and ``ulae`` a
-:class:`~gsmorph_tf.model.GradientSurgeryModel` with the run's similarity, smoothness penalty, surgery mode,
+:class:`~gsmorph_tf.core.model.GradientSurgeryModel` with the run's similarity, smoothness penalty, surgery mode,
 grouping and, for surgery ``none``, lambda; Adam at a fine-tuning rate, :data:`DEFAULT_LEARNING_RATE` unless
 given), and Keras ``fit`` runs ``steps`` of its ``train_step`` on the pair. So a GSMorph run still has no lambda
 to choose at test time: the similarity and smoothness gradients are projected as in training.
@@ -23,7 +23,7 @@ What is refined and what is not:
   would not be the optimised function.
 - **one batch**: the pair's items together (a 2D subject's slice pairs, or one 3D volume pair) in every step.
 
-``steps = 0`` returns the plain prediction (the copy, unchanged, predicted as :func:`gsmorph_tf.evaluation.
+``steps = 0`` returns the plain prediction (the copy, unchanged, predicted as :func:`gsmorph_tf.evaluate.evaluation.
 predict_pairs` predicts). Given the seed the result is deterministic (the seed is set before each pair; the
 surgery's random parts, ``agr_rand``, are seeded by the run's seed and the step counter, reset per pair).
 
@@ -39,7 +39,7 @@ import numpy as np
 import tensorflow as tf
 
 from gsmorph_tf.errors import ConfigError
-from gsmorph_tf.evaluation import predict_pairs
+from gsmorph_tf.evaluate.evaluation import predict_pairs
 from gsmorph_tf.registry import MODELS
 
 #: Adam's default learning rate for the refinement. Not the run's: at the demo's training rate (5e-3) Adam's
@@ -138,7 +138,7 @@ class InstanceOptimizer:
 
         Args:
             moving, fixed: ``[B, *vol]`` float32 images in [0, 1] (no channel axis, as
-                :func:`~gsmorph_tf.evaluation.predict_pairs` takes them): all ``B`` items form the one batch of
+                :func:`~gsmorph_tf.evaluate.evaluation.predict_pairs` takes them): all ``B`` items form the one batch of
                 every step.
             steps: training steps, >= 0 (0: the trained network's own prediction).
             batch_size: items per prediction batch.
@@ -164,7 +164,7 @@ class InstanceOptimizer:
                               sim_loss=logs.get("sim_loss"), reg_loss=logs.get("reg_loss"))
 
     def predictor(self, steps, batch_size=32):
-        """A predictor ``f(moving, fixed) -> (moved, flow)`` (as :func:`gsmorph_tf.evaluation.keras_predictor`)
+        """A predictor ``f(moving, fixed) -> (moved, flow)`` (as :func:`gsmorph_tf.evaluate.evaluation.keras_predictor`)
         refining every call's pair for ``steps`` steps."""
         def predict(moving, fixed):
             result = self.register(moving, fixed, steps, batch_size)

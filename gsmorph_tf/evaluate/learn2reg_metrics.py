@@ -3,7 +3,7 @@
 Learn2Reg's evaluation code (``evaluation/evaluation.py`` and ``utils.py`` of github.com/MDL-UzL/L2R, checked
 at commit :data:`L2R_COMMIT`) scores a submitted displacement field per pair, then aggregates over pairs. This
 module gives the same numbers from our own code (checked against their code by
-``benchmarks/learn2reg_official_scores.py`` and ``tests/test_learn2reg_metrics.py``). Conventions, theirs:
+``benchmarks/learn2reg_official_scores.py`` and ``tests/evaluate/test_learn2reg_metrics.py``). Conventions, theirs:
 
 - a displacement field ``disp`` has shape ``[D, H, W, 3]``, in voxels, channel k along array axis k, on the
   fixed image's grid, mapping a fixed voxel ``x`` to the moving voxel ``x + disp(x)``;
@@ -14,10 +14,10 @@ module gives the same numbers from our own code (checked against their code by
 
 Per pair (:func:`pair_scores`): Dice per label (:func:`dice_per_label`) and HD95 per label (:func:`hd95`, in
 voxels, by the surface-distance method), each NaN when the label is missing from the fixed or the original
-moving label map, with their NaN-ignoring mean; SDlogJ (:func:`gsmorph_tf.metrics.sdlogj`, optionally inside
+moving label map, with their NaN-ignoring mean; SDlogJ (:func:`gsmorph_tf.evaluate.metrics.sdlogj`, optionally inside
 a mask); TRE (:func:`tre`, mm). Over pairs (:func:`aggregate`): mean, std and Learn2Reg's "30" column.
 
-How this differs from our default metrics (:mod:`gsmorph_tf.metrics`): our HD95 is medpy's (surface voxels,
+How this differs from our default metrics (:mod:`gsmorph_tf.evaluate.metrics`): our HD95 is medpy's (surface voxels,
 both directions pooled, 95th percentile, in mm with the real spacing, NaN when a mask is empty); theirs is
 the surface-distance package's (surface elements at voxel corners weighted by their area, a 95th percentile
 per direction and the larger of the two, in voxels, inf when the warped label vanished). Our Dice is in %
@@ -35,7 +35,7 @@ import os
 import numpy as np
 from scipy import ndimage
 
-from gsmorph_tf import metrics
+from gsmorph_tf.evaluate import metrics
 
 #: The MDL-UzL/L2R commit whose ``evaluation/`` this module reproduces.
 L2R_COMMIT = "88475095e35442087a24439ff34ec09f54bc7dac"

@@ -4,9 +4,9 @@
 ULAE-net's claim (Shu et al., MICCAI 2021) is that its three accumulative steps register large deformations
 better than a single-step VoxelMorph, even one with twice the feature widths. The study trains, on the same brain
 data, pairs, steps, learning rate and seeds, every learned row of :data:`STUDY_METHODS` (ULAE-net's Table 1
-columns, :data:`gsmorph_tf.paper_comparison.ULAE_METHODS`, and GSMorph-3D), runs Initial and SyN on the same test
-pairs, and scores all of them with one evaluator (:func:`gsmorph_tf.paper_comparison.method_record`: Dice per
-structure, HD95, NJD, SDlogJ, inference ms per pair). Models are named by their registry strings only.
+columns, :data:`gsmorph_tf.studies.paper_comparison.ULAE_METHODS`, and GSMorph-3D), runs Initial and SyN on the same
+test pairs, and scores all of them with one evaluator (:func:`gsmorph_tf.studies.paper_comparison.method_record`: Dice
+per structure, HD95, NJD, SDlogJ, inference ms per pair). Models are named by their registry strings only.
 
 - **VoxelMorph** is trained at every lambda of the sweep (l2 smoothness, as ULAE's objective); the lambda with the
   best mean validation Dice over seeds is *chosen*, and **VoxelMorph x2** (doubled feature widths) trains with it:
@@ -22,7 +22,7 @@ structure, HD95, NJD, SDlogJ, inference ms per pair). Models are named by their 
 
 Stopping rule: every learned run trains at most ``epochs`` epochs of ``pairs_per_epoch`` steps; with
 ``early_stopping_patience`` (the CPU flagfile's) it stops earlier, once its validation Dice has not improved for that
-many epochs (:class:`gsmorph_tf.training.ValidationPlateau`), so each run trains until its own plateau. It is
+many epochs (:class:`gsmorph_tf.train.training.ValidationPlateau`), so each run trains until its own plateau. It is
 scored with its last weights (no best-epoch pick: the reference's inference loads the last). The validation curves,
 each method's validation-Dice gain over the last quarter of its epochs and its steps (min-max over seeds) say
 where each method stopped and whether it still improved.
@@ -43,14 +43,15 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from gsmorph_tf import paper_comparison, seed_studies, training
 from gsmorph_tf.config import TrainConfig
 from gsmorph_tf.errors import ConfigError
+from gsmorph_tf.evaluate.evaluation import write_json
+from gsmorph_tf.evaluate.timing import machine_description
 from gsmorph_tf.fileio import atomic_save_figure, atomic_write_text
-from gsmorph_tf.evaluation import write_json
-from gsmorph_tf.paper_comparison import Method
-from gsmorph_tf.runs import load_run_for_inference
-from gsmorph_tf.timing import machine_description
+from gsmorph_tf.studies import paper_comparison, seed_studies
+from gsmorph_tf.studies.paper_comparison import Method
+from gsmorph_tf.train import training
+from gsmorph_tf.train.runs import load_run_for_inference
 
 INITIAL, SYN, VOXELMORPH, VOXELMORPH_X2 = "Initial", "SyN", "VoxelMorph", "VoxelMorph x2"
 ULAE, ULAE_GS, GSMORPH_3D = "ULAE-net", "ULAE-net + gradient surgery", "GSMorph-3D"
@@ -239,8 +240,8 @@ def run_record(method, seed, level, config, splits, folder, log=print, networks=
 
 
 def load_levels(plan):
-    """Every level's data, written on first use and checked (:func:`gsmorph_tf.training.load_data`,
-    :func:`~gsmorph_tf.training.check_batches`) before any training: ``{level: splits}``."""
+    """Every level's data, written on first use and checked (:func:`gsmorph_tf.train.training.load_data`,
+    :func:`~gsmorph_tf.train.training.check_batches`) before any training: ``{level: splits}``."""
     splits = {}
     for level in plan.levels:
         config = plan.level_config(level)
@@ -339,8 +340,8 @@ def summarize_method(records):
 
 def comparison(records_by_method, a, b):
     """Method ``a`` against ``b``: the paired Wilcoxon over test pairs and Welch over seeds
-    (:func:`gsmorph_tf.seed_studies.paired_test`, :func:`~gsmorph_tf.seed_studies.seed_test`); None unless both
-    ran."""
+    (:func:`gsmorph_tf.studies.seed_studies.paired_test`, :func:`~gsmorph_tf.studies.seed_studies.seed_test`); None
+    unless both ran."""
     if a not in records_by_method or b not in records_by_method:
         return None
     return {"a": a, "b": b, "wilcoxon": seed_studies.paired_test(records_by_method[a], records_by_method[b]),

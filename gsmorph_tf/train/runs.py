@@ -5,7 +5,7 @@ A run directory (``run_train.py --output_dir``) holds ``config.json``, ``checkpo
 network that evaluation (``run_eval.py``), the paper comparison and export (``run_export.py``) use. The
 network is rebuilt by the model's registry entry (:mod:`gsmorph_tf.registry`), as in training.
 :func:`load_export_for_training` does the same from an exported SavedModel (its provenance records the run's
-settings), for test-time instance optimisation (:mod:`gsmorph_tf.instance`).
+settings), for test-time instance optimisation (:mod:`gsmorph_tf.train.instance`).
 """
 from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
 
@@ -16,8 +16,8 @@ import tensorflow as tf
 
 from gsmorph_tf.config import ConfigError, TrainConfig
 from gsmorph_tf.errors import SavedModelError
-from gsmorph_tf.provenance import read_provenance
 from gsmorph_tf.registry import DATASETS, MODELS
+from gsmorph_tf.serve.provenance import read_provenance
 
 
 def read_run_config(run_dir):
@@ -122,10 +122,10 @@ def load_run_for_inference(run_dir):
 
 def load_export_for_training(export_dir):
     """Rebuild the Keras network of an exported run (a SavedModel version folder written by
-    :func:`gsmorph_tf.export.export_saved_model`) with the export's weights, to train it further.
+    :func:`gsmorph_tf.serve.export.export_saved_model`) with the export's weights, to train it further.
 
     The SavedModel's restored functions are not used: they are graph functions, not a Keras model, so a
-    training step (:class:`~gsmorph_tf.model.GradientSurgeryModel`, which needs the network's layers, outputs
+    training step (:class:`~gsmorph_tf.core.model.GradientSurgeryModel`, which needs the network's layers, outputs
     and trainable variables as Keras has them) cannot wrap them. Instead the network is rebuilt by the model's
     registry entry from the run's settings recorded in ``assets/provenance.json`` (``training``), for the
     exported input size (``crop.size``), and its variables (trainable and BatchNorm statistics) are read from the

@@ -11,7 +11,7 @@ systems; on NFS, Linux emulates them with byte-range locks that the server arbit
 
 **Export once.** :func:`export_once` reserves the SavedModel version in ``<output_dir>/export.json``
 (written atomically) *before* writing it; the SavedModel itself appears by an atomic rename
-(:func:`gsmorph_tf.export.export_saved_model`). A re-run of a finished run, or of a run killed while or
+(:func:`gsmorph_tf.serve.export.export_saved_model`). A re-run of a finished run, or of a run killed while or
 after exporting, finds the reservation: if the version folder exists the export is done and is not repeated;
 if not (killed before the rename), the same version is written. A new version is exported only when the
 trained state changed: a resumed run with a larger ``epochs``.
@@ -137,7 +137,7 @@ def export_once(output_dir, base_dir, epochs, export):
         base_dir: the model's TF Serving base path (``<output_dir>/export/<model>``).
         epochs: the epochs the exported weights were trained for (a later run with more exports anew).
         export: ``export(version) -> path`` writing version ``version`` under ``base_dir`` atomically
-            (e.g. :func:`gsmorph_tf.export.export_saved_model`).
+            (e.g. :func:`gsmorph_tf.serve.export.export_saved_model`).
 
     Returns:
         ``<base_dir>/<version>``: the version written now, or the one an earlier run of the same state wrote.
@@ -153,7 +153,7 @@ def export_once(output_dir, base_dir, epochs, export):
         if os.path.isdir(target):
             return target  # exported before (perhaps by a run killed right after)
     else:
-        from gsmorph_tf.export import existing_versions  # TensorFlow: loaded by now, the model is trained
+        from gsmorph_tf.serve.export import existing_versions  # TensorFlow: loaded by now, the model is trained
 
         version = max(existing_versions(base_dir), default=0) + 1
         atomic_write_text(record_path, json.dumps({"epochs": epochs, "version": version,

@@ -11,7 +11,7 @@ its length; every tensor float32; the batch axis is free):
 ``serving_default``, 2D models (the cardiac task): **raw input**
     inputs ``moving``, ``fixed``: ``[None, X, Y, 1]``, one subject's slices in scanner intensities, any
     in-plane size ``X >= vol[0]``, ``Y >= vol[1]``. The graph does what training did
-    (:mod:`gsmorph_tf.graph_preprocessing`): one intensity range for the request (minimum -> 0, 99.5th
+    (:mod:`gsmorph_tf.serve.graph_preprocessing`): one intensity range for the request (minimum -> 0, 99.5th
     percentile -> 1, clipped), the crop centre from the motion between the two images (the ``motion`` rule
     on two frames), the ``vol`` window around it (zero outside the image), registration.
     outputs, on the **input's grid**: ``moved`` ``[None, X, Y, 1]`` in [0, 1] units (outside the window: the
@@ -33,12 +33,12 @@ its length; every tensor float32; the batch axis is free):
     ``warped_nearest``: ``[None, *vol, 1]``, nearest neighbour, for label maps (only input values occur).
 
 Every signature warps with voxelmorph's ``SpatialTransformer`` ('ij' indexing, border values outside the
-image), the layer the network trains with and :func:`gsmorph_tf.evaluation.warp_labels` evaluates with, so
+image), the layer the network trains with and :func:`gsmorph_tf.evaluate.evaluation.warp_labels` evaluates with, so
 training, evaluation and serving warp identically. The graph holds only TensorFlow ops, so it loads with
 ``tf.saved_model.load`` (or TF Serving) where neither this package nor voxelmorph is installed.
 
 Besides the graph, a version folder holds ``assets/provenance.json`` (what produced the model:
-:mod:`gsmorph_tf.provenance`) and ``assets.extra/tf_serving_warmup_requests``, TF Serving's warm-up file: a
+:mod:`gsmorph_tf.serve.provenance`) and ``assets.extra/tf_serving_warmup_requests``, TF Serving's warm-up file: a
 TFRecord of ``PredictionLog`` protos (tensorflow-serving-api), one ``PredictRequest`` per signature, which the
 server replays when it loads the version so the first client request does not pay for tracing.
 """
@@ -55,9 +55,9 @@ import voxelmorph as vxm
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
 from gsmorph_tf.config import ConfigError
-from gsmorph_tf.graph_preprocessing import register_raw
-from gsmorph_tf.provenance import PROVENANCE_FILE, build_provenance, default_model_name, library_versions
-from gsmorph_tf.runs import load_run_for_inference
+from gsmorph_tf.serve.graph_preprocessing import register_raw
+from gsmorph_tf.serve.provenance import PROVENANCE_FILE, build_provenance, default_model_name, library_versions
+from gsmorph_tf.train.runs import load_run_for_inference
 
 #: Signature names of an exported model.
 SERVING_SIGNATURE = "serving_default"
@@ -172,7 +172,7 @@ def export_saved_model(network, base_dir, version=None, provenance=None):
         base_dir: the model's base path (what TF Serving's ``base_path`` points at); its folder name is the
             model name in the warm-up requests.
         version: integer version; None takes the next after the highest existing one (1 for a new base).
-        provenance: dict written as ``assets/provenance.json`` (:func:`gsmorph_tf.provenance.build_provenance`);
+        provenance: dict written as ``assets/provenance.json`` (:func:`gsmorph_tf.serve.provenance.build_provenance`);
             None writes a minimal one (model name, input shape, signatures, versions).
 
     Raises:
@@ -224,7 +224,7 @@ def signatures_for(vol):
 
 
 def run_provenance(config, vol, model_name, evaluation):
-    """The provenance of a training run's export (:func:`gsmorph_tf.provenance.build_provenance`)."""
+    """The provenance of a training run's export (:func:`gsmorph_tf.serve.provenance.build_provenance`)."""
     return build_provenance(config, model_name, vol, signatures_for(vol), evaluation)
 
 

@@ -3,10 +3,10 @@
 Wraps any registration network whose first two outputs are ``(moved, flow)``. Each step computes the
 similarity loss on ``(fixed, moved)`` and the smoothness loss on ``flow`` under one persistent
 ``GradientTape``, takes the two gradients separately, combines them with
-:func:`gsmorph_tf.surgery.project_gradients` and applies the result. Everything else (``fit``, callbacks,
+:func:`gsmorph_tf.core.surgery.project_gradients` and applies the result. Everything else (``fit``, callbacks,
 progress bar, checkpoints, ``tf.distribute`` strategies) is ordinary Keras.
 
-Under a strategy with several replicas (:mod:`gsmorph_tf.distribute`) the two gradients are all-reduced
+Under a strategy with several replicas (:mod:`gsmorph_tf.train.distribute`) the two gradients are all-reduced
 separately and projected once, on the global gradients; with a ``LossScaleOptimizer`` (mixed precision) both
 losses are scaled and both gradients unscaled before the projection. See
 :meth:`GradientSurgeryModel.train_step`.
@@ -15,8 +15,8 @@ from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
 
 import tensorflow as tf
 
-from gsmorph_tf import losses
-from gsmorph_tf.surgery import check_mode, group_cosines, project_gradients, variable_groups
+from gsmorph_tf.core import losses
+from gsmorph_tf.core.surgery import check_mode, group_cosines, project_gradients, variable_groups
 
 
 def unpack_pair(data):
@@ -90,13 +90,13 @@ class GradientSurgeryModel(tf.keras.Model):
 
     Args:
         network: Keras model taking ``[moving, fixed]`` and returning ``(moved, flow, ...)``.
-        similarity: ``mse`` or ``ncc`` (see :func:`gsmorph_tf.losses.similarity_loss`), or a callable
+        similarity: ``mse`` or ``ncc`` (see :func:`gsmorph_tf.core.losses.similarity_loss`), or a callable
             ``f(fixed, moved) -> scalar``.
         reg_penalty: ``l1`` (the GSMorph reference's ``Grad()``) or ``l2`` spatial-gradient penalty on ``flow``,
             or a callable ``f(flow) -> scalar``.
-        surgery: one of :data:`gsmorph_tf.surgery.SURGERY_MODES`.
+        surgery: one of :data:`gsmorph_tf.core.surgery.SURGERY_MODES`.
         lam: smoothness weight, used only by surgery ``none`` (``L_sim + lam * L_reg``).
-        grouping: ``variable`` or ``layer`` (see :func:`gsmorph_tf.surgery.variable_groups`).
+        grouping: ``variable`` or ``layer`` (see :func:`gsmorph_tf.core.surgery.variable_groups`).
         seed: integer seed for the random parts of ``agr_rand`` (combined with the step number).
         ncc_window: window side for ``ncc``.
         conflict_diagnostics: with surgery ``none``, compute the two gradients separately so the conflict

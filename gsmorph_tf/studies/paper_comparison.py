@@ -4,7 +4,7 @@ rows on 2D datasets (:data:`PAPER_METHODS`), ULAE-net's on 3D ones (:data:`ULAE_
 Every learned method is trained with the same data, epochs and seed (one :class:`TrainConfig`, a few
 settings changed per method: the surgery mode and lambda, and HyperMorph its own learning rate), the
 classical methods run on the same 2D crops, and all are scored by the same code
-(:func:`gsmorph_tf.evaluation.evaluate_predictor`, by the base config's metric protocol), so Dice, HD95 and
+(:func:`gsmorph_tf.evaluate.evaluation.evaluate_predictor`, by the base config's metric protocol), so Dice, HD95 and
 NJD are computed identically.
 
 Each method keeps its results in ``<output_dir>/<slug>/``: learned methods are ordinary training runs (an
@@ -20,19 +20,20 @@ import os
 
 import numpy as np
 
-from gsmorph_tf import evaluation, training
 from gsmorph_tf.errors import ConfigError
+from gsmorph_tf.evaluate import evaluation
+from gsmorph_tf.evaluate.timing import compiled_predictor, machine_description, pair_by_pair
 from gsmorph_tf.fileio import atomic_save_figure, atomic_write_text
-from gsmorph_tf.networks import count_trainable_parameters
+from gsmorph_tf.models.networks import count_trainable_parameters
 from gsmorph_tf.registry import DATASETS
-from gsmorph_tf.runs import load_run_for_inference
-from gsmorph_tf.timing import compiled_predictor, machine_description, pair_by_pair
+from gsmorph_tf.train import training
+from gsmorph_tf.train.runs import load_run_for_inference
 
 
 @dataclasses.dataclass(frozen=True)
 class Method:
     """One row of the comparison. ``kind``: ``identity``, ``classical`` (``settings["method"]`` names a
-    :mod:`gsmorph_tf.baselines` method) or ``learned`` (``settings`` override the base TrainConfig)."""
+    :mod:`gsmorph_tf.evaluate.baselines` method) or ``learned`` (``settings`` override the base TrainConfig)."""
 
     name: str
     slug: str
@@ -80,8 +81,8 @@ def comparison_methods(dataset):
 
 
 def classical_predictor(method):
-    """A predictor registering each pair with a classical method of :mod:`gsmorph_tf.baselines`."""
-    from gsmorph_tf import baselines  # optional extra: imported only when a classical method runs
+    """A predictor registering each pair with a classical method of :mod:`gsmorph_tf.evaluate.baselines`."""
+    from gsmorph_tf.evaluate import baselines  # optional extra: imported only when a classical method runs
 
     return lambda moving, fixed: baselines.register_stack(method, moving, fixed)
 
@@ -92,7 +93,7 @@ def check_requirements(methods):
     Raises:
         ImportError: naming the missing package and the extra to install.
     """
-    from gsmorph_tf import baselines
+    from gsmorph_tf.evaluate import baselines
 
     for method in methods:
         if method.kind == "classical":

@@ -24,10 +24,10 @@ protocols (:data:`gsmorph_tf.config.METRIC_PROTOCOLS`), named in every table and
 An ``Initial`` row (identity transform: moved = moving, zero flow) is the reference every method must beat.
 
 The metric set (:data:`gsmorph_tf.config.METRIC_SETS`) chooses the scores themselves: ``ours`` (the above, the
-default) or ``learn2reg``: the Learn2Reg challenge's own scores of 3D pairs (:mod:`gsmorph_tf.learn2reg_metrics`:
-Dice as a fraction, HD95 in voxels by the surface-distance method, SDlogJ, TRE with landmarks), one row per pair
-with the columns ``l2r_*`` and, over the rows, Learn2Reg's aggregates (:func:`learn2reg_aggregates`). The two
-are not comparable column for column: the ``l2r_`` prefix keeps them apart.
+default) or ``learn2reg``: the Learn2Reg challenge's own scores of 3D pairs
+(:mod:`gsmorph_tf.evaluate.learn2reg_metrics`: Dice as a fraction, HD95 in voxels by the surface-distance method,
+SDlogJ, TRE with landmarks), one row per pair with the columns ``l2r_*`` and, over the rows, Learn2Reg's aggregates
+(:func:`learn2reg_aggregates`). The two are not comparable column for column: the ``l2r_`` prefix keeps them apart.
 """
 from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
 
@@ -39,11 +39,11 @@ import numpy as np
 import tensorflow as tf
 import voxelmorph as vxm
 
-from gsmorph_tf import learn2reg_metrics, metrics
 from gsmorph_tf.config import METRIC_PROTOCOLS, METRIC_SETS
-from gsmorph_tf.fileio import atomic_write_text
 from gsmorph_tf.data.preprocessing import GOOD_CROP_COVERAGE
 from gsmorph_tf.data.subjects import reporting_order
+from gsmorph_tf.evaluate import learn2reg_metrics, metrics
+from gsmorph_tf.fileio import atomic_write_text
 
 #: Column order of the summary tables: (key in the per-subject rows, header).
 TABLE_COLUMNS = (("dice_mean", "Dice (%)"), ("hd95_mean", "HD95 (mm)"), ("mse_x100", "MSE (x1e-2)"),
@@ -139,7 +139,7 @@ def subject_metrics(pairs, moved, moved_labels, flow):
 
     Returns:
         dict: ``dice_<structure>`` (%), ``dice_mean``, ``hd95_<structure>`` (mm), ``hd95_mean``, ``mse``,
-        ``mse_x100``, ``njd`` (%), ``sdlogj`` (Learn2Reg's, :func:`gsmorph_tf.metrics.sdlogj`; a 2D stack slice
+        ``mse_x100``, ``njd`` (%), ``sdlogj`` (Learn2Reg's, :func:`gsmorph_tf.evaluate.metrics.sdlogj`; a 2D stack slice
         by slice, averaged), and ``epe_mm`` (mean end-point error against ``pairs.true_flow`` over the
         fixed image's labelled voxels) when the true flow is known. A 2D slice stack is scored as one volume
         with its slice spacing; a 3D task item by item, then averaged. NaN where a structure is absent.
@@ -224,7 +224,8 @@ def metric_rows(pairs, moved, moved_labels, flow, protocol="volume", metric_set=
 
 
 def learn2reg_row(pairs, flow, mask=None, landmarks=None):
-    """The Learn2Reg scores of a subject's 3D pair (:func:`gsmorph_tf.learn2reg_metrics.pair_scores`), as a row.
+    """The Learn2Reg scores of a subject's 3D pair (:func:`gsmorph_tf.evaluate.learn2reg_metrics.pair_scores`), as a
+    row.
 
     Args:
         pairs: :class:`~gsmorph_tf.data.subjects.SubjectPairs` of one volume pair (``moving [1, D, H, W]``): its
@@ -272,7 +273,7 @@ LEARN2REG_COLUMNS = (("l2r_dice", "dice", "DSC"), ("l2r_hd95", "hd95", "HD95 (vo
 
 
 def learn2reg_aggregates(rows):
-    """Learn2Reg's aggregates over the pairs (:func:`gsmorph_tf.learn2reg_metrics.aggregate`) of each of
+    """Learn2Reg's aggregates over the pairs (:func:`gsmorph_tf.evaluate.learn2reg_metrics.aggregate`) of each of
     :data:`LEARN2REG_COLUMNS` the rows have: ``{column: {"mean", "std", "30"}}`` (NaN and inf kept, as theirs).
     Empty for rows of our metric set."""
     return {column: learn2reg_metrics.aggregate([row[column] for row in rows], metric)
@@ -293,7 +294,7 @@ def learn2reg_table(aggregates_by_method):
 
 
 def _sdlogj(flow):
-    """:func:`gsmorph_tf.metrics.sdlogj` of one field; NaN where the field is too small to have an interior
+    """:func:`gsmorph_tf.evaluate.metrics.sdlogj` of one field; NaN where the field is too small to have an interior
     (5 voxels or fewer along an axis). A 2D slice stack ``[S, H, W, 2]`` is scored slice by slice, averaged."""
     flow = np.asarray(flow)
     if flow.ndim == 4 and flow.shape[-1] == 2:

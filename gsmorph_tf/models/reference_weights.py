@@ -1,6 +1,6 @@
 """The official GSMorph code's weights (wulalago/GSMorph, PyTorch) in the port's network.
 
-The reference's ``VoxelMorph`` module and :func:`gsmorph_tf.networks.build_gsmorph_unet` are the same network
+The reference's ``VoxelMorph`` module and :func:`gsmorph_tf.models.networks.build_gsmorph_unet` are the same network
 (2D), so a reference ``state_dict`` (a trained checkpoint, or freshly initialised weights) loads tensor by
 tensor::
 
@@ -109,7 +109,7 @@ def port_variable(network, key):
 
 
 def load_reference_weights(network, state):
-    """Assign a reference ``state_dict`` to a :func:`~gsmorph_tf.networks.build_gsmorph_unet` network (2D, the
+    """Assign a reference ``state_dict`` to a :func:`~gsmorph_tf.models.networks.build_gsmorph_unet` network (2D, the
     same widths). Every parameter and running statistic of the network must be in ``state``.
 
     Raises:

@@ -24,11 +24,13 @@ import os
 
 import numpy as np
 
-from gsmorph_tf import evaluation, training
 from gsmorph_tf.errors import ConfigError
+from gsmorph_tf.evaluate import evaluation
 from gsmorph_tf.fileio import atomic_save_figure, atomic_write_text
-from gsmorph_tf.seed_studies import (epoch_curve, epoch_steps, over_seeds, paired_test, plot_curves,  # noqa: F401
-                                     read_or_make, seed_test, subject_dice)  # (re-exported: the study's API)
+from gsmorph_tf.studies.seed_studies import (epoch_curve, epoch_steps, over_seeds, paired_test,  # noqa: F401
+                                             plot_curves, read_or_make, seed_test,
+                                             subject_dice)  # (re-exported: the study's API)
+from gsmorph_tf.train import training
 
 #: VoxelMorph's smoothness weights (l1 penalty), strongest first: the paper's 0.1 / 0.01 / 0.001 and between.
 STUDY_LAMBDAS = (0.3, 0.1, 0.03, 0.01, 0.003, 0.001)
@@ -204,7 +206,7 @@ COMPARISON_KEYS = (("dice_mean", "Dice (%)"), ("hd95_mean", "HD95 (mm)"), ("njd"
 
 def flows_record(method, seed, flows, splits, protocol, source="flows"):
     """The study record (as :func:`run_one` writes) of a run trained elsewhere, scored with this package's
-    evaluator (:func:`gsmorph_tf.evaluation.evaluate_flows`) on the study's split.
+    evaluator (:func:`gsmorph_tf.evaluate.evaluation.evaluate_flows`) on the study's split.
 
     Args:
         method: its :class:`StudyMethod`; seed: its training seed.

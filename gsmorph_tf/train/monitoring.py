@@ -22,8 +22,8 @@ import tensorflow as tf
 from matplotlib import colors
 from tensorboard.plugins.hparams import api as hparams_api
 
-from gsmorph_tf import evaluation, metrics
 from gsmorph_tf.config import GROUPINGS, METRIC_PROTOCOLS, NCC_FORMULAS, REG_PENALTIES, SURGERY_MODES
+from gsmorph_tf.evaluate import evaluation, metrics
 from gsmorph_tf.registry import DATASETS, MODELS, SIMILARITIES
 
 #: Settings shown as HParams columns (those a comparison varies).
@@ -146,9 +146,10 @@ def log_hparams(log_dir, config, summary):
     Args:
         log_dir: the run's TensorBoard folder (a subfolder ``hparams`` is written).
         config: the run's :class:`~gsmorph_tf.config.TrainConfig`.
-        summary: test-split summary ``{metric: {"mean", "std"}}`` (see :func:`gsmorph_tf.evaluation.summarize`);
-            logged as scalars ``test/dice``, ``test/hd95``, ``test/mse``, ``test/njd``, ``test/sdlogj`` and per
-            structure ``test/dice_<structure>``, ``test/hd95_<structure>`` (names by :func:`tag_name`).
+        summary: test-split summary ``{metric: {"mean", "std"}}`` (see
+            :func:`gsmorph_tf.evaluate.evaluation.summarize`); logged as scalars ``test/dice``, ``test/hd95``,
+            ``test/mse``, ``test/njd``, ``test/sdlogj`` and per structure ``test/dice_<structure>``,
+            ``test/hd95_<structure>`` (names by :func:`tag_name`).
     """
     values = config.to_dict()
     scalars = _test_scalars(summary)

@@ -4,7 +4,7 @@ chief-only writing and synchronised BatchNorm.
 Importing this module does not load TensorFlow (``--help`` of an entry point stays instant); the functions
 that need it import it, after :mod:`gsmorph_tf.compat` has selected legacy Keras.
 
-How gradient surgery runs under a strategy is :class:`gsmorph_tf.model.GradientSurgeryModel`'s business: it
+How gradient surgery runs under a strategy is :class:`gsmorph_tf.core.model.GradientSurgeryModel`'s business: it
 all-reduces the similarity and the smoothness gradients separately and projects once on the global ones.
 
 Typical use (the strategy is created first, before any other TensorFlow work)::

@@ -6,7 +6,7 @@ up by name in :mod:`gsmorph_tf.registry`; nothing here knows which ones exist. A
 holds::
 
     run.lock               held by the run using the directory (a second run on it is refused; see
-                           :mod:`gsmorph_tf.rundir`)
+                           :mod:`gsmorph_tf.train.rundir`)
     config.json            the settings (a re-run must match them to resume)
     tensorboard/           event files: per-step losses and conflict statistics, per-epoch validation metrics,
                            images/ (registration panels, flow histogram), hparams/ (settings + test metrics)
@@ -17,11 +17,11 @@ holds::
                            on the input grid; register_crop; warp), with assets/provenance.json and the warm-up
     export.json            which version holds this run's export (a re-run never exports a second one)
 
-Several devices or machines (``config.strategy``, :mod:`gsmorph_tf.distribute`): the strategy is created
+Several devices or machines (``config.strategy``, :mod:`gsmorph_tf.train.distribute`): the strategy is created
 first, before any tensor exists, and the network and its training model are built in its scope. In a
 multi-worker run every worker runs every step, writing included (saving and evaluating need all of them), but
 only the chief's files land in the output directory: the others write into temporary directories that are
-deleted (:func:`gsmorph_tf.distribute.chief_write_dir`; Keras' ``BackupAndRestore`` and ``TensorBoard`` do
+deleted (:func:`gsmorph_tf.train.distribute.chief_write_dir`; Keras' ``BackupAndRestore`` and ``TensorBoard`` do
 the same for their files).
 """
 from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
@@ -33,15 +33,16 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-from gsmorph_tf import distribute, evaluation, monitoring, rundir
 from gsmorph_tf.data.pipeline import make_dataset
 from gsmorph_tf.data.subjects import reporting_order
-from gsmorph_tf.export import export_saved_model, run_provenance
 from gsmorph_tf.errors import ConfigError
+from gsmorph_tf.evaluate import evaluation
 from gsmorph_tf.fileio import atomic_write_text
-from gsmorph_tf.provenance import default_model_name
 from gsmorph_tf.plugins import StreamedSplit
 from gsmorph_tf.registry import DATASETS, MODELS
+from gsmorph_tf.serve.export import export_saved_model, run_provenance
+from gsmorph_tf.serve.provenance import default_model_name
+from gsmorph_tf.train import distribute, monitoring, rundir
 
 
 def create_strategy(config):
@@ -116,7 +117,7 @@ class ValidationMetrics(tf.keras.callbacks.Callback):
     [moved, flow]``, sharing the trained weights) and add their mean metrics to the logs as ``val_dice`` (%),
     ``val_dice_<structure>``, ``val_hd95`` (mm), ``val_hd95_<structure>``, ``val_mse``, ``val_njd`` (%) and
     ``val_sdlogj``, so the TensorBoard callback after it writes them and the progress bar shows them.
-    Structure names become tags by :func:`gsmorph_tf.monitoring.tag_name`. A split read from disk is read one
+    Structure names become tags by :func:`gsmorph_tf.train.monitoring.tag_name`. A split read from disk is read one
     pair at a time."""
 
     def __init__(self, network, subjects, batch_size, protocol="volume"):
@@ -220,7 +221,7 @@ def fit(model, splits, config, output_dir, verbose=None, write_dir=None):
     Args:
         write_dir: where this process writes its TensorBoard events (``<write_dir>/tensorboard``); default
             ``output_dir``. The other workers of a multi-worker run pass a temporary directory
-            (:func:`gsmorph_tf.distribute.chief_write_dir`).
+            (:func:`gsmorph_tf.train.distribute.chief_write_dir`).
 
     Returns:
         The Keras ``History`` (only the epochs run now; empty when the run had already stopped on its plateau).
@@ -261,7 +262,7 @@ def evaluate(network, subjects, batch_size=32, show_progress=True, protocol="vol
     """Evaluate the identity and ``network`` on ``subjects`` by the metric ``protocol``.
 
     Returns:
-        ``{"Initial": {"subjects": rows, "summary": ...}, "Model": {...}}`` (see :mod:`gsmorph_tf.evaluation`;
+        ``{"Initial": {"subjects": rows, "summary": ...}, "Model": {...}}`` (see :mod:`gsmorph_tf.evaluate.evaluation`;
         rows per subject or per slice pair).
     """
     bar = tf.keras.utils.Progbar(len(subjects), unit_name="subject") if show_progress else None
@@ -317,7 +318,7 @@ def train_and_evaluate(config, verbose=None, log=print, export=True):
     """The whole run: validate settings and data, train (or resume), evaluate the test split, export.
 
     Everything that can be wrong with the settings or the data fails before the output dir is touched,
-    and so does a run directory that another live run holds (:mod:`gsmorph_tf.rundir`): this run holds its
+    and so does a run directory that another live run holds (:mod:`gsmorph_tf.train.rundir`): this run holds its
     lock from then on. Re-run after an interruption (``SIGKILL`` included), it resumes after the last
     completed epoch, and exports the SavedModel only if no earlier run exported this trained state.
     ``export=False`` skips the SavedModel (studies that only need the scores).
