@@ -91,8 +91,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
     quiet_logs(FLAGS["verbosity"].present)
-    from gsmorph_tf import paper_comparison
-    from gsmorph_tf.timing import machine_description
+    from gsmorph_tf.evaluate.timing import machine_description
+    from gsmorph_tf.studies import paper_comparison
 
     try:
         config = config_from_flags(FLAGS, ("data_dir", "output_dir", "epochs", "batch_size", "learning_rate",

@@ -8,7 +8,7 @@ VoxelMorph at every ``--lambdas`` (the lambda chosen on validation also trains V
 reference objective, ULAE-net with gradient surgery and GSMorph-3D, each with every ``--seeds``, runs Initial and
 SyN, trains ULAE-net and VoxelMorph x2 again at every ``--magnitudes`` level, and writes to ``--output_dir``:
 ``deformation_table.md``, ``deformation_study.json``, ``validation_curves.png``, ``dice_vs_magnitude.png`` and
-``ulae_steps.png`` (see :mod:`gsmorph_tf.deformation_study`). Re-running the same command resumes: finished runs
+``ulae_steps.png`` (see :mod:`gsmorph_tf.studies.deformation_study`). Re-running the same command resumes: finished runs
 are read back, an interrupted one continues.
 """
 import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
@@ -81,13 +81,13 @@ def parse_numbers(flag, values, kind=float):
 
 
 def plan_from_flags():
-    """The :class:`~gsmorph_tf.deformation_study.StudyPlan` the flags describe (validated).
+    """The :class:`~gsmorph_tf.studies.deformation_study.StudyPlan` the flags describe (validated).
 
     Raises:
         ConfigError: naming the flag or setting that is wrong.
     """
     from gsmorph_tf.config import TrainConfig
-    from gsmorph_tf import deformation_study
+    from gsmorph_tf.studies import deformation_study
 
     options = dict(BRAIN_DEFAULTS, **dataset_options_from_flags(FLAGS, "brain"))
     seeds = parse_numbers("seeds", FLAGS.seeds, int)
@@ -110,7 +110,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
     quiet_logs(FLAGS["verbosity"].present)
-    from gsmorph_tf import deformation_study
+    from gsmorph_tf.studies import deformation_study
 
     try:
         plan = plan_from_flags()

@@ -10,7 +10,7 @@ MSE x1e-2, NJD %, Dice per structure) and
 ``evaluation.json`` (both, plus the settings), each written atomically. The ``Initial`` (identity) row is
 always included. With ``--run_dir`` the dataset, crop size and split seed default to the run's own.
 ``--metric_set=learn2reg`` scores 3D pairs as the Learn2Reg challenge does instead (Dice fraction, HD95 in
-voxels, SDlogJ; ``summary.md`` then shows their mean +- std and 30 % column, see gsmorph_tf.learn2reg_metrics);
+voxels, SDlogJ; ``summary.md`` then shows their mean +- std and 30 % column, see gsmorph_tf.evaluate.learn2reg_metrics);
 on a ``learn2reg`` dataset ``--l2r_mask`` takes SDlogJ inside the fixed images' ``masksTr/`` and
 ``--l2r_points=keypoints`` adds TRE at the points of ``keypointsTr/`` (as Learn2Reg scores NLST):
 
@@ -18,7 +18,7 @@ on a ``learn2reg`` dataset ``--l2r_mask`` takes SDlogJ inside the fixed images' 
 
 ``--instance_steps=N`` refines a copy of the trained network on each test subject's pairs (2D: its slices, one
 batch) for N steps of the run's training step before registering them, from the trained weights every time
-(:mod:`gsmorph_tf.instance`); the rows' ``seconds`` include the refinement.
+(:mod:`gsmorph_tf.train.instance`); the rows' ``seconds`` include the refinement.
 """
 import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 
@@ -134,12 +134,13 @@ def main(argv):
     quiet_logs(FLAGS["verbosity"].present)
     import tensorflow as tf
 
-    from gsmorph_tf import evaluation, training
     from gsmorph_tf.errors import SavedModelError
+    from gsmorph_tf.evaluate import evaluation
     from gsmorph_tf.fileio import atomic_write_text
-    from gsmorph_tf.instance import InstanceOptimizer
     from gsmorph_tf.registry import MODELS
-    from gsmorph_tf.runs import load_export_for_training, load_run_for_inference
+    from gsmorph_tf.train import training
+    from gsmorph_tf.train.instance import InstanceOptimizer
+    from gsmorph_tf.train.runs import load_export_for_training, load_run_for_inference
 
     try:
         refined = None  # (network, its run config) to refine per subject, with --instance_steps

@@ -3,10 +3,10 @@
     python run_export.py --run_dir=runs/demo --export_base=models
 
 writes ``models/<model_name>/<version>/`` (``saved_model.pb`` + ``variables/``; signatures
-``serving_default`` (raw input), ``register_crop`` and ``warp``, see :mod:`gsmorph_tf.export`; the provenance
+``serving_default`` (raw input), ``register_crop`` and ``warp``, see :mod:`gsmorph_tf.serve.export`; the provenance
 asset ``assets/provenance.json``, printed, and TF Serving's warm-up file) through a temp folder and a rename. An
 existing version is never overwritten. The only place that reads these flags; the work is
-:func:`gsmorph_tf.export.export_run`.
+:func:`gsmorph_tf.serve.export.export_run`.
 """
 import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 
@@ -31,8 +31,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
     from gsmorph_tf.errors import ConfigError
-    from gsmorph_tf.export import export_run  # after flag parsing: --help stays fast
-    from gsmorph_tf.provenance import format_provenance, read_provenance
+    from gsmorph_tf.serve.export import export_run  # after flag parsing: --help stays fast
+    from gsmorph_tf.serve.provenance import format_provenance, read_provenance
 
     quiet_logs(FLAGS["verbosity"].present)
     try:

@@ -26,8 +26,8 @@ warped labels) and their layout are described in :mod:`gsmorph_tf.register`. The
 flags. Errors print one ``error: ...`` line naming the file and exit with status 2, with nothing written.
 
 ``--instance_steps=N`` (every mode) refines a copy of the network on each pair for N steps of the run's own
-training step before registering it (:mod:`gsmorph_tf.instance`); the network is rebuilt from the export's
-provenance and variables (:func:`gsmorph_tf.runs.load_export_for_training`).
+training step before registering it (:mod:`gsmorph_tf.train.instance`); the network is rebuilt from the export's
+provenance and variables (:func:`gsmorph_tf.train.runs.load_export_for_training`).
 """
 import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 
@@ -118,8 +118,8 @@ def main(argv):
     mode = "folder" if FLAGS.moving_dir is not None else "pair"  # the validators above allow one of the three
     center = parse_center(FLAGS.center)
     from gsmorph_tf.errors import DatasetError
-    from gsmorph_tf.provenance import format_provenance
     from gsmorph_tf.register import SavedModelError, load_registration_model, register_files, register_folder
+    from gsmorph_tf.serve.provenance import format_provenance
 
     quiet_logs(FLAGS["verbosity"].present)
     try:
@@ -152,10 +152,10 @@ def learn2reg_submission():
     pair_list = FLAGS.learn2reg_pairs or "registration_val"
     try:
         task = read_task(FLAGS.learn2reg_dir)
-        from gsmorph_tf.provenance import format_provenance
         from gsmorph_tf.register import load_registration_model
         from gsmorph_tf.register.learn2reg import (check_model, resolve_intensity_norm, submission_pairs,
                                                    window_note, write_submission)
+        from gsmorph_tf.serve.provenance import format_provenance
 
         pairs = submission_pairs(task, pair_list)
         quiet_logs(FLAGS["verbosity"].present)

@@ -6,7 +6,7 @@
 Trains VoxelMorph at every ``--lambdas`` (l1 penalty) and the ``--surgery_methods`` (GSMorph and GS-PCGrad),
 each with every ``--seeds``,
 on one fixed subject split (``--split_seed``), and writes to ``--output_dir``: ``study_table.md``,
-``dice_vs_njd.png``, ``validation_curves.png`` and ``study.json`` (see :mod:`gsmorph_tf.lambda_study`).
+``dice_vs_njd.png``, ``validation_curves.png`` and ``study.json`` (see :mod:`gsmorph_tf.studies.lambda_study`).
 Re-running the same command resumes: finished runs are read back, an interrupted one continues.
 """
 import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
@@ -56,7 +56,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
     quiet_logs(FLAGS["verbosity"].present)
-    from gsmorph_tf import lambda_study
+    from gsmorph_tf.studies import lambda_study
 
     try:
         # The study compares the scores, not the conflict of VoxelMorph's gradients: one backward pass there.

@@ -16,7 +16,7 @@ Any 4-D NIfTI cine, frames 0-based::
         [--es_frame=9 --es_labels=es_gt.nii.gz] [--label_convention=acdc|mnms] --output_dir=tracked
 
 ``--instance_steps=N`` refines a copy of the network on each frame pair for N steps of the run's own training step
-before registering it (:mod:`gsmorph_tf.instance`, as ``run_register.py``).
+before registering it (:mod:`gsmorph_tf.train.instance`, as ``run_register.py``).
 
 Outputs, the field convention and the two strategies (``--strategy=direct|composed``) are described in
 :mod:`gsmorph_tf.register.track`. Every input is checked before the model loads; errors print one ``error: ...``
@@ -85,8 +85,8 @@ def main(argv):
         else:
             cine = track.read_cine(FLAGS.cine, FLAGS.ed_frame, FLAGS.ed_labels, FLAGS.es_frame, FLAGS.es_labels,
                                    FLAGS.label_convention)
-        from gsmorph_tf.provenance import format_provenance
         from gsmorph_tf.register import load_registration_model
+        from gsmorph_tf.serve.provenance import format_provenance
 
         model = load_registration_model(FLAGS.saved_model, FLAGS.instance_steps, FLAGS.instance_learning_rate)
         print(format_provenance(model.provenance))

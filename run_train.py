@@ -1,7 +1,7 @@
 """Train, evaluate and export a registration model: ``python run_train.py --flagfile=flags/acdc.flags``.
 
 The only place that reads flags: they become a :class:`gsmorph_tf.config.TrainConfig` once, and the run is
-:func:`gsmorph_tf.training.train_and_evaluate`. Re-running the same command after an interruption resumes
+:func:`gsmorph_tf.train.training.train_and_evaluate`. Re-running the same command after an interruption resumes
 from the last completed epoch.
 """
 import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
@@ -142,7 +142,7 @@ def main(argv):
         config = config_from_flags().validate()  # before TensorFlow loads: a bad setting fails at once
     except ConfigError as error:
         return fail(error)
-    from gsmorph_tf.training import train_and_evaluate  # after flag parsing: --help stays fast
+    from gsmorph_tf.train.training import train_and_evaluate  # after flag parsing: --help stays fast
 
     quiet_logs(FLAGS["verbosity"].present)
 

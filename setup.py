@@ -10,7 +10,7 @@ setup(
     license="Apache-2.0",  # as TensorFlow and voxelmorph; the text is in LICENSE
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["gsmorph_tf", "gsmorph_tf.*", "ulae_tf", "ulae_tf.*"]),
-    package_data={"gsmorph_tf": ["learn2reg_surfel_areas.json"]},  # read by gsmorph_tf.learn2reg_metrics
+    package_data={"gsmorph_tf.evaluate": ["learn2reg_surfel_areas.json"]},  # read by its learn2reg_metrics
     py_modules=["run_train", "run_eval", "run_benchmark", "run_export", "run_register", "run_apply", "run_track",
                 "run_study", "run_deformation_study"],
     install_requires=[

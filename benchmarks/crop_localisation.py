@@ -24,7 +24,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # run f
 from gsmorph_tf.data.acdc import find_acdc_subjects, load_acdc_subject  # noqa: E402
 from gsmorph_tf.data.phantom import generate_phantom_dataset  # noqa: E402
 from gsmorph_tf.data.preprocessing import GOOD_CROP_COVERAGE  # noqa: E402
-from gsmorph_tf.timing import machine_description  # noqa: E402
+from gsmorph_tf.evaluate.timing import machine_description  # noqa: E402
 
 flags.DEFINE_string("acdc_dir", "", "ACDC-layout data to measure instead of the phantom.")
 flags.DEFINE_integer("phantom_subjects", 16, "Phantom: number of subjects.", lower_bound=3)

@@ -1,4 +1,4 @@
-"""Test-time instance optimisation (``--instance_steps``, :mod:`gsmorph_tf.instance`): what N steps per pair buy.
+"""Test-time instance optimisation (``--instance_steps``, :mod:`gsmorph_tf.train.instance`): what N steps per pair buy.
 
 For each method (GSMorph with layer-wise surgery; VoxelMorph, surgery ``none`` with ``--lam``) and seed, takes
 the demo run ``<runs_dir>/<method>/seed<k>`` (trained first, ``run_train.py --flagfile=flags/demo.flags
@@ -45,7 +45,7 @@ flags.DEFINE_list("methods", ["gsmorph", "voxelmorph"], "gsmorph (surgery layerw
 flags.DEFINE_float("lam", 0.01, "VoxelMorph's lambda (l1; 0.01 is the paper's VoxelMorph-m).")
 flags.DEFINE_list("seeds", ["3407", "1", "2"], "Training seeds (each its own subject split, as the demo's).")
 flags.DEFINE_list("steps", ["0", "10", "50", "100"], "Instance steps per test subject.")
-flags.DEFINE_list("learning_rates", ["1e-4"], "Adam's learning rates of the refinement (gsmorph_tf.instance's "
+flags.DEFINE_list("learning_rates", ["1e-4"], "Adam's learning rates of the refinement (gsmorph_tf.train.instance's "
                   "default: 1e-4), each measured.")
 flags.DEFINE_enum("split", "test", ["test", "validation"], "The split scored: validation to choose the learning rate, "
                   "test for the table.")
@@ -77,7 +77,7 @@ def trained_run(method, seed):
 
 def measure(refiner, subjects, steps, protocol):
     """Summary metrics and seconds per pair of ``steps`` refinement steps per subject."""
-    from gsmorph_tf import evaluation
+    from gsmorph_tf.evaluate import evaluation
 
     rows = evaluation.evaluate_predictor(refiner.predictor(steps), subjects, protocol=protocol)
     summary = evaluation.summarize(rows)
@@ -138,11 +138,11 @@ def best_rates(results, methods, steps, rates, split):
 
 def main(argv):
     del argv
-    from gsmorph_tf import training
+    from gsmorph_tf.evaluate.timing import machine_description
     from gsmorph_tf.fileio import atomic_write_text
-    from gsmorph_tf.instance import InstanceOptimizer
-    from gsmorph_tf.runs import load_run_for_inference
-    from gsmorph_tf.timing import machine_description
+    from gsmorph_tf.train import training
+    from gsmorph_tf.train.instance import InstanceOptimizer
+    from gsmorph_tf.train.runs import load_run_for_inference
 
     unknown = set(FLAGS.methods) - set(METHODS)
     if unknown:

@@ -4,7 +4,7 @@ Takes a run trained on the synthetic phantom (``make demo`` writes ``runs/demo``
 pairs of its test split (``--split=all``: every subject, training ones included) with the run's network, and
 warps each ES label map to ED by both rules of :func:`gsmorph_tf.register.warp_label_map`, as ``run_apply.py``
 applies ``run_register.py``'s fields: the slice stack as an ``[H, W, S]`` volume, the field with ``u_k = 0``.
-The warped labels are scored against the ED labels by the paper protocol of :mod:`gsmorph_tf.evaluation` (per
+The warped labels are scored against the ED labels by the paper protocol of :mod:`gsmorph_tf.evaluate.evaluation` (per
 2D slice pair; HD95 in mm with the in-plane spacing; a structure absent from both maps is left out).
 
 Prints mean +- sd per structure for both rules; the paired difference one-hot - nearest (mean +- sd) with a
@@ -66,9 +66,10 @@ def paired_table(rows, structures):
 
 def main(argv):
     del argv
-    from gsmorph_tf import evaluation, training
-    from gsmorph_tf.runs import load_run_for_inference
-    from gsmorph_tf.timing import machine_description
+    from gsmorph_tf.evaluate import evaluation
+    from gsmorph_tf.evaluate.timing import machine_description
+    from gsmorph_tf.train import training
+    from gsmorph_tf.train.runs import load_run_for_inference
 
     try:
         config, network = load_run_for_inference(FLAGS.run_dir)

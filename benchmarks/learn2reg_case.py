@@ -1,8 +1,8 @@
-"""A tiny deterministic Learn2Reg task for checking ``gsmorph_tf.learn2reg_metrics`` against Learn2Reg's own
+"""A tiny deterministic Learn2Reg task for checking ``gsmorph_tf.evaluate.learn2reg_metrics`` against Learn2Reg's own
 evaluation code: three pairs at 24 x 20 x 16 voxels with labels 1-3, fixed-image masks, landmarks, and a
 submission of displacement fields. Shared by ``learn2reg_official_scores.py`` (writes it and runs their code)
-and ``tests/test_learn2reg_metrics.py`` (rebuilds it and runs ours). NumPy, SciPy and nibabel only; no flags. It also runs their code
-(:func:`run_reference`) for the scripts that compare with it.
+and ``tests/evaluate/test_learn2reg_metrics.py`` (rebuilds it and runs ours). NumPy, SciPy and nibabel only; no
+flags. It also runs their code (:func:`run_reference`) for the scripts that compare with it.
 
 The pairs, each chosen to exercise one of their rules:
 
@@ -201,7 +201,7 @@ def our_scores(case, submission_dir, masked):
     """Our ``learn2reg`` scores of the files in ``submission_dir``, in their JSON's layout."""
     import nibabel as nib
 
-    from gsmorph_tf import learn2reg_metrics as l2r
+    from gsmorph_tf.evaluate import learn2reg_metrics as l2r
 
     cases = {}
     for fixed, moving in PAIRS:

@@ -1,4 +1,5 @@
-"""Run Learn2Reg's own evaluation code on a tiny task and keep its numbers, for ``tests/test_learn2reg_metrics.py``.
+"""Run Learn2Reg's own evaluation code on a tiny task and keep its numbers, for
+``tests/evaluate/test_learn2reg_metrics.py``.
 
     python benchmarks/learn2reg_official_scores.py --l2r_dir=/work/ref/L2R --reference_python=/work/envs/l2r/bin/python
 
@@ -9,7 +10,7 @@ Writes ``benchmarks/learn2reg_case.py``'s task and submission to a temporary fol
 writes both result JSONs (as their code wrote them: NaN and Infinity included), the L2R commit and the commands
 to ``tests/data/learn2reg_official_scores.json``. It also writes the surface-distance package's 256 surface-element
 areas at unit spacing (their ``create_table_neighbour_code_to_surface_area(np.ones(3))``) to
-``gsmorph_tf/learn2reg_surfel_areas.json``, the table our HD95 weights its surface elements by, and their
+``gsmorph_tf/evaluate/learn2reg_surfel_areas.json``, the table our HD95 weights its surface elements by, and their
 HD95 (``compute_robust_hausdorff(compute_surface_distances(a, b, np.ones(3)), 95)``, the call Learn2Reg's
 ``utils.compute_hd95`` makes) of ``learn2reg_case.random_mask_pairs()``, irregular masks whose surfaces hold
 most neighbourhood codes.
@@ -31,7 +32,7 @@ flags.DEFINE_string("reference_python", "/work/envs/l2r/bin/python", "Python wit
                     "requirements (evaluation/requirements.txt) and its surface-distance installed.")
 flags.DEFINE_string("output", os.path.join(REPO, "tests", "data", "learn2reg_official_scores.json"),
                     "Where their scores go.")
-flags.DEFINE_string("table_output", os.path.join(REPO, "gsmorph_tf", "learn2reg_surfel_areas.json"),
+flags.DEFINE_string("table_output", os.path.join(REPO, "gsmorph_tf", "evaluate", "learn2reg_surfel_areas.json"),
                     "Where the surface-element area table goes.")
 FLAGS = flags.FLAGS
 

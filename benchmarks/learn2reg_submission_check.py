@@ -10,8 +10,8 @@ not of the model's accuracy), unpacks the ``submission.zip`` it wrote, and runs 
 ``evaluation/evaluation.py`` (unchanged, under ``--reference_python``, a Python with their pinned requirements)
 on it, without and with ``masked_evaluation``. Their evaluation refuses a submission with a missing file or a
 wrong shape, so a result means the submission passed its checks. Then it scores the same files with
-:func:`gsmorph_tf.learn2reg_metrics.pair_scores` and :func:`~gsmorph_tf.learn2reg_metrics.aggregate` and prints,
-per pair and metric, both values and their largest difference; ``--output`` keeps everything as JSON.
+:func:`gsmorph_tf.evaluate.learn2reg_metrics.pair_scores` and :func:`~gsmorph_tf.evaluate.learn2reg_metrics.aggregate`
+and prints, per pair and metric, both values and their largest difference; ``--output`` keeps everything as JSON.
 """
 import json
 import os
@@ -68,7 +68,7 @@ def main(argv):
                 print("  %-12s theirs mean %-10.6g ours mean %.6g" % (name, theirs["aggregates"][name]["mean"],
                                                                       ours["aggregates"][name]["mean"]))
     if FLAGS.output:
-        from gsmorph_tf.evaluation import write_json
+        from gsmorph_tf.evaluate.evaluation import write_json
         write_json(FLAGS.output, report)
         print("Wrote %s" % FLAGS.output)
 

@@ -2,9 +2,9 @@
 
 Generates the phantom (ACDC layout) into ``--data_dir`` (or a temporary folder), loads it with the ACDC
 loader (128x128 crops around the ED labels, as training does) and registers ALL subjects (train + val +
-test) with the identity (``Initial``), Demons and SyN (:mod:`gsmorph_tf.baselines`). Prints two tables:
+test) with the identity (``Initial``), Demons and SyN (:mod:`gsmorph_tf.evaluate.baselines`). Prints two tables:
 
-- ``paper`` (the GSMorph paper's protocol, :mod:`gsmorph_tf.evaluation`): per 2D slice pair, Dice of each
+- ``paper`` (the GSMorph paper's protocol, :mod:`gsmorph_tf.evaluate.evaluation`): per 2D slice pair, Dice of each
   structure present in the fixed or the moved labels, averaged over those structures; MSE of the pair; mean
   +- std over all slice pairs (slices without any structure are left out);
 - ``volume``: each subject's slice stack scored as one volume; mean +- std over subjects.
@@ -22,11 +22,11 @@ import time
 
 from absl import app, flags
 
-from gsmorph_tf import evaluation
 from gsmorph_tf.data.acdc import load_acdc
 from gsmorph_tf.data.phantom import generate_phantom_dataset
-from gsmorph_tf.paper_comparison import classical_predictor
-from gsmorph_tf.timing import machine_description
+from gsmorph_tf.evaluate import evaluation
+from gsmorph_tf.evaluate.timing import machine_description
+from gsmorph_tf.studies.paper_comparison import classical_predictor
 
 flags.DEFINE_integer("phantom_subjects", 16, "Phantom: number of subjects.", lower_bound=3)
 flags.DEFINE_integer("phantom_slices", 6, "Phantom: slices per subject.", lower_bound=1)
@@ -57,7 +57,7 @@ def cached(predict):
 
 
 def score(method, subjects):
-    """``({protocol: metric rows}, seconds)`` for one method, by both protocols of gsmorph_tf.evaluation."""
+    """``({protocol: metric rows}, seconds)`` for one method, by both protocols of gsmorph_tf.evaluate.evaluation."""
     start = time.perf_counter()
     if method == "Initial":
         rows = {protocol: evaluation.evaluate_identity(subjects, protocol) for protocol in PROTOCOLS}

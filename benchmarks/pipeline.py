@@ -93,9 +93,9 @@ def measure_train_step(shape, steps):
     """Median ms of one GSMorph U-Net train step (batch 1, MSE, surgery none) at ``shape``."""
     import tensorflow as tf
 
-    from gsmorph_tf.model import GradientSurgeryModel
-    from gsmorph_tf.networks import build_gsmorph_unet
-    from gsmorph_tf.timing import median_ms
+    from gsmorph_tf.core.model import GradientSurgeryModel
+    from gsmorph_tf.evaluate.timing import median_ms
+    from gsmorph_tf.models.networks import build_gsmorph_unet
 
     tf.keras.utils.set_random_seed(0)
     model = GradientSurgeryModel(build_gsmorph_unet(shape), similarity="mse", reg_penalty="l2", surgery="none",
@@ -156,7 +156,7 @@ def main(argv):
             result = measure_memory(rest[1], rest[0], FLAGS.memory_pairs)
         print("RESULT " + json.dumps(result))
         return
-    from gsmorph_tf.timing import machine_description
+    from gsmorph_tf.evaluate.timing import machine_description
 
     shape = parse_shape(FLAGS.size)
     print("machine: %s" % machine_description())

@@ -8,7 +8,7 @@ It builds the reference's network with narrow features (``cfg['FeatNum']``, defa
 seeds it, and runs the reference's own step (``GradientDescent.update_gradient`` with ``AdamW(lr, weight_decay
 0)``, as ``scripts/TrainModel.py``; :func:`reference_train.build_reference`) on a fixed sequence of synthetic
 batches, once per method: VoxelMorph-l (surgery none, lam 0.1), GSMorph (LayerWise) and GS-PCGrad. Every
-method starts from the same initial weights (the same seed). ``tests/test_reference_steps.py`` loads the
+method starts from the same initial weights (the same seed). ``tests/core/test_reference_steps.py`` loads the
 saved file and runs the port's ``GradientSurgeryModel.train_step`` on the same weights and batches.
 
 Each method is also run a second time from the same weights nudged by one float32 ulp in half of their

@@ -109,8 +109,10 @@ def main(argv):
     except ConfigError as error:
         return fail(error)
     import numpy as np   # TensorFlow and the rest only once the inputs are known to be usable
-    from gsmorph_tf import evaluation, lambda_study, training
+    from gsmorph_tf.evaluate import evaluation
     from gsmorph_tf.fileio import atomic_write_text
+    from gsmorph_tf.studies import lambda_study
+    from gsmorph_tf.train import training
 
     try:
         methods = lambda_study.named_methods(FLAGS.lambdas, FLAGS.surgery_methods)

@@ -2,7 +2,7 @@
 PyTorch) trained for a few steps on seeded synthetic pairs, with what it computed along the way.
 
 Runs under a Python that has PyTorch (not this project's virtualenv) and a checkout of the reference code; it
-writes ``tests/data/ulae_reference_steps.npz``, which ``tests/test_ulae_reference_steps.py`` reads (CI has no
+writes ``tests/data/ulae_reference_steps.npz``, which ``tests/ulae/test_ulae_reference_steps.py`` reads (CI has no
 PyTorch). It builds the reference's network and loss unchanged from ``--ref``/ULAE (``ULAE.ULAE(2, 3, b, True,
 shape)`` after ``torch.manual_seed``; ``Loss.multi_window_loss(win=[11, 9, 7], gamma=0.5)``, ``Loss.smoothloss``)
 and runs the step of ``ULAE/Train_ULAE.py`` (lines 100-112), batch 1, once per pair::

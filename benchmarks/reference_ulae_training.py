@@ -15,8 +15,8 @@ split, steps, learning rate and objective) and, for every seed asked for:
   one pair per step), for the same number of steps and learning rate, from its own seeded initialisation.
 
 Both runs' composed fields on the test pairs (and the reference's on the validation pairs after every epoch) are
-scored by one evaluator (:func:`gsmorph_tf.evaluation.evaluate_flows`: the same warps of images and labels), so the
-two differ only by how their networks were trained. Then, in the same run on the same machine, one train step of
+scored by one evaluator (:func:`gsmorph_tf.evaluate.evaluation.evaluate_flows`: the same warps of images and labels),
+so the two differ only by how their networks were trained. Then, in the same run on the same machine, one train step of
 each at the study's volume size is timed (``benchmarks/ulae.py`` and ``benchmarks/reference_ulae_step.py``, each in
 a fresh process, median of ``--timing_steps`` after one warm-up).
 
@@ -68,8 +68,8 @@ def check_reference():
 def study_config(study_dir):
     """The study's main-level ULAE-net :class:`~gsmorph_tf.config.TrainConfig` from ``study_config.json``, checked
     against the reference's objective (:data:`REFERENCE_OBJECTIVE`)."""
-    from gsmorph_tf import deformation_study
     from gsmorph_tf.config import TrainConfig
+    from gsmorph_tf.studies import deformation_study
 
     path = os.path.join(study_dir, "study_config.json")
     if not os.path.isfile(path):
@@ -123,12 +123,13 @@ def reference_run(seed, config, data_path, folder):
 
 def port_record(seed, folder, splits, protocol):
     """The port's run in ``folder`` scored as the reference's: its composed fields on the test pairs through
-    :func:`~gsmorph_tf.evaluation.evaluate_flows`; curves from its TensorBoard events."""
+    :func:`~gsmorph_tf.evaluate.evaluation.evaluate_flows`; curves from its TensorBoard events."""
     import numpy as np
 
-    from gsmorph_tf import evaluation, seed_studies
-    from gsmorph_tf.runs import load_run_for_inference
-    from gsmorph_tf.timing import compiled_predictor
+    from gsmorph_tf.evaluate import evaluation
+    from gsmorph_tf.evaluate.timing import compiled_predictor
+    from gsmorph_tf.studies import seed_studies
+    from gsmorph_tf.train.runs import load_run_for_inference
 
     _, network = load_run_for_inference(folder)
     predict = compiled_predictor(network)
@@ -146,7 +147,7 @@ def reference_record(seed, fields, splits, protocol, source):
     """The reference's run scored by the same evaluator: test fields and every epoch's validation fields."""
     import numpy as np
 
-    from gsmorph_tf import evaluation
+    from gsmorph_tf.evaluate import evaluation
 
     rows = evaluation.evaluate_flows(splits["test"], fields["test_flow"], protocol, source)
     curve = [evaluation.summarize(evaluation.evaluate_flows(splits["val"], epoch, protocol, source))["dice_mean"]["mean"]
@@ -181,7 +182,7 @@ def time_steps(shape):
 
 def comparison_table(comparison, timing, machine, steps):
     """Markdown: the port and the reference side by side, the tests, the step timing."""
-    from gsmorph_tf import lambda_study
+    from gsmorph_tf.studies import lambda_study
 
     lines = [lambda_study.comparison_table(comparison, "volume").replace("averaged over slices and seeds",
                                                                          "averaged over seeds"), "",
@@ -235,10 +236,12 @@ def main(argv):
         return fail(error)
     import numpy as np   # TensorFlow and the rest only once the inputs are known to be usable
 
-    from gsmorph_tf import deformation_study, evaluation, lambda_study, training
+    from gsmorph_tf.evaluate import evaluation
+    from gsmorph_tf.evaluate.timing import machine_description
     from gsmorph_tf.fileio import atomic_write_text
-    from gsmorph_tf.seed_studies import read_or_make
-    from gsmorph_tf.timing import machine_description
+    from gsmorph_tf.studies import deformation_study, lambda_study
+    from gsmorph_tf.studies.seed_studies import read_or_make
+    from gsmorph_tf.train import training
 
     try:
         seeds = [int(s) for s in FLAGS.seeds]

@@ -33,7 +33,7 @@ FLAGS = flags.FLAGS
 
 def measure(replicas):
     """Run in a fresh process: build the strategy first, then the model; return the figures as a dict."""
-    from gsmorph_tf import distribute  # light: TensorFlow is imported below, after the strategy choice
+    from gsmorph_tf.train import distribute  # light: TensorFlow is imported below, after the strategy choice
 
     import tensorflow as tf
 
@@ -51,9 +51,9 @@ def measure(replicas):
 
     import numpy as np
 
-    from gsmorph_tf.model import GradientSurgeryModel
-    from gsmorph_tf.networks import build_gsmorph_unet
-    from gsmorph_tf.timing import machine_description, median_ms
+    from gsmorph_tf.core.model import GradientSurgeryModel
+    from gsmorph_tf.evaluate.timing import machine_description, median_ms
+    from gsmorph_tf.models.networks import build_gsmorph_unet
 
     rng = np.random.default_rng(0)
     shape = (FLAGS.batch_size, FLAGS.size, FLAGS.size, 1)

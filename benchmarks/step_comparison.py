@@ -4,10 +4,11 @@
 
 Reads what ``benchmarks/reference_steps.py`` recorded from the official code (wulalago/GSMorph): its initial
 weights, batches, step-1 gradients, losses of every step and weights after 1 and after all steps, per method.
-Loads those initial weights into the port's network (:func:`gsmorph_tf.reference_weights.load_reference_weights`),
-runs the port's ``GradientSurgeryModel.train_step`` (through ``fit``) on the same batches with the same
-settings (MSE, l1 ``Grad``, :func:`gsmorph_tf.models.gsmorph.build_optimizer`), and prints per variant of the
-port and per method how far it lands from the reference:
+Loads those initial weights into the port's network
+(:func:`gsmorph_tf.models.reference_weights.load_reference_weights`), runs the port's
+``GradientSurgeryModel.train_step`` (through ``fit``) on the same batches with the same settings (MSE, l1 ``Grad``,
+:func:`gsmorph_tf.models.gsmorph.build_optimizer`), and prints per variant of the port and per method how far it
+lands from the reference:
 
 - ``grad1``: the step-1 gradient handed to the optimizer, largest relative difference over the tensors
   (``|g - g_ref| / |g_ref|``, the conv biases in front of BatchNorm left out: see :func:`pre_batchnorm_bias`);
@@ -26,7 +27,7 @@ The variants: the port as it trains (zero padding, the reference's rule), the sa
 float32 rounding of sampling locations (:class:`GridSampleRounding`: the closest the port can get), and that
 emulation with one difference put back each: voxelmorph's border padding, Keras' BatchNorm epsilon or
 momentum, Keras' Adam epsilon, an l2 ``Grad`` penalty. A last line gives the reference's own drift when its
-initial weights move by one ulp. ``tests/test_reference_steps.py`` asserts the comparisons with fixed
+initial weights move by one ulp. ``tests/core/test_reference_steps.py`` asserts the comparisons with fixed
 tolerances and uses the helpers here.
 """
 import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
@@ -39,12 +40,12 @@ import types
 import numpy as np
 import tensorflow as tf
 
-from gsmorph_tf.flows import Warp
-from gsmorph_tf.model import GradientSurgeryModel
+from gsmorph_tf.core.flows import Warp
+from gsmorph_tf.core.model import GradientSurgeryModel
+from gsmorph_tf.core.surgery import project_gradients
 from gsmorph_tf.models.gsmorph import build_optimizer
-from gsmorph_tf.networks import build_gsmorph_unet
-from gsmorph_tf.reference_weights import load_reference_weights, port_variable, reference_to_port
-from gsmorph_tf.surgery import project_gradients
+from gsmorph_tf.models.networks import build_gsmorph_unet
+from gsmorph_tf.models.reference_weights import load_reference_weights, port_variable, reference_to_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REFERENCE_STEPS = os.path.join(HERE, os.pardir, "tests", "data", "reference_steps.npz")
@@ -112,7 +113,7 @@ class GridSampleRounding(tf.keras.layers.Layer):
 
 
 def port_network(reference, warp_padding="zeros", grid_sample_rounding=False):
-    """The port's network (:func:`~gsmorph_tf.networks.build_gsmorph_unet`, the recorded widths and size) with
+    """The port's network (:func:`~gsmorph_tf.models.networks.build_gsmorph_unet`, the recorded widths and size) with
     the reference's initial weights; with ``grid_sample_rounding`` the moving image is warped (with
     ``warp_padding``) at the locations :class:`GridSampleRounding` gives. Outputs ``[moved, flow]``; the same
     trainable tensors."""

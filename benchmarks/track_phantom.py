@@ -5,7 +5,7 @@ subject's cine with both strategies of :mod:`gsmorph_tf.register.track` (``track
 scores the propagated ED labels against the phantom's known labels in **every** frame (rendered at each frame's
 contraction with :class:`gsmorph_tf.data.phantom.render.Renderer`; at ED and ES they are the files' labels, checked).
 The ED labels copied unchanged into every frame are scored too. Scores are on the whole ``[X, Y, Z]`` volume
-(:func:`gsmorph_tf.metrics.dice_per_structure`, HD95 in mm with the header zooms), averaged over the non-ED
+(:func:`gsmorph_tf.evaluate.metrics.dice_per_structure`, HD95 in mm with the header zooms), averaged over the non-ED
 frames of all subjects, and at ES alone; the LV/RV EF error (propagated - manual, EF points, at the given ES frame)
 and the seconds per registered frame. Prints a Markdown table and the machine.
 
@@ -47,9 +47,9 @@ def main(argv):
     import nibabel as nib
 
     from gsmorph_tf.data.phantom import generate_phantom_dataset
-    from gsmorph_tf.metrics import dice_per_structure, hd95_per_structure
+    from gsmorph_tf.evaluate.metrics import dice_per_structure, hd95_per_structure
+    from gsmorph_tf.evaluate.timing import machine_description
     from gsmorph_tf.register import RegistrationModel, track
-    from gsmorph_tf.timing import machine_description
 
     model = RegistrationModel(FLAGS.saved_model)
     work = tempfile.mkdtemp(prefix="track_phantom_")

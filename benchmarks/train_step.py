@@ -25,10 +25,10 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from gsmorph_tf.timing import machine_description, median_ms
-from gsmorph_tf.model import GradientSurgeryModel
-from gsmorph_tf.networks import build_gsmorph_unet
-from gsmorph_tf.surgery import group_cosines, project_gradients
+from gsmorph_tf.core.model import GradientSurgeryModel
+from gsmorph_tf.core.surgery import group_cosines, project_gradients
+from gsmorph_tf.evaluate.timing import machine_description, median_ms
+from gsmorph_tf.models.networks import build_gsmorph_unet
 
 flags.DEFINE_integer("size", 128, "Image side (pixels).")
 flags.DEFINE_integer("batch_size", 32, "Pairs per training step.")

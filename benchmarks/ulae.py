@@ -8,8 +8,8 @@ resident set size on CPU, ``tf.config.experimental.get_memory_info`` peak on a G
 
 Then the loss alone (``loss`` lines), forward + gradient with respect to the moved image, with the ``--ncc``
 formula: multi-window NCC (11, 9, 7) and single-window NCC (9), each with window sums by separable box
-filtering (:func:`gsmorph_tf.losses.box_sums`, what training uses) and by the direct ``w^3`` convolution
-(:func:`gsmorph_tf.losses.box_sums_direct`, what voxelmorph's NCC and the ULAE reference code compute, and
+filtering (:func:`gsmorph_tf.core.losses.box_sums`, what training uses) and by the direct ``w^3`` convolution
+(:func:`gsmorph_tf.core.losses.box_sums_direct`, what voxelmorph's NCC and the ULAE reference code compute, and
 what this project used before), with the ratios multi / single.
 
 ``--recompute`` measures ULAE-net with gradient checkpointing: its shared encoder and its three decoders each
@@ -42,7 +42,7 @@ flags.DEFINE_integer("steps", 3, "Timed repetitions (median) after one warm-up."
 flags.DEFINE_list("parts", list(PARTS), "What to measure, comma-separated: networks = forward, train step and "
                   "memory of each network; loss = the NCC losses alone.")
 flags.DEFINE_enum("ncc", NCC_FORMULAS[0], NCC_FORMULAS, "Local NCC formula of the train step and the loss lines "
-                  "(see gsmorph_tf.losses.local_ncc).")
+                  "(see gsmorph_tf.core.losses.local_ncc).")
 flags.DEFINE_boolean("mixed_precision", False, "Train the networks in mixed_float16 (loss scaling; for GPUs: slower on "
                      "CPUs).")
 flags.DEFINE_boolean("recompute", False, "ULAE-net only: wrap its encoder and decoders in tf.recompute_grad (gradient "
@@ -84,9 +84,9 @@ def measure(network_name, shape, steps, formula, mixed_precision, recompute=Fals
     import tensorflow as tf
 
     from gsmorph_tf.config import TrainConfig
-    from gsmorph_tf.networks import count_trainable_parameters
+    from gsmorph_tf.evaluate.timing import median_ms
+    from gsmorph_tf.models.networks import count_trainable_parameters
     from gsmorph_tf.registry import MODELS
-    from gsmorph_tf.timing import median_ms
 
     own = {"ulae_moved": "warp3", "ulae_init": "pytorch"} if network_name == "ulae" else {}
     if recompute:
@@ -123,8 +123,8 @@ def loss_cost(shape, steps, formula):
     """Median ms of forward + gradient (with respect to the moved image) of each of :data:`LOSSES`."""
     import tensorflow as tf
 
-    from gsmorph_tf import losses
-    from gsmorph_tf.timing import median_ms
+    from gsmorph_tf.core import losses
+    from gsmorph_tf.evaluate.timing import median_ms
 
     rng = np.random.default_rng(0)
     fixed = tf.constant(rng.random((1, *shape, 1), np.float32))
@@ -157,7 +157,7 @@ def main(argv):
                                FLAGS.recompute and network_name == "ulae"))
         print("RESULT " + json.dumps(result))
         return
-    from gsmorph_tf.timing import machine_description
+    from gsmorph_tf.evaluate.timing import machine_description
 
     print("machine: %s" % machine_description())
     print("batch 1, median of %d steps after one warm-up; each line measured in a fresh process; NCC formula %s; "

@@ -62,10 +62,10 @@ def main(argv):
     import voxelmorph as vxm
 
     from gsmorph_tf.config import TrainConfig
-    from gsmorph_tf.flows import compose_flows, warp
-    from gsmorph_tf.losses import smoothness_loss
+    from gsmorph_tf.core.flows import compose_flows, warp
+    from gsmorph_tf.core.losses import smoothness_loss
+    from gsmorph_tf.evaluate.timing import machine_description, median_ms
     from gsmorph_tf.registry import SIMILARITIES
-    from gsmorph_tf.timing import machine_description, median_ms
     from ulae_tf.networks import STEP_DOWNSAMPLING
     from ulae_tf.registration import MODEL
 

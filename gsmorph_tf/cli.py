@@ -7,7 +7,7 @@ Light to import (no TensorFlow), so ``--help`` answers at once:
   script (``gsmorph-train --help``) lists the entry point's flags as ``python run_train.py --help`` does;
 - :func:`define_dataset_options`: the datasets' own settings (:mod:`gsmorph_tf.registry`) as flags;
 - :func:`define_instance_flags`: ``--instance_steps`` and ``--instance_learning_rate`` (test-time instance
-  optimisation, :mod:`gsmorph_tf.instance`) for the entry points that register;
+  optimisation, :mod:`gsmorph_tf.train.instance`) for the entry points that register;
 - :func:`fail`, :func:`quiet_logs`: one ``error: ...`` line for user errors, TensorFlow's INFO lines hidden;
   :func:`run_app` prints a missing optional dependency (:mod:`gsmorph_tf.extras`) that way too, wherever it
   is imported.
@@ -133,8 +133,8 @@ def define_dataset_options(only=None, defaults=None):
 
 def define_instance_flags(flag_values=flags.FLAGS):
     """Define ``--instance_steps`` (default 0, >= 0) and ``--instance_learning_rate`` (default None:
-    :data:`gsmorph_tf.instance.DEFAULT_LEARNING_RATE`; > 0, only with ``--instance_steps`` > 0): test-time
-    instance optimisation (:mod:`gsmorph_tf.instance`).
+    :data:`gsmorph_tf.train.instance.DEFAULT_LEARNING_RATE`; > 0, only with ``--instance_steps`` > 0): test-time
+    instance optimisation (:mod:`gsmorph_tf.train.instance`).
     ``flag_values``: where they are defined (absl's global ``FLAGS`` for an entry point). Returns the flag names."""
     flags.DEFINE_integer("instance_steps", 0, "Test-time instance optimisation: refine a copy of the trained network "
                          "on each pair (2D: one subject's slices) for this many steps of its training step (GSMorph: "

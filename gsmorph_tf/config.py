@@ -16,7 +16,7 @@ from gsmorph_tf.errors import ConfigError
 from gsmorph_tf.fileio import atomic_write_text
 from gsmorph_tf.registry import DATASETS, MODELS, SIMILARITIES
 
-#: Local NCC formulas (see gsmorph_tf.losses.local_ncc): ``voxelmorph``, voxelmorph 0.2's NCC, which clamps the
+#: Local NCC formulas (see gsmorph_tf.core.losses.local_ncc): ``voxelmorph``, voxelmorph 0.2's NCC, which clamps the
 #: local covariance and variances (flat windows score 1, anti-correlated windows pass no gradient; our default);
 #: ``reference``, the ULAE-net reference code's ``cross^2 / (I_var * J_var + 1e-5)``, no clamps.
 NCC_FORMULAS = ("voxelmorph", "reference")
@@ -31,15 +31,16 @@ GROUPINGS = ("variable", "layer")
 #: Spatial-gradient penalties of the smoothness loss (voxelmorph ``Grad``).
 REG_PENALTIES = ("l1", "l2")
 
-#: How evaluation scores a registration (see gsmorph_tf.evaluation): ``volume``, one row per subject (its
+#: How evaluation scores a registration (see gsmorph_tf.evaluate.evaluation): ``volume``, one row per subject (its
 #: stack or volume as one); ``paper``, one row per 2D slice pair (the GSMorph reference code's protocol).
 METRIC_PROTOCOLS = ("volume", "paper")
 
-#: Which scores evaluation computes (see gsmorph_tf.evaluation): ``ours`` (Dice %, HD95 mm, MSE, NJD, SDlogJ, by
-#: a protocol above) or ``learn2reg`` (the Learn2Reg challenge's own, gsmorph_tf.learn2reg_metrics; 3D pairs).
+#: Which scores evaluation computes (see gsmorph_tf.evaluate.evaluation): ``ours`` (Dice %, HD95 mm, MSE, NJD,
+#: SDlogJ, by a protocol above) or ``learn2reg`` (the Learn2Reg challenge's own, gsmorph_tf.evaluate.learn2reg_metrics;
+#: 3D pairs).
 METRIC_SETS = ("ours", "learn2reg")
 
-#: Device strategies (see :mod:`gsmorph_tf.distribute`): ``default``, one device; ``mirrored``, the GPUs (or
+#: Device strategies (see :mod:`gsmorph_tf.train.distribute`): ``default``, one device; ``mirrored``, the GPUs (or
 #: logical CPUs) of one machine; ``multi_worker``, the machines that ``TF_CONFIG`` lists.
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
@@ -48,7 +49,7 @@ STRATEGIES = ("default", "mirrored", "multi_worker")
 #: (label-free, as at deployment); ``image``, the image centre.
 CROP_CENTERS = ("labels", "motion", "image")
 
-#: What the networks' warps read outside the volume (see gsmorph_tf.flows.warp): ``border``, the nearest border
+#: What the networks' warps read outside the volume (see gsmorph_tf.core.flows.warp): ``border``, the nearest border
 #: voxel (voxelmorph's); ``zeros``, 0 (PyTorch ``grid_sample``'s, both papers' reference codes).
 WARP_PADDINGS = ("border", "zeros")
 
@@ -108,7 +109,7 @@ class TrainConfig:
     ``seed`` fixes initialisation, shuffling and noise, and the subject split unless ``split_seed`` is set.
     ``drop_last`` drops an epoch's last partial batch (the reference code's ``drop_last=True``).
 
-    Devices (:mod:`gsmorph_tf.distribute`): ``strategy`` is ``default`` (one device), ``mirrored`` (the GPUs
+    Devices (:mod:`gsmorph_tf.train.distribute`): ``strategy`` is ``default`` (one device), ``mirrored`` (the GPUs
     of one machine; with ``cpu_replicas`` > 0, that many logical CPU devices) or ``multi_worker`` (the
     machines ``TF_CONFIG`` lists); ``batch_size`` is the global batch, split over the replicas.
     ``sync_batchnorm`` makes BatchNorm use the global batch's statistics; ``mixed_precision`` computes the
@@ -119,7 +120,7 @@ class TrainConfig:
 
     ``early_stopping_patience``: with ``N`` > 0, training stops once validation Dice (``val_dice``, %) has not
     improved on its best by more than ``early_stopping_min_delta`` points for ``N`` epochs in a row
-    (:class:`gsmorph_tf.training.ValidationPlateau`); ``epochs`` is then the most it trains. 0 trains every epoch.
+    (:class:`gsmorph_tf.train.training.ValidationPlateau`); ``epochs`` is then the most it trains. 0 trains every epoch.
 
     ``profile_batch``: ``(first, last)`` training steps (1-based, counted from the start of this process's
     ``fit``) that TensorBoard's profiler traces; ``()`` traces none.
@@ -283,7 +284,7 @@ class TrainConfig:
         return self
 
     def _validate_devices(self, model):
-        """The settings of :mod:`gsmorph_tf.distribute` and mixed precision, for the registry entry ``model``."""
+        """The settings of :mod:`gsmorph_tf.train.distribute` and mixed precision, for the registry entry ``model``."""
         if not (isinstance(self.cpu_replicas, int) and self.cpu_replicas >= 0):
             raise ConfigError("cpu_replicas must be an integer >= 0, got %r" % (self.cpu_replicas,))
         if self.cpu_replicas and self.strategy != "mirrored":

@@ -1,6 +1,6 @@
 """What the framework asks of a model or a dataset: the two interfaces registry entries point at.
 
-A training run goes config -> dataset -> model -> fit -> evaluate -> export (:mod:`gsmorph_tf.training`);
+A training run goes config -> dataset -> model -> fit -> evaluate -> export (:mod:`gsmorph_tf.train.training`);
 the dataset and the model are the only variable parts, each looked up by name in :mod:`gsmorph_tf.registry`
 and implemented by one module holding one object of these classes (``DATASET = ...``, ``MODEL = ...``).
 Light to import: nothing here loads TensorFlow.

@@ -237,7 +237,8 @@ DATASETS.add(DatasetEntry("learn2reg", "gsmorph_tf.data.streaming:DATASET",
                                      "clipped (the cardiac loaders).", kind="string", choices=("max", "percentile")),
                               PAIRS_PER_EPOCH, TEST_FRACTION)))
 
-SIMILARITIES.add(Entry("mse", "gsmorph_tf.losses:mse_from_config", "mean squared intensity difference"))
-SIMILARITIES.add(Entry("ncc", "gsmorph_tf.losses:ncc_from_config", "local NCC over a --ncc_window cube, --ncc formula"))
+SIMILARITIES.add(Entry("mse", "gsmorph_tf.core.losses:mse_from_config", "mean squared intensity difference"))
+SIMILARITIES.add(Entry("ncc", "gsmorph_tf.core.losses:ncc_from_config",
+                       "local NCC over a --ncc_window cube, --ncc formula"))
 SIMILARITIES.add(Entry("multi_ncc", "ulae_tf.losses:multi_ncc_from_config",
                        "ULAE's -sum_i gamma^(i-1) NCC_{w_i} over --ncc_windows with --ncc_gamma, --ncc formula"))

@@ -10,7 +10,7 @@ reaches the server. The request is TF Serving's columnar REST form::
     POST http://<server>/v1/models/<model_name>[/versions/<N>]:predict
     {"signature_name": "serving_default", "inputs": {"moving": [...], "fixed": [...]}}
 
-and the answer ``{"outputs": {"moved": [...], "flow": [...], ...}}`` (signatures: ``gsmorph_tf/export.py``).
+and the answer ``{"outputs": {"moved": [...], "flow": [...], ...}}`` (signatures: ``gsmorph_tf/serve/export.py``).
 JSON spells every voxel as text; for large (3D) inputs use ``--protocol=grpc``: a
 ``tensorflow_serving.apis.predict_pb2.PredictRequest`` with binary tensors, sent to
 ``PredictionService/Predict`` (needs ``tensorflow-serving-api``, hence TensorFlow, and ``grpcio``). The

@@ -1,10 +1,17 @@
 """Shared test helpers and settings. Test modules import the helpers with ``from conftest import ...``
 (pytest puts this folder on ``sys.path``).
 
+The tests mirror the package: one folder per stage (``core/``, ``data/``, ``models/``, ``train/``, ``evaluate/``,
+``serve/``, ``register/``, ``studies/``) and ``ulae/`` for ulae_tf; the tests of the framework's top-level modules
+and of the entry points are here. The folders have no ``__init__.py`` (pytest imports each test module by its
+basename, with its folder on ``sys.path``), so a test module's basename must be unique across folders. ``data/``
+also holds the recorded reference numbers (:data:`FIXTURES`).
+
 Every test works on small images (32x32 slices, 16^3-32^3 volumes) and a few steps, so the whole suite
 stays within minutes on 2 CPU cores.
 """
 import json
+import os
 import re
 
 import nibabel as nib
@@ -15,6 +22,11 @@ from gsmorph_tf.errors import DatasetError
 
 # gsmorph_tf and TensorFlow are imported inside the helpers that need them: collecting a NumPy-only test
 # module must not load TensorFlow.
+
+#: The repository root (the entry points, ``flags/``, ``benchmarks/``), whichever folder of ``tests/`` a module is in.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: The recorded reference numbers the tests compare with (``tests/data/*.npz``, ``*.json``).
+FIXTURES = os.path.join(ROOT, "tests", "data")
 
 #: A tiny phantom (``dataset_options`` of a ``TrainConfig(dataset="phantom")``): 4 subjects (split 2/1/1)
 #: of 2 slices at 48 px, cropped to 32x32 by the tests.
@@ -49,8 +61,8 @@ def tiny_subject(rng, name):
 def train_one_epoch(run_dir, **settings):
     """One epoch of real training (BackupAndRestore writes the checkpoints). Returns the network and its
     weights ``{name: value}`` before training."""
-    from gsmorph_tf import training
     from gsmorph_tf.config import TrainConfig
+    from gsmorph_tf.train import training
 
     config = TrainConfig(dataset="phantom", data_dir=str(run_dir / "unused"), output_dir=str(run_dir),
                          crop_size=32, batch_size=4, epochs=1, **settings)
@@ -77,7 +89,7 @@ def phantom_run(tmp_path_factory):
     by ``train_and_evaluate``, evaluated and exported (``outcome["export_dir"]``), shared by the modules that
     evaluate, export or refine a finished run. Tests write only into new folders of it."""
     from gsmorph_tf.config import TrainConfig
-    from gsmorph_tf.training import train_and_evaluate
+    from gsmorph_tf.train.training import train_and_evaluate
 
     tmp = tmp_path_factory.mktemp("phantom_run")
     config = TrainConfig(dataset="phantom", data_dir=str(tmp / "phantom"), output_dir=str(tmp / "run"),
@@ -89,8 +101,8 @@ def exported(tmp_path_factory, inshape, bias):
     """A GSMorph network with a non-trivial flow head, exported (a version folder): kernel ~ N(0, 0.05) so the
     field varies, and a constant shift of ``bias`` voxels so nearest-neighbour label warping visibly moves
     boundaries. Untrained."""
-    from gsmorph_tf.export import export_saved_model
-    from gsmorph_tf.networks import build_gsmorph_unet
+    from gsmorph_tf.models.networks import build_gsmorph_unet
+    from gsmorph_tf.serve.export import export_saved_model
 
     network = build_gsmorph_unet(inshape)
     head = network.get_layer("flow")

@@ -1,6 +1,6 @@
 """ulae_tf: ULAE-net (Shu et al., MICCAI 2021) in TensorFlow on voxelmorph's layers.
 
-Built on :mod:`gsmorph_tf`'s framework (its training model, losses, flow composition :mod:`gsmorph_tf.flows`);
+Built on :mod:`gsmorph_tf`'s framework (its training model, losses, flow composition :mod:`gsmorph_tf.core.flows`);
 ``gsmorph_tf`` never imports this package: the model registry names it and imports it on first use.
 Importing the package first configures legacy Keras and the Python 3.11 shim (see :mod:`gsmorph_tf.compat`).
 

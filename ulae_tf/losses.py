@@ -1,13 +1,13 @@
-"""ULAE-net's multi-window similarity loss, on gsmorph_tf's local NCC (:mod:`gsmorph_tf.losses`).
+"""ULAE-net's multi-window similarity loss, on gsmorph_tf's local NCC (:mod:`gsmorph_tf.core.losses`).
 
 The five maps ``I, J, I^2, J^2, IJ`` are computed once and their window sums taken by separable box filtering
-for each window (:func:`gsmorph_tf.losses.windowed_ncc_loss`). Two NCC formulas: ``voxelmorph`` (voxelmorph
+for each window (:func:`gsmorph_tf.core.losses.windowed_ncc_loss`). Two NCC formulas: ``voxelmorph`` (voxelmorph
 0.2's, which clamps the local covariance and variances, our default) and ``reference`` (the reference code's
-``cross^2 / (I_var * J_var + 1e-5)``); see :func:`gsmorph_tf.losses.local_ncc`.
+``cross^2 / (I_var * J_var + 1e-5)``); see :func:`gsmorph_tf.core.losses.local_ncc`.
 """
 from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
 
-from gsmorph_tf.losses import check_ncc_formula, check_ncc_window, windowed_ncc_loss
+from gsmorph_tf.core.losses import check_ncc_formula, check_ncc_window, windowed_ncc_loss
 
 #: The paper's NCC window sides (voxels), largest first, and the weight decay between them.
 PAPER_WINDOWS = (11, 9, 7)
@@ -21,7 +21,7 @@ def multi_window_ncc(windows=PAPER_WINDOWS, gamma=PAPER_GAMMA, formula="voxelmor
     Args:
         windows: NCC window sides in voxels (cubic windows), weighted 1, gamma, gamma^2, ... in this order.
         gamma: weight ratio between consecutive windows, > 0.
-        formula: local NCC formula, one of :data:`gsmorph_tf.losses.NCC_FORMULAS`.
+        formula: local NCC formula, one of :data:`gsmorph_tf.core.losses.NCC_FORMULAS`.
 
     Returns:
         ``f(fixed, moved) -> scalar``: images ``[B, *vol, 1]`` (2D or 3D); the weighted sum of the negative

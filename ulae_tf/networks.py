@@ -12,7 +12,7 @@ Topology: that of the public reference code (PyTorch, ``ULAE.py``: one encoder o
   own decoder (:func:`ulae_tf.blocks.build_step_decoder`) predicts a flow at 1/4, 1/2, 1 of full size,
   voxelmorph's ``RescaleTransform`` upsamples it (magnitudes scaled) to full size, and voxelmorph's
   ``SpatialTransformer`` warps the step's moving image, which becomes the next step's moving image;
-- the three fields are composed recursively (:func:`gsmorph_tf.flows.compose_flows`), not summed.
+- the three fields are composed recursively (:func:`gsmorph_tf.core.flows.compose_flows`), not summed.
 
 Trainable parameters, 16 base channels (measured; independent of the image size): **1,109,241 in 3D**,
 exactly the reference code's count, and **388,806 in 2D**. The paper's table says 789.56K; we did not
@@ -43,7 +43,7 @@ import tensorflow as tf
 import voxelmorph as vxm
 
 from gsmorph_tf.config import ULAE_INITS
-from gsmorph_tf.flows import ComposeFlows, check_padding, warp_layer
+from gsmorph_tf.core.flows import ComposeFlows, check_padding, warp_layer
 from ulae_tf.blocks import build_step_decoder, build_uncoupled_encoder
 
 KL = tf.keras.layers
@@ -108,7 +108,7 @@ def build_ulae_net(inshape, base_channels=16, name="ulae_net", warp_padding="bor
         base_channels: feature count of the first encoder level (the paper's 16).
         name: model name.
         warp_padding: what every warp and the composition read outside the volume (see
-            :func:`gsmorph_tf.flows.warp`): ``zeros`` (the reference's) or ``border`` (voxelmorph's).
+            :func:`gsmorph_tf.core.flows.warp`): ``zeros`` (the reference's) or ``border`` (voxelmorph's).
         init: one of :data:`INITIALISATIONS`: ``pytorch`` (the reference's) or ``keras``.
         dtype_policy: None: every layer follows Keras' global dtype policy. ``"mixed_float16"`` (GPUs) or
             ``"mixed_bfloat16"``: the encoder and decoders compute in that policy (float32 weights) while the
@@ -127,7 +127,7 @@ def build_ulae_net(inshape, base_channels=16, name="ulae_net", warp_padding="bor
         - ``step1_flow``, ``step2_flow``, ``step3_flow`` ``[B, *inshape, ndim]``: each step's own field at
           full size (``compose_flows`` of the first k gives the field accumulated after step k).
 
-        ``gsmorph_tf.model.GradientSurgeryModel`` reads the first two, or ``step3_moved`` and ``flow``
+        ``gsmorph_tf.core.model.GradientSurgeryModel`` reads the first two, or ``step3_moved`` and ``flow``
         (``moved_output="step3_moved"``, the reference's objective).
     """
     inshape = tuple(int(s) for s in inshape)

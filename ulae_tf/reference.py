@@ -1,6 +1,6 @@
 """The bridge to ULAE-net's reference code (wanghaostu/ULAE-net, PyTorch, folder ``ULAE/``): its weights in our
 network, and the synthetic pairs of the step-level comparison (``benchmarks/reference_ulae_steps.py`` and
-``tests/test_ulae_reference_steps.py``).
+``tests/ulae/test_ulae_reference_steps.py``).
 
 Only NumPy is imported here, so the comparison's generator, which runs under a Python with PyTorch and without
 TensorFlow, shares :func:`smooth_pairs` with the test; the weight functions take a network already built by

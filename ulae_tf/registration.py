@@ -1,5 +1,5 @@
 """The ``ulae`` entry of :data:`gsmorph_tf.registry.MODELS`: ULAE-net trained by gsmorph_tf's
-:class:`~gsmorph_tf.model.GradientSurgeryModel` (``surgery=none``: the paper's ``L_sim + lam L_reg``;
+:class:`~gsmorph_tf.core.model.GradientSurgeryModel` (``surgery=none``: the paper's ``L_sim + lam L_reg``;
 any other mode: ULAE with gradient surgery, no lambda). The framework imports this module by name, on first
 use, so ``gsmorph_tf`` never depends on ``ulae_tf``.
 """

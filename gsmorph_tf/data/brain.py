@@ -37,11 +37,11 @@ import numpy as np
 from scipy import ndimage
 
 from gsmorph_tf import compat  # noqa: F401  (legacy Keras must be selected before TensorFlow loads)
+from gsmorph_tf.core.flows import compose_flows
 from gsmorph_tf.data import learn2reg, streaming
 from gsmorph_tf.data.subjects import SubjectPairs, split_subjects
 from gsmorph_tf.errors import DatasetError
 from gsmorph_tf.extras import import_extra
-from gsmorph_tf.flows import compose_flows
 from gsmorph_tf.plugins import DatasetPlugin
 
 import tensorflow as tf

@@ -1,6 +1,6 @@
 """Cardiac preprocessing: locating the heart, cropping around it, intensity scaling, ES/ED volumes -> slice pairs.
 
-NumPy only (no TensorFlow; :mod:`gsmorph_tf.graph_preprocessing` is the same for the exported graph).
+NumPy only (no TensorFlow; :mod:`gsmorph_tf.serve.graph_preprocessing` is the same for the exported graph).
 Dataset-independent: the ACDC and M&Ms loaders read their own files and label conventions, then hand
 NIfTI-ordered arrays to :func:`make_pairs`.
 

@@ -7,8 +7,8 @@ from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
 
 import tensorflow as tf
 
-from gsmorph_tf.model import GradientSurgeryModel
-from gsmorph_tf.networks import PAPER_FEATURES, build_gsmorph_unet
+from gsmorph_tf.core.model import GradientSurgeryModel
+from gsmorph_tf.models.networks import PAPER_FEATURES, build_gsmorph_unet
 from gsmorph_tf.plugins import ModelPlugin
 from gsmorph_tf.registry import SIMILARITIES
 
@@ -49,7 +49,7 @@ def surgery_training_model(config, network, moved_output=None):
 
 
 class GSMorphModel(ModelPlugin):
-    """The paper's U-Net (:func:`gsmorph_tf.networks.build_gsmorph_unet`), any surgery mode; its feature
+    """The paper's U-Net (:func:`gsmorph_tf.models.networks.build_gsmorph_unet`), any surgery mode; its feature
     widths times ``config.unet_width`` (2: "VoxelMorph x2", the wider baseline of ULAE-net's Table 1); its warp
     reads ``config.warp_padding`` outside the volume; with ``config.mixed_precision`` its body computes in
     float16 (:data:`MIXED_PRECISION_POLICY`)."""

@@ -12,8 +12,9 @@ import numpy as np
 import tensorflow as tf
 import voxelmorph as vxm
 
-from gsmorph_tf import evaluation, losses
-from gsmorph_tf.model import global_batch_fraction, replicas_in_sync, unpack_pair
+from gsmorph_tf.core import losses
+from gsmorph_tf.core.model import global_batch_fraction, replicas_in_sync, unpack_pair
+from gsmorph_tf.evaluate import evaluation
 from gsmorph_tf.models.gsmorph import build_optimizer
 from gsmorph_tf.plugins import ModelPlugin
 
@@ -26,7 +27,7 @@ LAMBDA_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
 
 def build_hypermorph(inshape, int_steps=0, name="hypermorph"):
     """voxelmorph's HyperVxmDense with its default U-Net. Inputs ``[moving, fixed, lambda [B, 1]]``,
-    outputs ``[moved, flow]`` (flow in voxels, as :func:`gsmorph_tf.networks.build_gsmorph_unet`)."""
+    outputs ``[moved, flow]`` (flow in voxels, as :func:`gsmorph_tf.models.networks.build_gsmorph_unet`)."""
     return vxm.networks.HyperVxmDense(tuple(int(s) for s in inshape), int_steps=int_steps, name=name)
 
 

@@ -1,4 +1,4 @@
-"""Register NIfTI images with an exported registration SavedModel (signatures: :mod:`gsmorph_tf.export`).
+"""Register NIfTI images with an exported registration SavedModel (signatures: :mod:`gsmorph_tf.serve.export`).
 
 Geometry first: a moving image (and its label map, which must share the moving image's grid) on another grid
 than the fixed image (other shape, voxel size, orientation or position) is resampled into the fixed image's

@@ -8,7 +8,7 @@ fixed image's: same shape, affine equal within :data:`AFFINE_TOLERANCE`), e.g. a
 subject resampled to it, or its label map. Interpolation:
 
 ``image``
-    linear, :func:`gsmorph_tf.flows.warp` (voxelmorph's transform); a location outside the volume reads the
+    linear, :func:`gsmorph_tf.core.flows.warp` (voxelmorph's transform); a location outside the volume reads the
     nearest border voxel (``border``, as the networks' moved image). Written as float32.
 ``labels``, ``onehot`` (the default)
     each label value of the map (background 0 included, a label like any other) becomes a one-hot channel,
@@ -40,10 +40,10 @@ import os
 import nibabel as nib
 import numpy as np
 
+from gsmorph_tf.core.flows import warp
 from gsmorph_tf.data.nifti import DatasetError, load_nifti
-from gsmorph_tf.evaluation import warp_labels
+from gsmorph_tf.evaluate.evaluation import warp_labels
 from gsmorph_tf.fileio import atomic_save_nifti
-from gsmorph_tf.flows import warp
 from gsmorph_tf.register.files import NIFTI_SUFFIXES, OUTPUTS, nifti_stem
 
 __all__ = ["APPLY_KINDS", "Field", "LABEL_INTERPOLATIONS", "apply_field", "load_field", "warp_image",

@@ -147,7 +147,7 @@ def submission_pairs(task, pair_list="registration_val"):
 
 def trained_intensity_norm(provenance):
     """The ``intensity_norm`` a model was trained with, from its export's provenance
-    (:mod:`gsmorph_tf.provenance`: ``training.dataset_options.intensity_norm`` of a ``learn2reg`` run), or
+    (:mod:`gsmorph_tf.serve.provenance`: ``training.dataset_options.intensity_norm`` of a ``learn2reg`` run), or
     None when the export does not record one (a model trained on another dataset, or exported from memory)."""
     training = (provenance or {}).get("training") or {}
     if training.get("dataset") != "learn2reg":

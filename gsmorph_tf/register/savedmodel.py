@@ -1,4 +1,4 @@
-"""An exported registration SavedModel, called through its signatures (see :mod:`gsmorph_tf.export`)."""
+"""An exported registration SavedModel, called through its signatures (see :mod:`gsmorph_tf.serve.export`)."""
 from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
 
 import os
@@ -8,10 +8,10 @@ import tensorflow as tf
 from google.protobuf.message import DecodeError
 
 from gsmorph_tf.errors import SavedModelError
-from gsmorph_tf.export import CROP_SIGNATURE, SERVING_SIGNATURE, WARP_SIGNATURE, existing_versions
-from gsmorph_tf.instance import InstanceOptimizer
-from gsmorph_tf.provenance import read_provenance
-from gsmorph_tf.runs import load_export_for_training
+from gsmorph_tf.serve.export import CROP_SIGNATURE, SERVING_SIGNATURE, WARP_SIGNATURE, existing_versions
+from gsmorph_tf.serve.provenance import read_provenance
+from gsmorph_tf.train.instance import InstanceOptimizer
+from gsmorph_tf.train.runs import load_export_for_training
 
 
 def crop_signature(loaded):
@@ -31,7 +31,7 @@ class RegistrationModel:
     Attributes:
         path: the version folder loaded.
         inshape: spatial input shape, e.g. ``(128, 128)``; ndim: 2 or 3.
-        provenance: the export's provenance dict (:mod:`gsmorph_tf.provenance`), or None for older exports.
+        provenance: the export's provenance dict (:mod:`gsmorph_tf.serve.provenance`), or None for older exports.
 
     Raises:
         SavedModelError: naming ``export_dir``, if no SavedModel is there, it cannot be loaded, or it lacks
@@ -48,7 +48,7 @@ class RegistrationModel:
         missing = [name for name in (SERVING_SIGNATURE, WARP_SIGNATURE) if name not in loaded.signatures]
         if missing:
             raise SavedModelError("%s: no signature %s; expected a registration model written by "
-                                  "run_export.py / gsmorph_tf.export" % (self.path, ", ".join(missing)))
+                                  "run_export.py / gsmorph_tf.serve.export" % (self.path, ", ".join(missing)))
         self._loaded = loaded  # the signatures need their module alive
         self._serve = crop_signature(loaded)
         self._warp = loaded.signatures[WARP_SIGNATURE]
@@ -85,19 +85,19 @@ class RegistrationModel:
 
 class RefinedRegistrationModel(RegistrationModel):
     """A :class:`RegistrationModel` whose :meth:`register` first refines a copy of the network on the pair for
-    ``steps`` training steps (test-time instance optimisation, :mod:`gsmorph_tf.instance`); warping (labels)
+    ``steps`` training steps (test-time instance optimisation, :mod:`gsmorph_tf.train.instance`); warping (labels)
     still goes through the SavedModel's ``warp`` signature.
 
-    The network is rebuilt from the export's provenance and variables (:func:`gsmorph_tf.runs.
+    The network is rebuilt from the export's provenance and variables (:func:`gsmorph_tf.train.runs.
     load_export_for_training`): the SavedModel's own functions cannot be trained by the training step.
 
     Args:
         export_dir: as :class:`RegistrationModel`.
         steps: training steps per pair (0: the export's own registration, through the rebuilt network).
-        learning_rate, seed: see :class:`~gsmorph_tf.instance.InstanceOptimizer` (None: the run's).
+        learning_rate, seed: see :class:`~gsmorph_tf.train.instance.InstanceOptimizer` (None: the run's).
 
     Raises:
-        SavedModelError: see :class:`RegistrationModel` and :func:`~gsmorph_tf.runs.load_export_for_training`.
+        SavedModelError: see :class:`RegistrationModel` and :func:`~gsmorph_tf.train.runs.load_export_for_training`.
     """
 
     def __init__(self, export_dir, steps, learning_rate=None, seed=None):

@@ -15,7 +15,7 @@ Two ways to get it (``strategy``):
     every frame registered with the ED frame: ``u_t = f(moving=ED, fixed=t)``;
 ``composed`` (frame to frame)
     consecutive frames registered, ``v_t = f(moving=t-1, fixed=t)``, and composed along the cycle from ED:
-    ``u_t = v_t + u_{t-1} o v_t`` (:func:`gsmorph_tf.flows.compose_flows`, voxelmorph's linear transform);
+    ``u_t = v_t + u_{t-1} o v_t`` (:func:`gsmorph_tf.core.flows.compose_flows`, voxelmorph's linear transform);
     frames before ED are reached by going on past the last frame to frame 0 (the cycle repeats).
 
 README "Tracking motion through a cine" has which propagates the ED labels better on the phantom, by how much;
@@ -62,14 +62,14 @@ import nibabel as nib
 import numpy as np
 import tensorflow as tf
 
+from gsmorph_tf.core.flows import compose_flows
 from gsmorph_tf.data.acdc import ACDC_LABELS, read_info_cfg
 from gsmorph_tf.data.mnms import MNMS_LABELS, read_mnms_csv
 from gsmorph_tf.data.nifti import DatasetError, load_nifti
 from gsmorph_tf.data.preprocessing import image_center, motion_center
 from gsmorph_tf.data.subjects import validate_label_map
+from gsmorph_tf.evaluate.metrics import dice_per_structure, hd95_per_structure
 from gsmorph_tf.fileio import atomic_save_figure, atomic_save_nifti, atomic_write_text
-from gsmorph_tf.flows import compose_flows
-from gsmorph_tf.metrics import dice_per_structure, hd95_per_structure
 from gsmorph_tf.register import register_volumes
 from gsmorph_tf.register.apply import warp_label_map
 from gsmorph_tf.register.files import nifti_stem

@@ -1,0 +1,83 @@
+"""Timing helpers for the speed figures (``benchmarks/``) and the paper comparison's Table 2.
+
+Every figure is printed with :func:`machine_description`: absolute times differ several-fold between
+machines, so compare only figures measured in one run on one machine.
+"""
+from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
+
+import os
+import platform
+import time
+
+import numpy as np
+import tensorflow as tf
+
+
+#: The CPU vector extensions that decide convolution speed on CPUs (oneDNN picks its kernels by them).
+VECTOR_EXTENSIONS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+
+
+def cpu_description(cpuinfo="/proc/cpuinfo"):
+    """CPU model and its vector extensions (of :data:`VECTOR_EXTENSIONS`) read from ``cpuinfo``, e.g.
+    ``"AMD EPYC 7B13 (sse4_2 avx avx2 fma)"``; the platform's processor name where there is no such file."""
+    cpu, extensions = platform.processor() or platform.machine(), []
+    try:
+        with open(cpuinfo, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return cpu
+    for line in lines:
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+        elif line.startswith("flags"):
+            present = set(line.split(":", 1)[1].split())
+            extensions = [name for name in VECTOR_EXTENSIONS if name in present]
+            break
+    return "%s (%s)" % (cpu, " ".join(extensions) or "no SSE4.2/AVX")
+
+
+def machine_description():
+    """CPU model, its vector extensions and cores, GPUs if any, TensorFlow version: where timings were measured."""
+    cpu = cpu_description()
+    gpus = [tf.config.experimental.get_device_details(g).get("device_name", g.name)
+            for g in tf.config.list_physical_devices("GPU")]
+    return "%s, %d CPU cores, %s, TensorFlow %s" % (cpu, os.cpu_count(), "GPU: " + ", ".join(gpus) if gpus
+                                                     else "no GPU", tf.__version__)
+
+
+def median_ms(fn, steps, warmup=1):
+    """Median wall-clock ms of ``fn()`` over ``steps`` calls, after ``warmup`` untimed calls (tracing, first
+    allocations). ``fn`` must block until its work is done (e.g. convert a result to a Python float)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        times.append(1000.0 * (time.perf_counter() - start))
+    return float(np.median(times))
+
+
+def compiled_predictor(network):
+    """A predictor (see :func:`gsmorph_tf.evaluate.evaluation.evaluate_predictor`) calling ``network`` through one
+    ``tf.function``: no per-call Keras ``predict`` overhead, so per-pair times measure the network."""
+    call = tf.function(lambda moving, fixed: network([moving, fixed], training=False), reduce_retracing=True)
+
+    def predict(moving, fixed):
+        outputs = call(tf.constant(moving[..., None], tf.float32), tf.constant(fixed[..., None], tf.float32))
+        return outputs[0].numpy()[..., 0], outputs[1].numpy()
+    return predict
+
+
+def pair_by_pair(predict, times_ms):
+    """Wrap a predictor to run one pair at a time, appending each pair's wall-clock ms to ``times_ms``."""
+    def run(moving, fixed):
+        moved, flows = [], []
+        for m, f in zip(moving, fixed):
+            start = time.perf_counter()
+            out_moved, out_flow = predict(m[None], f[None])
+            times_ms.append(1000.0 * (time.perf_counter() - start))
+            moved.append(out_moved[0])
+            flows.append(out_flow[0])
+        return np.stack(moved), np.stack(flows)
+    return run
