@@ -114,7 +114,7 @@ def test_figure_loads(browser, site):
 
 
 def test_api_page_from_docstrings(browser, site):
-    text = open_page(browser, site, "api/gsmorph_tf/surgery/")
+    text = open_page(browser, site, "api/gsmorph_tf/core/surgery/")
     headings = [h.get_attribute("id") for h in browser.find_elements("css selector", "article h2")]
     assert "gsmorph_tf.core.surgery.project_gradients" in headings
     assert "Combine similarity and regularisation gradients by the chosen surgery mode." in text
