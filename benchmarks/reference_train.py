@@ -28,10 +28,19 @@ Writes ``--out`` (an ``.npz``, via a temporary file and a rename):
   fraction of steps whose whole-network inner product is negative (the steps PCGrad projects);
 - ``steps``: optimiser steps taken.
 
+With ``--init_out``, also the network's ``state_dict`` right after ``load_model`` (before any step), an
+``.npz`` of float32/int64 numpy arrays keyed by the ``state_dict`` names (PyTorch layout; what
+:func:`gsmorph_tf.models.reference_weights.load_reference_weights` reads); with ``--order_out``, an ``.npz``
+with ``order``, int64 ``[epochs, steps, batch]``: the training pair indices (positions in ``train_moving``) of
+every step, in the order the shuffling ``DataLoader`` gave them. Both are written through a temporary file
+and a rename; recording them changes nothing the reference trains (the indices ride along as a third tensor
+of the dataset, which draws no random numbers).
+
 Resumes: after every epoch the model, optimiser, RNG state and the arrays so far go to ``--out`` + ``.ckpt``.
 
 Usage: ``python benchmarks/reference_train.py --ref /path/GSMorph --data pairs.npz --out run.npz
---surgery none --lam 0.01 --seed 0 [--epochs 30 --batch 16 --lr 5e-3 --threads 2]``
+--surgery none --lam 0.01 --seed 0 [--epochs 30 --batch 16 --lr 5e-3 --threads 2 --init_out init.npz
+--order_out order.npz]``
 """
 import argparse
 import os
@@ -56,6 +65,8 @@ def parse_args(argv=None):
     parser.add_argument("--batch", type=int, default=16, help="pairs per step (the last partial batch dropped)")
     parser.add_argument("--lr", type=float, default=5e-3, help="AdamW learning rate (weight decay 0)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
+    parser.add_argument("--init_out", help=".npz to write the initial state_dict to (before any step)")
+    parser.add_argument("--order_out", help=".npz to write the batch order to (order [epochs, steps, batch])")
     return parser.parse_args(argv)
 
 
@@ -167,13 +178,17 @@ def main(argv=None):
     pairs = load_pairs(args.data)
     model, optimizer, updater = build_reference(args.ref, pairs["train_moving"].shape[-1], args.surgery,
                                                 args.seed, args.lr, args.lam, args.threads)
+    if args.init_out:
+        save_npz(args.init_out, **{name: value.detach().cpu().numpy() for name, value in model.state_dict().items()})
     torch.manual_seed(args.seed)
-    loader = DataLoader(TensorDataset(pairs["train_moving"], pairs["train_fixed"]), batch_size=args.batch,
+    indices = torch.arange(len(pairs["train_moving"]))
+    loader = DataLoader(TensorDataset(pairs["train_moving"], pairs["train_fixed"], indices), batch_size=args.batch,
                         shuffle=True, drop_last=True)
     if len(loader) == 0:
         sys.exit("--batch=%d: more than the %d training pairs in %s" % (args.batch, len(loader.dataset), args.data))
     gradients = record_gradients(model)
-    history = {"sim_loss": [], "reg_loss": [], "val_flow": [], "conflict_fraction": [], "whole_conflict": []}
+    history = {"sim_loss": [], "reg_loss": [], "val_flow": [], "conflict_fraction": [], "whole_conflict": [],
+               "order": []}
     start_epoch, checkpoint = 0, args.out + ".ckpt"
     if os.path.exists(checkpoint):
         state = torch.load(checkpoint, weights_only=False)
@@ -181,11 +196,15 @@ def main(argv=None):
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         history, start_epoch = state["history"], state["epoch"]
+        if args.order_out and len(history.get("order", ())) != start_epoch:
+            sys.exit("%s: a checkpoint without the batch order of its %d epochs; remove it to record --order_out"
+                     % (checkpoint, start_epoch))
         print("resumed from %s after epoch %d" % (checkpoint, start_epoch), flush=True)
     model.train()
     for epoch in range(start_epoch, args.epochs):
-        began, sims, regs, conflicts = time.perf_counter(), [], [], []
-        for moving, fixed in loader:
+        began, sims, regs, conflicts, order = time.perf_counter(), [], [], [], []
+        for moving, fixed, index in loader:
+            order.append(index.numpy().copy())
             gradients.clear()
             _, info, _ = updater.update_gradient(model(moving, fixed))
             sims.append(info["Similarity"])
@@ -195,6 +214,7 @@ def main(argv=None):
         history["reg_loss"].append(float(np.mean(regs)))
         history["conflict_fraction"].append(float(np.mean([c[0] for c in conflicts])))
         history["whole_conflict"].append(float(np.mean([c[1] for c in conflicts])))
+        history.setdefault("order", []).append(np.stack(order).astype(np.int64))
         history["val_flow"].append(predict_flows(model, pairs["val_moving"], pairs["val_fixed"]))
         tmp = checkpoint + ".tmp"
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
@@ -203,6 +223,8 @@ def main(argv=None):
         print("epoch %d/%d: sim %.5f reg %.5f (%.1f s)" % (epoch + 1, args.epochs, history["sim_loss"][-1],
                                                          history["reg_loss"][-1], time.perf_counter() - began),
               flush=True)
+    if args.order_out:   # before --out, whose presence tells a caller the run is complete
+        save_npz(args.order_out, order=np.stack(history["order"]))
     save_npz(args.out, test_flow=predict_flows(model, pairs["test_moving"], pairs["test_fixed"]),
              val_flow=np.stack(history["val_flow"]), sim_loss=np.array(history["sim_loss"]),
              reg_loss=np.array(history["reg_loss"]), conflict_fraction=np.array(history["conflict_fraction"]),

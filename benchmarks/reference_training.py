@@ -18,6 +18,15 @@ reference side by side, mean +- std over seeds, a Welch test over seeds and a pa
 subjects per method), ``reference_comparison.json`` (every run's numbers) and ``reference_curves.png``
 (validation Dice, training MSE and the fraction of parameter tensors in conflict, per epoch). Resumable: a finished run is read back, an interrupted reference run continues from
 its last epoch.
+
+With ``--paired`` (default methods: VoxelMorph-l, lambda 0.1, no surgery method) it runs the paired check
+instead (``benchmarks/reference_paired.py``): per method and seed the reference as above, also recording its
+initial weights and batch order, then the port trained from those weights in that order (the study's own runs
+are not used), both scored alike. Writes to ``<output_dir>/paired/<method>/seed<k>/`` the reference's
+``reference.npz``, ``reference_init.npz``, ``reference_order.npz`` and both runs' records
+(``reference_run.json``, ``port_run.json``), and ``paired_comparison.md`` / ``.json``: per seed both test Dice
+and their difference; over seeds the mean and median difference and a Wilcoxon signed-rank test; the paired
+Wilcoxon test over the test subjects. Resumable per run.
 """
 import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 
@@ -41,6 +50,8 @@ flags.DEFINE_string("output_dir", None, "Where the reference runs and the compar
 flags.DEFINE_list("lambdas", list(REFERENCE_LAMBDAS), "VoxelMorph lambdas to compare.")
 flags.DEFINE_list("surgery_methods", ["GSMorph", "GS-PCGrad"], "Surgery methods to compare (names as in the study).")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds of both implementations.")
+flags.DEFINE_bool("paired", False, "Train the port from the reference's initial weights in its batch order (default "
+                  "methods VoxelMorph-l only: --lambdas=0.1 --surgery_methods=) and compare seed by seed.")
 flags.DEFINE_integer("threads", os.cpu_count(), "PyTorch intra-op threads of the reference runs.", lower_bound=1)
 flags.register_validator("seeds", lambda values: bool(values) and all(v.strip().isdigit() for v in values),
                          "--seeds takes comma-separated non-negative integers")
@@ -71,15 +82,15 @@ def study_config(study_dir):
 def export_pairs(splits, path):
     """The splits' image pairs as the ``.npz`` ``reference_train.py`` reads (subjects and slices in order),
     written by its own writer (a temporary file, then a rename)."""
-    import numpy as np
-    from reference_train import save_npz   # this folder
+    from reference_paired import pair_arrays   # this folder
+    from reference_train import save_npz
 
-    save_npz(path, **{"%s_%s" % (split, side): np.concatenate([getattr(p, side) for p in splits[split]])
-                      .astype(np.float32) for split in ("train", "val", "test") for side in ("moving", "fixed")})
+    save_npz(path, **pair_arrays(splits))
 
 
-def reference_run(method, seed, config, pairs_path, folder):
-    """Train the reference for one (method, seed) unless its flows exist; returns the flows' path."""
+def reference_run(method, seed, config, pairs_path, folder, paired=False):
+    """Train the reference for one (method, seed) unless its flows exist; returns the flows' path. With
+    ``paired`` it also writes ``reference_init.npz`` and ``reference_order.npz`` to ``folder``."""
     out = os.path.join(folder, "reference.npz")
     if os.path.exists(out):
         return out
@@ -89,8 +100,64 @@ def reference_run(method, seed, config, pairs_path, folder):
                "--data", pairs_path, "--out", out, "--surgery", settings["surgery"],
                "--lam", str(settings.get("lam", config.lam)), "--seed", str(seed), "--epochs", str(config.epochs),
                "--batch", str(config.batch_size), "--lr", str(config.learning_rate), "--threads", str(FLAGS.threads)]
+    if paired:
+        command += ["--init_out", os.path.join(folder, "reference_init.npz"),
+                    "--order_out", os.path.join(folder, "reference_order.npz")]
     run_streamed(command)
     return out
+
+
+def run_paired(methods, seeds, config, splits, pairs_path, output_dir):
+    """The paired check (see the module docstring) for every method and seed; writes and prints the table."""
+    import dataclasses
+
+    import numpy as np
+    import reference_paired as paired   # this folder
+    from gsmorph_tf.evaluate import evaluation
+    from gsmorph_tf.fileio import atomic_write_text
+    from gsmorph_tf.studies import lambda_study
+    from gsmorph_tf.studies.seed_studies import read_or_make
+
+    arrays = paired.pair_arrays(splits)
+    port, reference, total, done = {}, {}, len(methods) * len(seeds), 0
+    for method in methods:
+        for seed in seeds:
+            done += 1
+            print("[%d/%d] %s, seed %d (paired)" % (done, total, method.name, seed), flush=True)
+            folder = os.path.join(output_dir, "paired", method.slug, "seed%d" % seed)
+
+            def score(flows, source):
+                return lambda_study.flows_record(method, seed, flows, splits, config.metric_protocol, source)
+
+            def reference_record():
+                flows_path = reference_run(method, seed, config, pairs_path, folder, paired=True)
+                with np.load(flows_path) as flows:
+                    return score(flows, flows_path)
+
+            def port_record():
+                run_config = dataclasses.replace(config, seed=seed, **dict(method.settings))
+                order = paired.read_order(os.path.join(folder, "reference_order.npz"), len(arrays["train_moving"]),
+                                          config.batch_size)
+                state = paired.read_initial_state(os.path.join(folder, "reference_init.npz"))
+                model = paired.reference_initialised_model(run_config, state, arrays["train_moving"].shape[1:])
+                print("  port: %d epochs of %d steps from the reference's weights" % order.shape[:2], flush=True)
+                return score(paired.train_in_order(model, order, arrays), "the port's paired run")
+            reference.setdefault(method.name, []).append(
+                read_or_make(os.path.join(folder, "reference_run.json"), reference_record))
+            record = read_or_make(os.path.join(folder, "port_run.json"), port_record)
+            port.setdefault(method.name, []).append(record)
+            print("  test Dice: port %.2f, reference %.2f" % (record["test"]["dice_mean"]["mean"],
+                                                              reference[method.name][-1]["test"]["dice_mean"]["mean"]),
+                  flush=True)
+    comparison = paired.paired_comparison(port, reference, methods)
+    table = paired.paired_table(comparison, config.metric_protocol)
+    atomic_write_text(os.path.join(output_dir, "paired_comparison.md"), table + "\n")
+    evaluation.write_json(os.path.join(output_dir, "paired_comparison.json"),
+                          {"config": config.to_dict(), "seeds": seeds, "reference_dir": FLAGS.reference_dir,
+                           "comparison": comparison, "port_runs": port, "reference_runs": reference})
+    print("\n" + table)
+    print("\nWrote paired_comparison.md and paired_comparison.json to %s" % output_dir)
+    return 0
 
 
 def main(argv):
@@ -115,7 +182,11 @@ def main(argv):
     from gsmorph_tf.train import training
 
     try:
-        methods = lambda_study.named_methods(FLAGS.lambdas, FLAGS.surgery_methods)
+        if FLAGS.paired:   # VoxelMorph-l alone unless the methods are named
+            methods = lambda_study.named_methods(FLAGS.lambdas if FLAGS["lambdas"].present else ["0.1"],
+                                                 FLAGS.surgery_methods if FLAGS["surgery_methods"].present else [])
+        else:
+            methods = lambda_study.named_methods(FLAGS.lambdas, FLAGS.surgery_methods)
         seeds = [int(s) for s in FLAGS.seeds]
         splits = training.load_data(config)
         training.check_batches(config, splits)
@@ -124,6 +195,8 @@ def main(argv):
     os.makedirs(output_dir, exist_ok=True)
     pairs_path = os.path.join(output_dir, "pairs.npz")
     export_pairs(splits, pairs_path)
+    if FLAGS.paired:
+        return run_paired(methods, seeds, config, splits, pairs_path, output_dir)
     steps_per_epoch = lambda_study.epoch_steps(config, splits)
     port, reference, total = {}, {}, len(methods) * len(seeds)
     for method in methods:
