@@ -107,14 +107,23 @@ def reference_run(method, seed, config, pairs_path, folder, paired=False):
     return out
 
 
+def write_comparison(stem, table, config, seeds, comparison, port, reference):
+    """``stem.md`` (the table) and ``stem.json`` (settings, the comparison and every run's record), atomically."""
+    from gsmorph_tf.evaluate import evaluation
+    from gsmorph_tf.fileio import atomic_write_text
+
+    atomic_write_text(stem + ".md", table + "\n")
+    evaluation.write_json(stem + ".json", {"config": config.to_dict(), "seeds": seeds,
+                                           "reference_dir": FLAGS.reference_dir, "comparison": comparison,
+                                           "port_runs": port, "reference_runs": reference})
+
+
 def run_paired(methods, seeds, config, splits, pairs_path, output_dir):
     """The paired check (see the module docstring) for every method and seed; writes and prints the table."""
     import dataclasses
 
     import numpy as np
     import reference_paired as paired   # this folder
-    from gsmorph_tf.evaluate import evaluation
-    from gsmorph_tf.fileio import atomic_write_text
     from gsmorph_tf.studies import lambda_study
     from gsmorph_tf.studies.seed_studies import read_or_make
 
@@ -151,10 +160,7 @@ def run_paired(methods, seeds, config, splits, pairs_path, output_dir):
                   flush=True)
     comparison = paired.paired_comparison(port, reference, methods)
     table = paired.paired_table(comparison, config.metric_protocol)
-    atomic_write_text(os.path.join(output_dir, "paired_comparison.md"), table + "\n")
-    evaluation.write_json(os.path.join(output_dir, "paired_comparison.json"),
-                          {"config": config.to_dict(), "seeds": seeds, "reference_dir": FLAGS.reference_dir,
-                           "comparison": comparison, "port_runs": port, "reference_runs": reference})
+    write_comparison(os.path.join(output_dir, "paired_comparison"), table, config, seeds, comparison, port, reference)
     print("\n" + table)
     print("\nWrote paired_comparison.md and paired_comparison.json to %s" % output_dir)
     return 0
@@ -177,7 +183,6 @@ def main(argv):
         return fail(error)
     import numpy as np   # TensorFlow and the rest only once the inputs are known to be usable
     from gsmorph_tf.evaluate import evaluation
-    from gsmorph_tf.fileio import atomic_write_text
     from gsmorph_tf.studies import lambda_study
     from gsmorph_tf.train import training
 
@@ -196,7 +201,10 @@ def main(argv):
     pairs_path = os.path.join(output_dir, "pairs.npz")
     export_pairs(splits, pairs_path)
     if FLAGS.paired:
-        return run_paired(methods, seeds, config, splits, pairs_path, output_dir)
+        try:
+            return run_paired(methods, seeds, config, splits, pairs_path, output_dir)
+        except (DatasetError, ValueError) as error:   # an unreadable init or order; weights that do not fit
+            return fail(error)
     steps_per_epoch = lambda_study.epoch_steps(config, splits)
     port, reference, total = {}, {}, len(methods) * len(seeds)
     for method in methods:
@@ -221,10 +229,8 @@ def main(argv):
             reference.setdefault(method.name, []).append(record)
     comparison = lambda_study.compare_implementations(port, reference, methods)
     table = lambda_study.comparison_table(comparison, config.metric_protocol)
-    atomic_write_text(os.path.join(output_dir, "reference_comparison.md"), table + "\n")
-    evaluation.write_json(os.path.join(output_dir, "reference_comparison.json"),
-                          {"config": config.to_dict(), "seeds": seeds, "reference_dir": FLAGS.reference_dir,
-                           "comparison": comparison, "port_runs": port, "reference_runs": reference})
+    write_comparison(os.path.join(output_dir, "reference_comparison"), table, config, seeds, comparison, port,
+                     reference)
     lambda_study.plot_comparison(port, reference, os.path.join(output_dir, "reference_curves.png"))
     print("\n" + table)
     print("\nWrote reference_comparison.md, reference_comparison.json and reference_curves.png to %s" % output_dir)
