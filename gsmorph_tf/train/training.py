@@ -198,16 +198,24 @@ def completed_epochs(output_dir):
     return int(tf.train.load_checkpoint(latest).get_tensor("ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE")) + 1
 
 
-def stopped_early(config, output_dir):
-    """Whether the run in ``output_dir`` has already stopped on its validation plateau
-    (``config.early_stopping_patience`` > 0): its completed epochs' validation Dice, read back from its
-    TensorBoard events, have waited ``patience`` epochs without improving. Such a run is not trained further when
-    it is resumed (unless the stopping settings change)."""
+def plateaued(config, curve):
+    """Whether a run with ``config``'s early-stopping settings stops after the validation-Dice ``curve`` of its
+    completed epochs: ``early_stopping_patience`` > 0 epochs have passed without improving (:func:`plateau_state`)."""
     patience = config.early_stopping_patience
-    if not patience:
-        return False
-    curve = rundir.epoch_curve(output_dir)[:completed_epochs(output_dir)]
-    return plateau_state(curve, config.early_stopping_min_delta)[1] >= patience
+    return bool(patience) and plateau_state(curve, config.early_stopping_min_delta)[1] >= patience
+
+
+def completed_curve(output_dir, done=None):
+    """The validation Dice (%) of the run's completed epochs (``done``, default :func:`completed_epochs`), read
+    back from its TensorBoard events: an epoch cut off before its checkpoint is not counted."""
+    return rundir.epoch_curve(output_dir)[:completed_epochs(output_dir) if done is None else done]
+
+
+def stopped_early(config, output_dir):
+    """Whether the run in ``output_dir`` has already stopped on its validation plateau (:func:`plateaued` on its
+    :func:`completed_curve`). Such a run is not trained further when it is resumed (unless the stopping settings
+    change)."""
+    return bool(config.early_stopping_patience) and plateaued(config, completed_curve(output_dir))
 
 
 def fit(model, splits, config, output_dir, verbose=None, write_dir=None):
@@ -226,10 +234,14 @@ def fit(model, splits, config, output_dir, verbose=None, write_dir=None):
     Returns:
         The Keras ``History`` (only the epochs run now; empty when the run had already stopped on its plateau).
     """
+    done = completed_epochs(output_dir)   # where BackupAndRestore resumes
+    previous = completed_curve(output_dir, done) if config.early_stopping_patience else []
+    if plateaued(config, previous):  # finished earlier on its plateau: nothing left to train
+        return tf.keras.callbacks.History()
     replicas = model.distribute_strategy.num_replicas_in_sync
     train = batches(splits["train"], config.batch_size, shuffle=True, seed=config.seed,
                     drop_remainder=drop_remainder(config, pair_count(splits["train"]), replicas),
-                    first_epoch=completed_epochs(output_dir))   # where BackupAndRestore resumes
+                    first_epoch=done)
     val = batches(splits["val"], config.batch_size, shuffle=False) if len(splits["val"]) else None
     if config.strategy == "multi_worker":
         options = tf.data.Options()
@@ -247,11 +259,8 @@ def fit(model, splits, config, output_dir, verbose=None, write_dir=None):
         tf.keras.callbacks.BackupAndRestore(checkpoint_dir(output_dir), delete_checkpoint=False),
     ]
     if config.early_stopping_patience:
-        if stopped_early(config, output_dir):  # finished earlier on its plateau: nothing left to train
-            return tf.keras.callbacks.History()
-        done = completed_epochs(output_dir)
         callbacks.insert(1, ValidationPlateau(config.early_stopping_patience, config.early_stopping_min_delta,
-                                              previous=rundir.epoch_curve(output_dir)[:done]))
+                                              previous=previous))
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2  # a progress bar on a terminal, a line per epoch in logs
     tf.keras.utils.set_random_seed(config.seed)

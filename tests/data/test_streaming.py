@@ -181,7 +181,7 @@ def test_a_resumed_training_run_continues_the_streamed_pair_order(task_dir, tmp_
     monkeypatch.setattr(training, "completed_epochs", lambda output_dir: 2)
     monkeypatch.setattr(training, "batches", spy)
     model = types.SimpleNamespace(distribute_strategy=tf.distribute.get_strategy())
-    config = types.SimpleNamespace(batch_size=4, seed=3, drop_last=False)
+    config = types.SimpleNamespace(batch_size=4, seed=3, drop_last=False, early_stopping_patience=0)
     with pytest.raises(Stop):
         training.fit(model, {"train": split, "val": []}, config, str(tmp_path))
     assert seen["first_epoch"] == 2 and seen["seed"] == 3
