@@ -73,8 +73,8 @@ RESUMABLE_CHANGES = ("epochs", "output_dir", "profile_batch", "cpu_replicas", "e
                      "early_stopping_min_delta")
 
 __all__ = ["CROP_CENTERS", "ConfigError", "GROUPINGS", "METRIC_PROTOCOLS", "METRIC_SETS", "MODEL_SETTINGS",
-           "NCC_FORMULAS", "REG_PENALTIES", "RESUMABLE_CHANGES", "STRATEGIES", "SURGERY_MODES", "TrainConfig",
-           "ULAE_INITS", "ULAE_MOVED", "WARP_PADDINGS", "check_profile_batch"]
+           "NCC_FORMULAS", "PATH_SETTINGS", "REG_PENALTIES", "RESUMABLE_CHANGES", "STRATEGIES", "SURGERY_MODES",
+           "TrainConfig", "ULAE_INITS", "ULAE_MOVED", "WARP_PADDINGS", "check_profile_batch"]
 
 
 def check_profile_batch(steps):
@@ -100,6 +100,18 @@ def check_profile_batch(steps):
     if len(numbers) != 2 or min(numbers) < 1 or numbers[0] > numbers[1]:
         raise ConfigError(expected)
     return numbers
+
+
+#: Settings that name a folder: the same folder written relative or absolute (or through a link) is the same setting.
+PATH_SETTINGS = ("data_dir",)
+
+
+def _same_setting(key, before, now):
+    """Whether a stored setting and the current one agree; :data:`PATH_SETTINGS` compare as resolved paths (a relative
+    one taken from the current directory), so a run started with ``data_cache/brain`` resumes with its absolute path."""
+    if key in PATH_SETTINGS and before and now:
+        return os.path.realpath(before) == os.path.realpath(now)
+    return before == now
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,7 +345,7 @@ class TrainConfig:
         previous = json.loads(json.dumps(TrainConfig.from_dict(stored).to_dict()))
         now = json.loads(json.dumps(self.to_dict()))
         differences = ["%s: %r before, %r now" % (key, previous[key], value) for key, value in now.items()
-                       if key not in may_change and previous[key] != value]
+                       if key not in may_change and not _same_setting(key, previous[key], value)]
         if differences:
             raise ConfigError("%s holds a run with other settings (%s); use another --output_dir or the same "
                               "settings to resume it" % (os.path.dirname(path) or ".", "; ".join(differences)))

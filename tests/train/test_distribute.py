@@ -460,3 +460,14 @@ def test_two_workers_train_write_only_on_the_chief_and_resume(launched):
     assert os.listdir(run_dir / "export" / "tiny_phantom") == ["1"]
     assert chief["second"]["export_dir"] == str(run_dir / "export" / "tiny_phantom" / "1")
     assert worker["second"]["export_dir"] is None  # it saved too, into a temporary folder
+
+
+def test_resuming_takes_the_data_folder_written_relative_or_absolute(tmp_path, monkeypatch):
+    """A run started with a relative ``data_dir`` resumes with the same folder written absolute (and the reverse);
+    another folder is still refused, naming both."""
+    monkeypatch.chdir(tmp_path)
+    path = str(tmp_path / "config.json")
+    TrainConfig(dataset="phantom", data_dir="data_cache/phantom").save(path)
+    TrainConfig(dataset="phantom", data_dir=str(tmp_path / "data_cache" / "phantom")).check_resumable(path)
+    with pytest.raises(ConfigError, match="data_dir: 'data_cache/phantom' before, 'other' now"):
+        TrainConfig(dataset="phantom", data_dir="other").check_resumable(path)
