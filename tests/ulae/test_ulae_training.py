@@ -20,7 +20,7 @@ def test_ulae_on_the_brain_task_goes_through_the_learn2reg_layout(tmp_path):
     config = TrainConfig(dataset="brain", data_dir=str(tmp_path / "data"), output_dir=str(tmp_path / "run"),
                          model="ulae", surgery="none", lam=1.0, similarity="multi_ncc", ncc_windows=(5, 3),
                          learning_rate=1e-4, batch_size=1, epochs=1,
-                         dataset_options=dict(brain_subjects=7, brain_shape=(32, 32, 32), brain_max_displacement=3.0,
+                         dataset_options=dict(brain_subjects=7, brain_shape=(16, 16, 16), brain_max_displacement=2.0,
                                               pairs_per_epoch=2))
     outcome = quiet(config)
     summary = outcome["results"]["Model"]["summary"]
@@ -28,7 +28,7 @@ def test_ulae_on_the_brain_task_goes_through_the_learn2reg_layout(tmp_path):
     assert outcome["history"]["val_dice_GM"][0] > 0  # validation on registration_val, named structures
     # the subjects were written in the Learn2Reg layout under data_dir, and read back by its loader
     (written,) = (tmp_path / "data").iterdir()
-    assert written.name == "MNIBrain_v1_7subjects_32x32x32_disp3_seed0"
+    assert written.name == "MNIBrain_v1_7subjects_16x16x16_disp2_seed0"
     assert (written / "MNIBrain_dataset.json").is_file() and len(list((written / "imagesTr").iterdir())) == 7
     with open(os.path.join(config.output_dir, "evaluation.json")) as f:
         report = json.load(f)
@@ -37,7 +37,7 @@ def test_ulae_on_the_brain_task_goes_through_the_learn2reg_layout(tmp_path):
     assert "Test split: a seeded hold-out of 2 training subjects" in outcome["table"]
     # The exported 3D model has the brain volume's shape; the run restores for inference.
     restored_config, network = load_run_for_inference(config.output_dir)
-    assert tuple(network.inputs[0].shape[1:]) == (32, 32, 32, 1) and restored_config.model == "ulae"
+    assert tuple(network.inputs[0].shape[1:]) == (16, 16, 16, 1) and restored_config.model == "ulae"
 
 
 def test_ulae_with_gradient_surgery_on_the_cardiac_phantom(tmp_path):
