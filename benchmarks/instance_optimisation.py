@@ -139,7 +139,7 @@ def best_rates(results, methods, steps, rates, split):
 def main(argv):
     del argv
     from gsmorph_tf.evaluate.timing import machine_description
-    from gsmorph_tf.fileio import atomic_write_text
+    from gsmorph_tf.fileio import save_json_entry
     from gsmorph_tf.train import training
     from gsmorph_tf.train.instance import InstanceOptimizer
     from gsmorph_tf.train.runs import load_run_for_inference
@@ -185,8 +185,7 @@ def main(argv):
                     row = dict(method=method, seed=seed, steps=n, run_dir=run_dir, split=split,
                                learning_rate=refiner.learning_rate, protocol=config.metric_protocol,
                                **measure(refiner, subjects, n, config.metric_protocol))
-                    results[key(method, seed, n, rate, split)] = row
-                    atomic_write_text(path, json.dumps(results, indent=2) + "\n")
+                    results = save_json_entry(path, results, key(method, seed, n, rate, split), row)
                     print("  N=%3d: Dice %.2f %%, HD95 %.2f mm, NJD %.3f %%, MSE %.3f x1e-2, %.2f s per pair"
                           % (n, row["dice_mean"], row["hd95_mean"], row["njd"], row["mse_x100"],
                              row["seconds_per_pair"]), flush=True)

@@ -1,4 +1,5 @@
 """Small file helpers shared by the package (no TensorFlow import)."""
+import json
 import os
 
 
@@ -13,6 +14,21 @@ def atomic_write_text(path, text):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def save_json_entry(path, entries, name, value):
+    """Add ``name: value`` to a JSON object of results kept in ``path`` and write it atomically, merged with what
+    ``path`` holds at this moment (its entries win over ``entries``, the caller's earlier copy): two processes
+    filling the same results file with different entries (e.g. a benchmark's rates or splits) keep each other's.
+
+    Returns the merged dict (the caller's new copy)."""
+    merged = dict(entries)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            merged.update(json.load(f))
+    merged[name] = value
+    atomic_write_text(path, json.dumps(merged, indent=2) + "\n")
+    return merged
 
 
 def atomic_save_figure(fig, path, dpi=120):
