@@ -22,7 +22,7 @@ Runs seed by seed (all N and methods of a seed before the next), printing progre
 table (mean +- sd over the seeds done: the sd is over seeds) and the machine.
 
 Usage: ``python benchmarks/instance_optimisation.py [--seeds=3407,1,2] [--steps=0,10,50,100] [--split=validation]
-[--learning_rates=1e-4]``
+[--learning_rates=1e-3]``
 """
 import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 
@@ -45,8 +45,8 @@ flags.DEFINE_list("methods", ["gsmorph", "voxelmorph"], "gsmorph (surgery layerw
 flags.DEFINE_float("lam", 0.01, "VoxelMorph's lambda (l1; 0.01 is the paper's VoxelMorph-m).")
 flags.DEFINE_list("seeds", ["3407", "1", "2"], "Training seeds (each its own subject split, as the demo's).")
 flags.DEFINE_list("steps", ["0", "10", "50", "100"], "Instance steps per test subject.")
-flags.DEFINE_list("learning_rates", ["1e-4"], "Adam's learning rates of the refinement (gsmorph_tf.train.instance's "
-                  "default: 1e-4), each measured.")
+flags.DEFINE_list("learning_rates", ["1e-3"], "Adam's learning rates of the refinement (gsmorph_tf.train.instance's "
+                  "default: 1e-3), each measured.")
 flags.DEFINE_enum("split", "test", ["test", "validation"], "The split scored: validation to choose the learning rate, "
                   "test for the table.")
 flags.DEFINE_string("results", None, "Results JSON (default <runs_dir>/instance_results.json).")

@@ -140,7 +140,7 @@ def define_instance_flags(flag_values=flags.FLAGS):
                          "on each pair (2D: one subject's slices) for this many steps of its training step (GSMorph: "
                          "gradient surgery, no lambda) before registering it; 0: the trained network as it is.",
                          lower_bound=0, flag_values=flag_values)
-    flags.DEFINE_float("instance_learning_rate", None, "Adam's learning rate for --instance_steps (default 1e-4, "
+    flags.DEFINE_float("instance_learning_rate", None, "Adam's learning rate for --instance_steps (default 1e-3, "
                        "not the run's: a training rate such as 5e-3 wrecks a trained network).",
                        flag_values=flag_values)
     flags.register_multi_flags_validator(

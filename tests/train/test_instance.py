@@ -33,7 +33,7 @@ RATE = 5e-3
 def run(phantom_run):
     """conftest's tiny phantom GSMorph run (surgery layerwise, evaluated and exported): its network, config, test
     subject and an InstanceOptimizer of it. The run is one epoch, far from trained: the refinement uses the
-    training rate (RATE), which shows its effect in a few steps (the default, 1e-4, is for trained networks)."""
+    training rate (RATE), which shows its effect in a few steps (the default, 1e-3, is for trained networks)."""
     tmp, config, outcome = phantom_run
     network, config = load_trained_network(config.output_dir)
     subject = load_data(config, generate=False)["test"][0]
