@@ -73,6 +73,25 @@ def test_steps_lower_the_pairs_loss_on_a_copy_and_are_deterministic(run):
     # Each pair starts from the trained weights with a fresh optimiser: the same call gives the same result.
     again = refiner.register(subject.moving, subject.fixed, 4)
     np.testing.assert_array_equal(again.flow, first.flow)
+    # ... whatever was refined in between (another pair: the subject's slices reversed)
+    refiner.register(subject.moving[::-1], subject.fixed[::-1], 3)
+    np.testing.assert_array_equal(refiner.register(subject.moving, subject.fixed, 4).flow, first.flow)
+
+
+def test_agr_rand_refinements_are_seeded_and_independent_of_the_pair_order(run):
+    """agr_rand draws random numbers in every step: a pair's refinement is the same whether or not other pairs were
+    refined before it (its draws are seeded by the run's seed and the step counter, reset per pair), and another
+    seed draws others."""
+    subject, network = run["subject"], run["network"]
+    config = run["config"].replace_for_model(surgery="agr_rand")
+    refiner = instance.InstanceOptimizer(network, config, learning_rate=RATE, seed=7)
+    first = refiner.register(subject.moving, subject.fixed, 3)
+    refiner.register(subject.moving[::-1], subject.fixed[::-1], 2)
+    np.testing.assert_array_equal(refiner.register(subject.moving, subject.fixed, 3).flow, first.flow)
+    fresh = instance.InstanceOptimizer(network, config, learning_rate=RATE, seed=7)
+    np.testing.assert_array_equal(fresh.register(subject.moving, subject.fixed, 3).flow, first.flow)
+    other = instance.InstanceOptimizer(network, config, learning_rate=RATE, seed=8)
+    assert not np.array_equal(other.register(subject.moving, subject.fixed, 3).flow, first.flow)
 
 
 def test_the_update_is_trainings_surgery_projection(run):
