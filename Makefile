@@ -20,7 +20,7 @@ demo: $(STAMP)
 
 # Two worker processes (pytest-xdist), each test file on one of them, so module fixtures are built once.
 test: $(STAMP) browser
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=25 tests
 
 # The headless browser tests/test_docs_site.py opens: Debian's Chromium and its driver, installed when missing
 # (as root with apt-get; otherwise the command to run is printed and the test fails naming it).
