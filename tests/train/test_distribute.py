@@ -469,5 +469,8 @@ def test_resuming_takes_the_data_folder_written_relative_or_absolute(tmp_path, m
     path = str(tmp_path / "config.json")
     TrainConfig(dataset="phantom", data_dir="data_cache/phantom").save(path)
     TrainConfig(dataset="phantom", data_dir=str(tmp_path / "data_cache" / "phantom")).check_resumable(path)
+    absolute = str(tmp_path / "absolute.json")
+    TrainConfig(dataset="phantom", data_dir=str(tmp_path / "data_cache" / "phantom")).save(absolute)
+    TrainConfig(dataset="phantom", data_dir="data_cache/phantom").check_resumable(absolute)
     with pytest.raises(ConfigError, match="data_dir: 'data_cache/phantom' before, 'other' now"):
         TrainConfig(dataset="phantom", data_dir="other").check_resumable(path)
