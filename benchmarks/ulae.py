@@ -1,7 +1,9 @@
-"""ULAE-net vs the GSMorph U-Net in 3D: forward time, train-step time, peak memory; multi-window loss cost.
+"""ULAE-net vs the GSMorph U-Net in 3D: forward time, start-up and train-step time, peak memory; multi-window
+loss cost.
 
 For each network and volume size (batch 1) a fresh subprocess builds the network through its registry entry,
-times the forward pass and one train step with the 3D protocol of ``flags/oasis_protocol.flags`` (surgery
+times the forward pass, the start-up of training (building the training model and its first step through Keras'
+train function, as ``fit`` runs it: mostly tracing) and one train step with the 3D protocol of ``flags/oasis_protocol.flags`` (surgery
 ``none``, lam 1, L2 smoothness, ULAE's multi-window NCC with the ``--ncc`` formula, zero padding; ULAE-net with
 the reference's objective), in float32 or ``--mixed_precision``, and reports the process's peak memory:
 resident set size on CPU, ``tf.config.experimental.get_memory_info`` peak on a GPU.
@@ -28,6 +30,7 @@ import os
 import resource
 import subprocess
 import sys
+import time
 
 import numpy as np
 from absl import app, flags
@@ -77,7 +80,9 @@ def with_recomputation(builder):
 
 
 def measure(network_name, shape, steps, formula, mixed_precision, recompute=False):
-    """Forward and train-step median ms and peak memory for one network at one shape (this process), built
+    """Forward and train-step median ms, the start-up of training (s from building the training model to the
+    end of its first step, most of it tracing the step) and peak memory for one network at one shape (this
+    process), built
     and trained through its registry entry with the 3D protocol of ``flags/oasis_protocol.flags`` (batch 1,
     surgery ``none``, lambda 1, L2 smoothness, multi-window NCC with ``formula``, zero padding; ULAE-net with
     the reference's objective: ``warp3``, PyTorch's initialisation), in mixed precision if asked."""
@@ -104,13 +109,15 @@ def measure(network_name, shape, steps, formula, mixed_precision, recompute=Fals
              "fixed": tf.constant(rng.random((1, *shape, 1), np.float32))}
     forward = tf.function(lambda m, f: network([m, f], training=False))
     forward_ms = median_ms(lambda: float(tf.reduce_sum(forward(batch["moving"], batch["fixed"])[1])), steps)
+    started = time.perf_counter()
     model = plugin.build_training_model(config, network)
-    train_step = tf.function(model.train_step)
-    step_ms = median_ms(lambda: float(train_step(batch)["sim_loss"]), steps)
+    model.train_on_batch(batch)  # Keras' train function, as fit runs it: traced, then run once
+    first_step_s = time.perf_counter() - started
+    step_ms = median_ms(lambda: float(model.train_on_batch(batch, return_dict=True)["sim_loss"]), steps)
     memory, memory_kind = _peak_memory_mb(tf)
     params = count_trainable_parameters(network)
     return {"network": network_name, "shape": list(shape), "parameters": params, "forward_ms": forward_ms,
-            "train_step_ms": step_ms, "peak_mb": memory, "memory_kind": memory_kind}
+            "first_step_s": first_step_s, "train_step_ms": step_ms, "peak_mb": memory, "memory_kind": memory_kind}
 
 
 #: The loss lines' columns: (key, windows, weights, window sums). ``direct``: the w^3 convolution.
@@ -164,8 +171,8 @@ def main(argv):
           "%s%s\n" % (FLAGS.steps, FLAGS.ncc, "mixed_float16" if FLAGS.mixed_precision else "float32",
                       "; ULAE-net with its encoder and decoders recomputed (tf.recompute_grad)" if FLAGS.recompute else ""))
     if "networks" in FLAGS.parts:
-        print("%-8s %-12s %10s %12s %14s %12s" % ("network", "size", "params", "forward ms", "train step ms",
-                                                  "peak MB"))
+        print("%-8s %-12s %10s %12s %14s %14s %12s" % ("network", "size", "params", "forward ms", "first step s",
+                                                       "train step ms", "peak MB"))
     names = (("gsmorph", "ulae") if "networks" in FLAGS.parts else ()) + (("loss",) if "loss" in FLAGS.parts else ())
     for size in FLAGS.sizes:
         shape = parse_shape(size)
@@ -188,9 +195,9 @@ def main(argv):
                          r["multi_direct"], r["single_direct"], r["multi_direct"] / r["single_direct"],
                          r["multi_fast"] / r["single_direct"]))
             else:
-                print("%-8s %-12s %10s %12.1f %14.1f %12.0f  (%s)" % (
-                    network_name, size, "{:,}".format(r["parameters"]), r["forward_ms"], r["train_step_ms"],
-                    r["peak_mb"], r["memory_kind"]))
+                print("%-8s %-12s %10s %12.1f %14.1f %14.1f %12.0f  (%s)" % (
+                    network_name, size, "{:,}".format(r["parameters"]), r["forward_ms"], r["first_step_s"],
+                    r["train_step_ms"], r["peak_mb"], r["memory_kind"]))
 
 
 if __name__ == "__main__":

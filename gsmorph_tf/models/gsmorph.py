@@ -34,6 +34,22 @@ def build_optimizer(config):
     return optimizer
 
 
+def compile_and_build(model, config, example_inputs):
+    """Compile ``model`` (a training model whose ``network`` holds the weights it updates) with
+    :func:`build_optimizer` and create every variable before training: the model's (called once on
+    ``example_inputs``, a list of zero tensors; BackupAndRestore needs a built model to restore into) and the
+    optimizer's slots (Adam's two moments per weight of ``model.network``, in the order its train step
+    passes them). ``tf.function`` traces a function again when its first trace created variables, so with
+    the slots created here the first training step is traced once, not twice (about half the start-up of a
+    run). Returns ``model``."""
+    optimizer = build_optimizer(config)
+    model.compile(optimizer=optimizer)
+    model(example_inputs)
+    # A LossScaleOptimizer creates its own variables at construction; its inner optimizer holds the slots.
+    getattr(optimizer, "inner_optimizer", optimizer).build(model.network.trainable_variables)
+    return model
+
+
 def surgery_training_model(config, network, moved_output=None):
     """``network`` wrapped in a compiled, built :class:`GradientSurgeryModel` with the config's similarity
     (from :data:`gsmorph_tf.registry.SIMILARITIES`), smoothness penalty, surgery mode, lambda and grouping;
@@ -42,10 +58,8 @@ def surgery_training_model(config, network, moved_output=None):
                                  reg_penalty=config.reg_penalty, surgery=config.surgery, lam=config.lam,
                                  grouping=config.grouping, seed=config.seed,
                                  conflict_diagnostics=config.conflict_diagnostics, moved_output=moved_output)
-    model.compile(optimizer=build_optimizer(config))
     zeros = tf.zeros((1, *network.inputs[0].shape[1:]))
-    model([zeros, zeros])  # BackupAndRestore needs a built model to restore into.
-    return model
+    return compile_and_build(model, config, [zeros, zeros])
 
 
 class GSMorphModel(ModelPlugin):

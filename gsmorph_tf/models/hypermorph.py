@@ -15,7 +15,7 @@ import voxelmorph as vxm
 from gsmorph_tf.core import losses
 from gsmorph_tf.core.model import global_batch_fraction, replicas_in_sync, unpack_pair
 from gsmorph_tf.evaluate import evaluation
-from gsmorph_tf.models.gsmorph import build_optimizer
+from gsmorph_tf.models.gsmorph import compile_and_build
 from gsmorph_tf.plugins import ModelPlugin
 
 #: HyperMorph's lambda for the per-epoch validation metrics (~ VoxelMorph's lam 0.01 with MSE).
@@ -143,10 +143,8 @@ class HyperMorphPlugin(ModelPlugin):
     def build_training_model(self, config, network):
         model = HyperMorphModel(network, similarity=config.similarity, reg_penalty=config.reg_penalty,
                                 ncc_window=config.ncc_window, ncc_formula=config.ncc, seed=config.seed)
-        model.compile(optimizer=build_optimizer(config))
         zeros = tf.zeros((1, *network.inputs[0].shape[1:]))
-        model([zeros, zeros, tf.zeros((1, 1))])  # BackupAndRestore needs a built model to restore into.
-        return model
+        return compile_and_build(model, config, [zeros, zeros, tf.zeros((1, 1))])
 
     def method_name(self, config, chosen=None):
         return "HyperMorph" + (" (lambda=%g)" % chosen["hypermorph_lambda"] if chosen else "")

@@ -131,9 +131,8 @@ class InstanceOptimizer:
         self.frozen_batch_norm = freeze_batch_norm(self.copy)  # before the step's variable groups are made
         self.model = entry.build_training_model(config, self.copy)
         self.weights = [w.numpy() for w in self.copy.weights]
-        optimizer = self.model.optimizer
-        getattr(optimizer, "inner_optimizer", optimizer).build(self.copy.trainable_variables)
-        self.optimizer_state = [v.numpy() for v in optimizer.variables]  # Adam's zero moments, step 0
+        # The registry's training model has its optimizer's slots built: Adam's zero moments, step 0.
+        self.optimizer_state = [v.numpy() for v in self.model.optimizer.variables]
 
     def reset(self):
         """The copy back to the trained weights, the optimiser back to its initial state."""

@@ -7,7 +7,7 @@ import tensorflow as tf
 import voxelmorph as vxm
 from scipy import ndimage
 
-from gsmorph_tf.core.flows import ComposeFlows, compose_flows
+from gsmorph_tf.core.flows import ComposeFlows, compose_flows, warp as flows_warp
 
 SIZE = 32
 
@@ -131,6 +131,25 @@ def test_zero_padded_composition_in_3d():
     np.testing.assert_allclose(zeros[0, :, :, 4:, 0], 0.0)  # samples 2 voxels past the edge: 0
     np.testing.assert_allclose(zeros[..., 2], 2.0)
     np.testing.assert_allclose(ComposeFlows("zeros")([first, shift]).numpy(), zeros)
+
+
+@pytest.mark.parametrize("shape", [(12, 10), (6, 7, 5)])
+def test_a_batch_warps_item_by_item_as_voxelmorphs_transformer(shape):
+    """The vectorised warp of a batch of 3 (different images and fields) equals voxelmorph's transform on each item
+    (border), and on each item padded with one voxel of zeros (zeros), in 2D and 3D."""
+    rng = np.random.default_rng(1)
+    images = rng.random((3, *shape, 2)).astype(np.float32)
+    flows = rng.normal(0.0, 3.0, (3, *shape, len(shape))).astype(np.float32)
+    pad = [(0, 0)] + [(1, 1)] * len(shape) + [(0, 0)]
+    for padding in ("border", "zeros"):
+        moved = flows_warp(tf.constant(images), tf.constant(flows), padding).numpy()
+        for item in range(3):
+            image, flow = images[item], flows[item]
+            if padding == "zeros":
+                image, flow = np.pad(image, pad[1:]), flow + 1.0
+            expected = vxm.utils.transform(tf.constant(image), tf.constant(flow), interp_method="linear",
+                                           indexing="ij").numpy()
+            np.testing.assert_allclose(moved[item], expected, atol=1e-6)
 
 
 def test_unknown_padding_is_named():

@@ -32,3 +32,38 @@ def test_training_model_takes_the_configs_losses():
     flow[..., 0] = np.arange(16)[:, None] * 0.5
     assert float(model.regularizer_fn(tf.constant(flow))) == pytest.approx(0.125)   # l1: (0.25 + 0) / 2
     assert model.lam == 0.3 and model.surgery == "none"
+
+
+def test_optimizer_slots_are_built_up_front_and_checkpoints_of_lazily_built_ones_restore(tmp_path, monkeypatch):
+    """The training model comes with Adam's slots, so the first step is traced once (a tf.function that creates
+    variables is traced twice); a checkpoint written when the slots came with the first step (runs trained
+    before this) restores into it variable by variable, moments included."""
+    from gsmorph_tf.models import gsmorph
+
+    config = TrainConfig(surgery="pcgrad", learning_rate=1e-3)
+    moving, fixed = (tf.random.stateless_uniform((1, 16, 16, 1), seed=(s, 0)) for s in (1, 2))
+    model = MODEL.build_training_model(config, MODEL.build_network(config, (16, 16)))
+    assert len(model.optimizer.variables) == 1 + 2 * len(model.network.trainable_variables)  # step, m and v
+    model.train_on_batch([moving, fixed])
+    assert model.train_function.experimental_get_tracing_count() == 1
+
+    def lazily_built(model, config, example_inputs):  # what the entries did before
+        model.compile(optimizer=build_optimizer(config))
+        model(example_inputs)
+        return model
+
+    with monkeypatch.context() as patch:
+        patch.setattr(gsmorph, "compile_and_build", lazily_built)
+        old = MODEL.build_training_model(config, MODEL.build_network(config, (16, 16)))
+    for _ in range(2):
+        old.train_on_batch([moving, fixed])
+    assert old.train_function.experimental_get_tracing_count() == 2
+    path = tf.train.Checkpoint(model=old).write(str(tmp_path / "old"))   # what BackupAndRestore keeps
+
+    new = MODEL.build_training_model(config, MODEL.build_network(config, (16, 16)))
+    tf.train.Checkpoint(model=new).read(path).assert_existing_objects_matched()
+    # Slot names differ ("Adam/m/..." when made inside apply_gradients); checkpoints match objects, not names.
+    assert [v.name.replace("Adam/", "") for v in old.optimizer.variables] == [v.name for v in new.optimizer.variables]
+    for restored, saved in zip(new.optimizer.variables + new.network.weights, old.optimizer.variables + old.network.weights):
+        np.testing.assert_array_equal(restored.numpy(), saved.numpy())
+    assert int(new.optimizer.iterations) == 2
