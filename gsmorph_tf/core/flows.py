@@ -54,10 +54,8 @@ def warp(image, flow, padding="border"):
         ndim = flow.shape[-1]
         image = tf.pad(image, [[0, 0]] + [[1, 1]] * ndim + [[0, 0]])
         flow = flow + tf.cast(1.0, flow.dtype)  # location x + u in the padded volume is x + u + 1
-    # Vectorised over the batch (one batched gather per corner) rather than voxelmorph's map_fn loop: the same
-    # values, and a graph without a while loop, whose gradient took most of the time to trace a ULAE-net step.
-    return tf.vectorized_map(lambda pair: vxm.utils.transform(pair[0], pair[1], interp_method="linear",
-                                                              indexing="ij"), (image, flow))
+    return tf.map_fn(lambda pair: vxm.utils.transform(pair[0], pair[1], interp_method="linear", indexing="ij"),
+                     (image, flow), fn_output_signature=image.dtype)
 
 
 class Warp(tf.keras.layers.Layer):
