@@ -3,10 +3,11 @@ loss cost.
 
 For each network and volume size (batch 1) a fresh subprocess builds the network through its registry entry,
 times the forward pass, the start-up of training (building the training model and its first step through Keras'
-train function, as ``fit`` runs it: mostly tracing) and one train step with the 3D protocol of ``flags/oasis_protocol.flags`` (surgery
-``none``, lam 1, L2 smoothness, ULAE's multi-window NCC with the ``--ncc`` formula, zero padding; ULAE-net with
-the reference's objective), in float32 or ``--mixed_precision``, and reports the process's peak memory:
-resident set size on CPU, ``tf.config.experimental.get_memory_info`` peak on a GPU.
+train function, as ``fit`` runs it: mostly tracing) and one train step with the 3D protocol of
+``flags/oasis_protocol.flags`` (surgery ``none``, lam 1, L2 smoothness, ULAE's multi-window NCC with the
+``--ncc`` formula, zero padding; ULAE-net with the reference's objective), in float32 or
+``--mixed_precision``, and reports the process's peak memory: resident set size on CPU,
+``tf.config.experimental.get_memory_info`` peak on a GPU.
 
 Then the loss alone (``loss`` lines), forward + gradient with respect to the moved image, with the ``--ncc``
 formula: multi-window NCC (11, 9, 7) and single-window NCC (9), each with window sums by separable box
@@ -82,10 +83,10 @@ def with_recomputation(builder):
 def measure(network_name, shape, steps, formula, mixed_precision, recompute=False):
     """Forward and train-step median ms, the start-up of training (s from building the training model to the
     end of its first step, most of it tracing the step) and peak memory for one network at one shape (this
-    process), built
-    and trained through its registry entry with the 3D protocol of ``flags/oasis_protocol.flags`` (batch 1,
-    surgery ``none``, lambda 1, L2 smoothness, multi-window NCC with ``formula``, zero padding; ULAE-net with
-    the reference's objective: ``warp3``, PyTorch's initialisation), in mixed precision if asked."""
+    process), built and trained through its registry entry with the 3D protocol of
+    ``flags/oasis_protocol.flags`` (batch 1, surgery ``none``, lambda 1, L2 smoothness, multi-window NCC with
+    ``formula``, zero padding; ULAE-net with the reference's objective: ``warp3``, PyTorch's initialisation), in
+    mixed precision if asked."""
     import tensorflow as tf
 
     from gsmorph_tf.config import TrainConfig

@@ -135,8 +135,8 @@ def test_zero_padded_composition_in_3d():
 
 @pytest.mark.parametrize("shape", [(12, 10), (6, 7, 5)])
 def test_a_batch_warps_item_by_item_as_voxelmorphs_transformer(shape):
-    """The vectorised warp of a batch of 3 (different images and fields) equals voxelmorph's transform on each item
-    (border), and on each item padded with one voxel of zeros (zeros), in 2D and 3D."""
+    """The warp of a batch of 3 (different images and fields) equals voxelmorph's transform on each item (border),
+    and on each item padded with one voxel of zeros (zeros), in 2D and 3D."""
     rng = np.random.default_rng(1)
     images = rng.random((3, *shape, 2)).astype(np.float32)
     flows = rng.normal(0.0, 3.0, (3, *shape, len(shape))).astype(np.float32)

@@ -64,6 +64,7 @@ def test_optimizer_slots_are_built_up_front_and_checkpoints_of_lazily_built_ones
     tf.train.Checkpoint(model=new).read(path).assert_existing_objects_matched()
     # Slot names differ ("Adam/m/..." when made inside apply_gradients); checkpoints match objects, not names.
     assert [v.name.replace("Adam/", "") for v in old.optimizer.variables] == [v.name for v in new.optimizer.variables]
-    for restored, saved in zip(new.optimizer.variables + new.network.weights, old.optimizer.variables + old.network.weights):
+    for restored, saved in zip(new.optimizer.variables + new.network.weights,
+                               old.optimizer.variables + old.network.weights):
         np.testing.assert_array_equal(restored.numpy(), saved.numpy())
     assert int(new.optimizer.iterations) == 2
