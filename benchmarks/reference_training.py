@@ -26,7 +26,11 @@ are not used), both scored alike. Writes to ``<output_dir>/paired/<method>/seed<
 ``reference.npz``, ``reference_init.npz``, ``reference_order.npz`` and both runs' records
 (``reference_run.json``, ``port_run.json``), and ``paired_comparison.md`` / ``.json``: per seed both test Dice
 and their difference; over seeds the mean and median difference and a Wilcoxon signed-rank test; the paired
-Wilcoxon test over the test subjects. Resumable per run.
+Wilcoxon test over the test subjects; per seed also the final validation Dice of both and the distance of
+their training-loss curves; ``paired_curves_<method>.png``, per seed the validation Dice of both after every
+epoch. ``--control_threads=N`` adds the reference against itself: trained again per seed
+with N PyTorch threads from the same weights in the same order (checked), its differences beside the port's.
+Resumable per run.
 """
 import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 
@@ -53,6 +57,10 @@ flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds of both implementati
 flags.DEFINE_bool("paired", False, "Train the port from the reference's initial weights in its batch order (default "
                   "methods VoxelMorph-l only: --lambdas=0.1 --surgery_methods=) and compare seed by seed.")
 flags.DEFINE_integer("threads", os.cpu_count(), "PyTorch intra-op threads of the reference runs.", lower_bound=1)
+flags.DEFINE_integer("control_threads", 0, "With --paired: also train the reference a second time per seed with "
+                     "this many threads (same initial weights and batch order, verified; only the order of its "
+                     "floating-point sums changes), to measure how far the reference differs from itself. 0: no "
+                     "control.", lower_bound=0)
 flags.register_validator("seeds", lambda values: bool(values) and all(v.strip().isdigit() for v in values),
                          "--seeds takes comma-separated non-negative integers")
 FLAGS = flags.FLAGS
@@ -88,10 +96,11 @@ def export_pairs(splits, path):
     save_npz(path, **pair_arrays(splits))
 
 
-def reference_run(method, seed, config, pairs_path, folder, paired=False):
-    """Train the reference for one (method, seed) unless its flows exist; returns the flows' path. With
-    ``paired`` it also writes ``reference_init.npz`` and ``reference_order.npz`` to ``folder``."""
-    out = os.path.join(folder, "reference.npz")
+def reference_run(method, seed, config, pairs_path, folder, paired=False, stem="reference", threads=None):
+    """Train the reference for one (method, seed) unless its flows exist; returns the flows' path
+    (``<folder>/<stem>.npz``). With ``paired`` it also writes ``<stem>_init.npz`` and ``<stem>_order.npz`` to
+    ``folder``. ``threads``: PyTorch intra-op threads (default ``--threads``)."""
+    out = os.path.join(folder, stem + ".npz")
     if os.path.exists(out):
         return out
     os.makedirs(folder, exist_ok=True)
@@ -99,10 +108,11 @@ def reference_run(method, seed, config, pairs_path, folder, paired=False):
     command = [FLAGS.reference_python, os.path.join(HERE, "reference_train.py"), "--ref", FLAGS.reference_dir,
                "--data", pairs_path, "--out", out, "--surgery", settings["surgery"],
                "--lam", str(settings.get("lam", config.lam)), "--seed", str(seed), "--epochs", str(config.epochs),
-               "--batch", str(config.batch_size), "--lr", str(config.learning_rate), "--threads", str(FLAGS.threads)]
+               "--batch", str(config.batch_size), "--lr", str(config.learning_rate),
+               "--threads", str(threads or FLAGS.threads)]
     if paired:
-        command += ["--init_out", os.path.join(folder, "reference_init.npz"),
-                    "--order_out", os.path.join(folder, "reference_order.npz")]
+        command += ["--init_out", os.path.join(folder, stem + "_init.npz"),
+                    "--order_out", os.path.join(folder, stem + "_order.npz")]
     run_streamed(command)
     return out
 
@@ -128,7 +138,7 @@ def run_paired(methods, seeds, config, splits, pairs_path, output_dir):
     from gsmorph_tf.studies.seed_studies import read_or_make
 
     arrays = paired.pair_arrays(splits)
-    port, reference, total, done = {}, {}, len(methods) * len(seeds), 0
+    port, reference, control, total, done = {}, {}, {}, len(methods) * len(seeds), 0
     for method in methods:
         for seed in seeds:
             done += 1
@@ -151,18 +161,34 @@ def run_paired(methods, seeds, config, splits, pairs_path, output_dir):
                 model = paired.reference_initialised_model(run_config, state, arrays["train_moving"].shape[1:])
                 print("  port: %d epochs of %d steps from the reference's weights" % order.shape[:2], flush=True)
                 return score(paired.train_in_order(model, order, arrays), "the port's paired run")
+            def control_record():
+                stem = "reference_threads%d" % FLAGS.control_threads
+                flows_path = reference_run(method, seed, config, pairs_path, folder, paired=True, stem=stem,
+                                           threads=FLAGS.control_threads)
+                paired.check_same_start(folder, "reference", stem)
+                with np.load(flows_path) as flows:
+                    return score(flows, flows_path)
             reference.setdefault(method.name, []).append(
                 read_or_make(os.path.join(folder, "reference_run.json"), reference_record))
             record = read_or_make(os.path.join(folder, "port_run.json"), port_record)
             port.setdefault(method.name, []).append(record)
-            print("  test Dice: port %.2f, reference %.2f" % (record["test"]["dice_mean"]["mean"],
-                                                              reference[method.name][-1]["test"]["dice_mean"]["mean"]),
-                  flush=True)
-    comparison = paired.paired_comparison(port, reference, methods)
+            line = "  test Dice: port %.2f, reference %.2f" % (record["test"]["dice_mean"]["mean"],
+                                                              reference[method.name][-1]["test"]["dice_mean"]["mean"])
+            if FLAGS.control_threads:
+                control.setdefault(method.name, []).append(read_or_make(
+                    os.path.join(folder, "reference_threads%d_run.json" % FLAGS.control_threads), control_record))
+                line += ", reference with %d threads %.2f" % (FLAGS.control_threads,
+                                                              control[method.name][-1]["test"]["dice_mean"]["mean"])
+            print(line, flush=True)
+    comparison = paired.paired_comparison(port, reference, methods, control or None)
     table = paired.paired_table(comparison, config.metric_protocol)
     write_comparison(os.path.join(output_dir, "paired_comparison"), table, config, seeds, comparison, port, reference)
+    for method in methods:
+        paired.plot_paired_curves(port[method.name], reference[method.name],
+                                  os.path.join(output_dir, "paired_curves_%s.png" % method.slug),
+                                  control.get(method.name), "reference, %d threads" % FLAGS.control_threads)
     print("\n" + table)
-    print("\nWrote paired_comparison.md and paired_comparison.json to %s" % output_dir)
+    print("\nWrote paired_comparison.md, paired_comparison.json and paired_curves_<method>.png to %s" % output_dir)
     return 0
 
 
@@ -172,6 +198,12 @@ def main(argv):
     quiet_logs(FLAGS["verbosity"].present)
     output_dir = FLAGS.output_dir or os.path.join(FLAGS.study_dir, "reference")
     try:
+        if FLAGS.control_threads and not FLAGS.paired:
+            raise ConfigError("--control_threads=%d: the control run belongs to the paired check; add --paired"
+                              % FLAGS.control_threads)
+        if FLAGS.control_threads == FLAGS.threads:
+            raise ConfigError("--control_threads=%d: the same as --threads, so the control would repeat the "
+                              "reference bit for bit; give another thread count" % FLAGS.control_threads)
         check_reference()
         config = study_config(FLAGS.study_dir)
         if (config.model, config.similarity, config.reg_penalty, config.drop_last) != ("gsmorph", "mse", "l1", True):

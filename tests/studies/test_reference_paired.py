@@ -105,17 +105,19 @@ def test_bad_orders_are_refused_naming_the_file(tmp_path):
         paired.read_order(str(tmp_path / "missing.npz"), 4, 2)
 
 
-def record(seed, dice_by_subject):
+def record(seed, dice_by_subject, validation_dice=70.0, sim_loss=(1.0, 0.5)):
     rows = [{"subject": s, "dice_mean": d} for s, d in dice_by_subject.items()]
     return {"seed": seed, "test": {"dice_mean": {"mean": float(np.mean(list(dice_by_subject.values()))), "std": 0.0}},
-            "test_subjects": rows}
+            "test_subjects": rows, "validation_dice": validation_dice, "sim_loss_curve": list(sim_loss)}
 
 
 def test_paired_table_by_hand():
     method = lambda_study.study_methods((0.1,), ())[0]
     subjects = ["s%d" % i for i in range(6)]
-    port = [record(k, {s: 80.0 + i - 0.5 * k * (k - 1) for i, s in enumerate(subjects)}) for k in range(4)]
-    reference = [record(k, {s: 79.0 + i + 0.3 * k for i, s in enumerate(subjects)}) for k in range(4)]
+    port = [record(k, {s: 80.0 + i - 0.5 * k * (k - 1) for i, s in enumerate(subjects)}, 70.0 + k, (1.1, 0.5))
+            for k in range(4)]
+    reference = [record(k, {s: 79.0 + i + 0.3 * k for i, s in enumerate(subjects)}, 71.0 + (k == 3) * 3.0)
+                 for k in range(4)]
     row = paired.paired_comparison({method.name: port}, {method.name: reference}, [method])[method.name]
     differences = [1.0 - 0.5 * k * (k - 1) - 0.3 * k for k in range(4)]    # 1, 0.7, -0.6, -2.9
     assert [r["seed"] for r in row["rows"]] == [0, 1, 2, 3]
@@ -124,8 +126,18 @@ def test_paired_table_by_hand():
     assert row["median_difference"] == pytest.approx(np.median(differences))
     assert row["seed_wilcoxon"]["p_value"] == pytest.approx(stats.wilcoxon(differences).pvalue)
     assert row["subject_wilcoxon"]["subjects"] == 6
+    validation = [-1.0, 0.0, 1.0, -1.0]    # port 70 + k, reference 71 (74 for seed 3)
+    np.testing.assert_allclose([r["validation_difference"] for r in row["rows"]], validation)
+    assert row["validation"]["mean_difference"] == pytest.approx(-0.25)
+    assert row["validation"]["seed_wilcoxon"]["p_value"] == pytest.approx(stats.wilcoxon(validation).pvalue)
+    assert row["same_sign"] == 1    # only seed 3: both negative
+    assert row["sim_loss_difference"] == pytest.approx(0.05)    # epochs: |1.1 - 1| / 1 and 0, averaged
     table = paired.paired_table({method.name: row}, "paper")
-    assert "| VoxelMorph (lam=0.1) | 3 | 79.50 | 82.40 | -2.90 |" in table and "over 4 seeds mean -0.45" in table
+    assert "| VoxelMorph (lam=0.1) | 3 | 79.50 | 82.40 | -2.90 | 73.00 | 74.00 | -1.00 | 5.00 % |" in table
+    assert "over 4 seeds mean -0.45" in table and "same sign in 1 of 4 seeds" in table
+    with pytest.raises(ValueError, match="loss curves of 2 and 3 epochs"):
+        paired.paired_comparison({method.name: port}, {method.name: [record(k, {"s0": 1.0}, 1.0, (1, 1, 1))
+                                                                     for k in range(4)]}, [method])
 
 
 #: Stands in for a Python with PyTorch: answers the import probe; "trains" the reference by writing zero flows,
@@ -178,13 +190,56 @@ def test_paired_comparison_end_to_end_and_resume(toy, tmp_path):
                                          {"test_flow": np.zeros(arrays["test_moving"].shape + (2,)),
                                           "val_flow": np.zeros((0,)), "sim_loss": [], "reg_loss": [], "steps": 0},
                                          {"test": splits["test"], "val": []}, "paper")
+    port_sim_loss = {seed: json.load(open(output / "paired" / "voxelmorph_lam0.1" / ("seed%d" % seed) /
+                                          "port_run.json"))["sim_loss_curve"][0] for seed in (0, 1)}
     for r in row["rows"]:
         assert r["reference"] == pytest.approx(identity["test"]["dice_mean"]["mean"])   # zero flows: the identity
         assert r["difference"] == pytest.approx(r["port"] - r["reference"])
+        assert r["validation_difference"] == pytest.approx(r["validation_port"] - r["validation_reference"])
+        assert r["sim_loss_difference"] == pytest.approx(abs(port_sim_loss[r["seed"]] - 1.0))   # the fake's: 1
     port_run = json.load(open(output / "paired" / "voxelmorph_lam0.1" / "seed1" / "port_run.json"))
     assert port_run["steps"] == 2 and len(port_run["validation_curve"]) == 1
     assert "| VoxelMorph (lam=0.1) | 1 |" in open(output / "paired_comparison.md").read()
+    assert (output / "paired_curves_voxelmorph_lam0.1.png").stat().st_size > 0
     again = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "reference: epoch" not in again.stdout and "port: " not in again.stdout   # everything read back
     assert json.load(open(output / "paired_comparison.json"))["comparison"] == saved["comparison"]
+    control = subprocess.run(command + ["--threads=2", "--control_threads=1"], capture_output=True, text=True,
+                             timeout=600)
+    assert control.returncode == 0, control.stdout + control.stderr
+    assert control.stdout.count("reference: epoch") == 2 and "port: 1 epochs" not in control.stdout   # controls only
+    assert "reference with 1 threads" in control.stdout
+    row = json.load(open(output / "paired_comparison.json"))["comparison"]["VoxelMorph (lam=0.1)"]
+    assert [r["control_difference"] for r in row["rows"]] == [0.0, 0.0]   # the fake reference is deterministic
+    assert row["control"]["mean_abs_difference"] == 0.0 and row["control"]["abs_wilcoxon"]["seeds"] == 2
+    assert row["control"]["port_mean_abs_difference"] == pytest.approx(np.mean([abs(r["difference"])
+                                                                                for r in row["rows"]]))
+    assert "The reference against itself" in open(output / "paired_comparison.md").read()
+    assert (output / "paired" / "voxelmorph_lam0.1" / "seed0" / "reference_threads1_run.json").is_file()
+
+
+def test_control_runs_are_refused_when_they_cannot_control(tmp_path):
+    """--control_threads needs --paired and another thread count than --threads; refused before any work."""
+    base = [sys.executable, os.path.join(ROOT, "benchmarks", "reference_training.py"), "--study_dir=%s" % tmp_path,
+            "--reference_dir=%s" % tmp_path, "--reference_python=%s" % sys.executable]
+    (tmp_path / "source").mkdir()
+    (tmp_path / "source" / "model_func.py").write_text("")
+    for extra, message in ((["--control_threads=1", "--threads=2"], "add --paired"),
+                           (["--paired", "--control_threads=2", "--threads=2"], "the same as --threads")):
+        result = subprocess.run(base + extra, capture_output=True, text=True, timeout=300)
+        assert result.returncode != 0 and message in result.stdout + result.stderr, result.stdout + result.stderr
+
+
+def test_a_control_must_start_where_the_reference_started(tmp_path):
+    np.savez(tmp_path / "reference_init.npz", w=np.zeros(3))
+    np.savez(tmp_path / "reference_order.npz", order=np.zeros((1, 2, 2), int))
+    np.savez(tmp_path / "again_init.npz", w=np.zeros(3))
+    np.savez(tmp_path / "again_order.npz", order=np.zeros((1, 2, 2), int))
+    paired.check_same_start(str(tmp_path), "reference", "again")
+    np.savez(tmp_path / "again_order.npz", order=np.ones((1, 2, 2), int))
+    with pytest.raises(DatasetError, match="again_order.npz: the two runs took different batches"):
+        paired.check_same_start(str(tmp_path), "reference", "again")
+    np.savez(tmp_path / "again_init.npz", w=np.ones(3))
+    with pytest.raises(DatasetError, match="again_init.npz: the two runs started from different initial weights"):
+        paired.check_same_start(str(tmp_path), "reference", "again")
