@@ -96,6 +96,11 @@ def export_pairs(splits, path):
     save_npz(path, **pair_arrays(splits))
 
 
+def threads_label(threads):
+    """``"1 thread"`` / ``"4 threads"``: names the control run in the log and figures."""
+    return "%d thread%s" % (threads, "" if threads == 1 else "s")
+
+
 def reference_run(method, seed, config, pairs_path, folder, paired=False, stem="reference", threads=None):
     """Train the reference for one (method, seed) unless its flows exist; returns the flows' path
     (``<folder>/<stem>.npz``). With ``paired`` it also writes ``<stem>_init.npz`` and ``<stem>_order.npz`` to
@@ -177,8 +182,8 @@ def run_paired(methods, seeds, config, splits, pairs_path, output_dir):
             if FLAGS.control_threads:
                 control.setdefault(method.name, []).append(read_or_make(
                     os.path.join(folder, "reference_threads%d_run.json" % FLAGS.control_threads), control_record))
-                line += ", reference with %d threads %.2f" % (FLAGS.control_threads,
-                                                              control[method.name][-1]["test"]["dice_mean"]["mean"])
+                line += ", the reference with %s %.2f" % (threads_label(FLAGS.control_threads),
+                                                         control[method.name][-1]["test"]["dice_mean"]["mean"])
             print(line, flush=True)
     comparison = paired.paired_comparison(port, reference, methods, control or None)
     table = paired.paired_table(comparison, config.metric_protocol)
@@ -186,7 +191,7 @@ def run_paired(methods, seeds, config, splits, pairs_path, output_dir):
     for method in methods:
         paired.plot_paired_curves(port[method.name], reference[method.name],
                                   os.path.join(output_dir, "paired_curves_%s.png" % method.slug),
-                                  control.get(method.name), "reference, %d threads" % FLAGS.control_threads)
+                                  control.get(method.name), "reference, " + threads_label(FLAGS.control_threads))
     print("\n" + table)
     print("\nWrote paired_comparison.md, paired_comparison.json and paired_curves_<method>.png to %s" % output_dir)
     return 0

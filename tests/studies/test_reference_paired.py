@@ -209,7 +209,7 @@ def test_paired_comparison_end_to_end_and_resume(toy, tmp_path):
                              timeout=600)
     assert control.returncode == 0, control.stdout + control.stderr
     assert control.stdout.count("reference: epoch") == 2 and "port: 1 epochs" not in control.stdout   # controls only
-    assert "reference with 1 threads" in control.stdout
+    assert "the reference with 1 thread " in control.stdout
     row = json.load(open(output / "paired_comparison.json"))["comparison"]["VoxelMorph (lam=0.1)"]
     assert [r["control_difference"] for r in row["rows"]] == [0.0, 0.0]   # the fake reference is deterministic
     assert row["control"]["mean_abs_difference"] == 0.0 and row["control"]["abs_wilcoxon"]["seeds"] == 2
