@@ -10,7 +10,9 @@ builds (:func:`gsmorph_tf.train.training.build_model`: ``GradientSurgeryModel``,
 :func:`train_in_order` feeds it exactly those batches, in order, and predicts the validation pairs after every
 epoch and the test pairs at the end, in the reference's output format, so that both sides are scored by
 :func:`gsmorph_tf.studies.lambda_study.flows_record`. :func:`paired_comparison` and :func:`paired_table` give
-the per-seed differences and their tests. No flags, no PyTorch.
+the per-seed differences and their tests, with a control run (the reference trained again, another thread count;
+:func:`check_same_start`) as the yardstick; :func:`plot_paired_curves` draws the runs' validation curves. No
+flags, no PyTorch.
 """
 import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 
@@ -198,7 +200,9 @@ def _control(rows, reference, control_records):
         row["control_validation_difference"] = control[seed]["validation_dice"] - reference[seed]["validation_dice"]
         row["control_sim_loss_difference"] = _relative_difference(control[seed]["sim_loss_curve"],
                                                                   reference[seed]["sim_loss_curve"])
-    mean_abs = lambda key: float(np.mean([abs(row[key]) for row in rows]))   # noqa: E731
+    def mean_abs(key):
+        return float(np.mean([abs(row[key]) for row in rows]))
+
     return {"mean_abs_difference": mean_abs("control_difference"), "port_mean_abs_difference": mean_abs("difference"),
             "validation_mean_abs_difference": mean_abs("control_validation_difference"),
             "port_validation_mean_abs_difference": mean_abs("validation_difference"),
