@@ -16,8 +16,8 @@ crop, batch, epochs, learning rate, penalty and metric protocol) and, for every 
 Writes to ``--output_dir`` (default ``<study_dir>/reference``): ``reference_comparison.md`` (port and
 reference side by side, mean +- std over seeds, a Welch test over seeds and a paired Wilcoxon test over test
 subjects per method), ``reference_comparison.json`` (every run's numbers) and ``reference_curves.png``
-(validation Dice, training MSE and the fraction of parameter tensors in conflict, per epoch). Resumable: a finished run is read back, an interrupted reference run continues from
-its last epoch.
+(validation Dice, training MSE and the fraction of parameter tensors in conflict, per epoch). Resumable: a
+finished run is read back, an interrupted reference run continues from its last epoch.
 
 With ``--paired`` (default methods: VoxelMorph-l, lambda 0.1, no surgery method) it runs the paired check
 instead (``benchmarks/reference_paired.py``): per method and seed the reference as above, also recording its
