@@ -45,11 +45,7 @@ def read_initial_state(path):
 def read_order(path, pairs, batch_size):
     """The batch order written by ``reference_train.py --order_out``: int64 ``[epochs, steps, batch_size]``
     indices into the ``pairs`` training pairs; :class:`DatasetError` naming the file and what is wrong."""
-    try:
-        with np.load(path) as data:
-            order = data["order"]
-    except (OSError, ValueError, KeyError) as error:
-        raise DatasetError("%s: cannot read the batch order (an .npz with 'order'): %s" % (path, error)) from error
+    order = _load_order(path)
     if order.ndim != 3 or order.shape[2] != batch_size or not np.issubdtype(order.dtype, np.integer):
         raise DatasetError("%s: expected integer order [epochs, steps, %d], got %s %s"
                            % (path, batch_size, order.dtype, order.shape))
@@ -57,6 +53,15 @@ def read_order(path, pairs, batch_size):
         raise DatasetError("%s: pair indices %d..%d, outside the %d training pairs"
                            % (path, order.min(), order.max(), pairs))
     return order.astype(np.int64)
+
+
+def _load_order(path):
+    """The ``order`` array of a batch-order file, unchecked; :class:`DatasetError` naming the file if unreadable."""
+    try:
+        with np.load(path) as data:
+            return data["order"]
+    except (OSError, ValueError, KeyError) as error:
+        raise DatasetError("%s: cannot read the batch order (an .npz with 'order'): %s" % (path, error)) from error
 
 
 def check_same_start(folder, stem, other):
@@ -68,9 +73,8 @@ def check_same_start(folder, stem, other):
     first, second = (read_initial_state(path) for path in paths["init"])
     if first.keys() != second.keys() or any(not np.array_equal(first[k], second[k]) for k in first):
         raise DatasetError("%s and %s: the two runs started from different initial weights" % tuple(paths["init"]))
-    with np.load(paths["order"][0]) as a, np.load(paths["order"][1]) as b:
-        if not np.array_equal(a["order"], b["order"]):
-            raise DatasetError("%s and %s: the two runs took different batches" % tuple(paths["order"]))
+    if not np.array_equal(*(_load_order(path) for path in paths["order"])):
+        raise DatasetError("%s and %s: the two runs took different batches" % tuple(paths["order"]))
 
 
 def reference_initialised_model(config, state, inshape):
@@ -200,6 +204,7 @@ def _control(rows, reference, control_records):
         row["control_validation_difference"] = control[seed]["validation_dice"] - reference[seed]["validation_dice"]
         row["control_sim_loss_difference"] = _relative_difference(control[seed]["sim_loss_curve"],
                                                                   reference[seed]["sim_loss_curve"])
+
     def mean_abs(key):
         return float(np.mean([abs(row[key]) for row in rows]))
 

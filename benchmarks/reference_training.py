@@ -28,9 +28,9 @@ are not used), both scored alike. Writes to ``<output_dir>/paired/<method>/seed<
 and their difference; over seeds the mean and median difference and a Wilcoxon signed-rank test; the paired
 Wilcoxon test over the test subjects; per seed also the final validation Dice of both and the distance of
 their training-loss curves; ``paired_curves_<method>.png``, per seed the validation Dice of both after every
-epoch. ``--control_threads=N`` adds the reference against itself: trained again per seed
-with N PyTorch threads from the same weights in the same order (checked), its differences beside the port's.
-Resumable per run.
+epoch. ``--control_threads=N`` adds the reference against itself: trained again per seed with N PyTorch
+threads from the same weights in the same order (checked), its differences beside the port's. Resumable per
+run.
 """
 import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 
@@ -144,6 +144,7 @@ def run_paired(methods, seeds, config, splits, pairs_path, output_dir):
 
     arrays = paired.pair_arrays(splits)
     port, reference, control, total, done = {}, {}, {}, len(methods) * len(seeds), 0
+    control_stem = "reference_threads%d" % FLAGS.control_threads   # the control run's files in a seed's folder
     for method in methods:
         for seed in seeds:
             done += 1
@@ -166,11 +167,11 @@ def run_paired(methods, seeds, config, splits, pairs_path, output_dir):
                 model = paired.reference_initialised_model(run_config, state, arrays["train_moving"].shape[1:])
                 print("  port: %d epochs of %d steps from the reference's weights" % order.shape[:2], flush=True)
                 return score(paired.train_in_order(model, order, arrays), "the port's paired run")
+
             def control_record():
-                stem = "reference_threads%d" % FLAGS.control_threads
-                flows_path = reference_run(method, seed, config, pairs_path, folder, paired=True, stem=stem,
-                                           threads=FLAGS.control_threads)
-                paired.check_same_start(folder, "reference", stem)
+                flows_path = reference_run(method, seed, config, pairs_path, folder, paired=True,
+                                           stem=control_stem, threads=FLAGS.control_threads)
+                paired.check_same_start(folder, "reference", control_stem)
                 with np.load(flows_path) as flows:
                     return score(flows, flows_path)
             reference.setdefault(method.name, []).append(
@@ -181,7 +182,7 @@ def run_paired(methods, seeds, config, splits, pairs_path, output_dir):
                                                               reference[method.name][-1]["test"]["dice_mean"]["mean"])
             if FLAGS.control_threads:
                 control.setdefault(method.name, []).append(read_or_make(
-                    os.path.join(folder, "reference_threads%d_run.json" % FLAGS.control_threads), control_record))
+                    os.path.join(folder, control_stem + "_run.json"), control_record))
                 line += ", the reference with %s %.2f" % (threads_label(FLAGS.control_threads),
                                                          control[method.name][-1]["test"]["dice_mean"]["mean"])
             print(line, flush=True)
