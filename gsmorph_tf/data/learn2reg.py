@@ -38,8 +38,9 @@ from gsmorph_tf.data.preprocessing import scale_to_unit
 from gsmorph_tf.data.subjects import SubjectPairs
 from gsmorph_tf.errors import DatasetError
 
-#: ``intensity_norm`` settings: ``max`` divides each volume by its maximum (ULAE-net's paper); ``percentile``
-#: maps each volume's minimum to 0 and its 99.5th percentile to 1, clipped (the cardiac loaders' scaling).
+#: ``intensity_norm`` settings: ``max`` divides each volume by its maximum (our choice: the ULAE-net reference
+#: code does not say how its volumes were scaled); ``percentile`` maps each volume's minimum to 0 and its 99.5th
+#: percentile to 1, clipped (the cardiac loaders' scaling).
 INTENSITY_NORMS = ("max", "percentile")
 
 _EXPECTED_LAYOUT = ("expected <root>/<NAME>_dataset.json with tensorImageShape, labels, training and "
@@ -403,8 +404,8 @@ def normalise_intensity(volume, method, source):
 
     Args:
         volume: image array (any shape).
-        method: ``max``: ``x / max(x)`` (ULAE-net's paper; a volume of positive intensities lands in [0, 1]
-            with its background kept at 0); ``percentile``: the cardiac loaders' scaling
+        method: ``max``: ``x / max(x)`` (our choice for ULAE-net's protocol; a volume of positive intensities
+            lands in [0, 1] with its background kept at 0); ``percentile``: the cardiac loaders' scaling
             (:func:`~gsmorph_tf.data.preprocessing.scale_to_unit`), minimum -> 0 and 99.5th percentile -> 1,
             clipped, over this volume alone (pairs are formed on the fly, so there is no pair to share a range).
         source: the file, for messages.
