@@ -476,3 +476,36 @@ def test_instance_optimisation_of_the_studys_ulae_net_run(real_ulae_study, tmp_p
     elsewhere = ["--runs_dir=%s" % (study / "disp9"), "--results=%s" % (tmp_path / "other.json")]
     missing = subprocess.run(command[:-2] + elsewhere, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert missing.returncode != 0 and "disp9/ulae/seed3 holds no finished run" in missing.stderr
+
+
+def test_the_inference_benchmark_times_the_studys_runs_again(real_ulae_study, tmp_path):
+    """benchmarks/study_inference.py on the study's real ULAE-net run and SyN (its benchmark.json stood in for):
+    every test pair timed, the table and JSON written; a missing SyN record or study folder is refused by name."""
+    study = real_ulae_study[0] / "study"
+    script = os.path.join(ROOT, "benchmarks", "study_inference.py")
+    missing_syn = subprocess.run([sys.executable, script, "--study_dir=%s" % study], capture_output=True, text=True,
+                                 timeout=300)
+    assert missing_syn.returncode == 2
+    assert "%s: no benchmark.json; the study has not run SyN" % (study / "disp2" / "syn") in missing_syn.stderr
+    (study / "disp2" / "syn").mkdir()
+    (study / "disp2" / "syn" / "benchmark.json").write_text("{}")
+    done = subprocess.run([sys.executable, script, "--study_dir=%s" % study, "--repeats=2"], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "[1/2] ULAE-net, seed 3" in done.stdout and "[2/2] SyN" in done.stdout
+    saved = json.loads((study / "inference_times.json").read_text())
+    assert saved["level"] == 2.0 and saved["repeats"] == 2 and saved["test_pairs"] == 2
+    ulae, syn = saved["methods"]["ULAE-net"], saved["methods"]["SyN"]
+    assert [run["seed"] for run in ulae] == [3] and syn[0]["seed"] is None
+    for run in ulae + syn:
+        assert len(run["ms_per_pair"]) == 2 and min(run["ms_per_pair"]) > 0
+        assert run["median_ms"] == pytest.approx(np.median(run["ms_per_pair"]))
+    table = (study / "inference_times.md").read_text()
+    assert "| ULAE-net | %.1f | seed 3: %.1f |" % (ulae[0]["median_ms"], ulae[0]["median_ms"]) in table
+    assert "| SyN | %.1f | %.1f |" % (syn[0]["median_ms"], syn[0]["median_ms"]) in table
+    nowhere = subprocess.run([sys.executable, script, "--study_dir=%s" % tmp_path], capture_output=True, text=True,
+                             timeout=300)
+    assert nowhere.returncode == 2 and "--study_dir=%s: no study_config.json" % tmp_path in nowhere.stderr
+    empty = subprocess.run([sys.executable, script, "--study_dir=%s" % study, "--level=7"], capture_output=True,
+                           text=True, timeout=300)
+    assert empty.returncode == 2 and "%s holds no finished learned run" % (study / "disp7") in empty.stderr
