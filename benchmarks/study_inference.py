@@ -147,8 +147,7 @@ def main(argv):
               % (load, cores), flush=True)
     test = splits["test"]
     rows = {}
-    jobs = [(name, seed, folder) for name, seed, folder in runs] + ([(deformation_study.SYN, None, syn_dir)]
-                                                                    if FLAGS.syn else [])
+    jobs = runs + ([(deformation_study.SYN, None, syn_dir)] if FLAGS.syn else [])
     for done, (name, seed, folder) in enumerate(jobs, 1):
         print("[%d/%d] %s%s: %s" % (done, len(jobs), name, "" if seed is None else ", seed %d" % seed, folder),
               flush=True)

@@ -234,8 +234,8 @@ DATASETS.add(DatasetEntry("learn2reg", "gsmorph_tf.data.streaming:DATASET",
                                      "label of the dataset JSON.", kind="string"),
                               Option("intensity_norm", "max", "Learn2Reg: max = divide each volume by its maximum "
                                      "(our choice; the ULAE-net reference does not say how it scaled); percentile = "
-                                     "minimum to 0, 99.5th percentile to 1, clipped (the cardiac loaders).", kind="string",
-                                     choices=("max", "percentile")),
+                                     "minimum to 0, 99.5th percentile to 1, clipped (the cardiac loaders).",
+                                     kind="string", choices=("max", "percentile")),
                               PAIRS_PER_EPOCH, TEST_FRACTION)))
 
 SIMILARITIES.add(Entry("mse", "gsmorph_tf.core.losses:mse_from_config", "mean squared intensity difference"))
