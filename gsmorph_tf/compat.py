@@ -4,6 +4,13 @@ voxelmorph 0.2 and neurite 0.2 are Keras-2 code: they need ``tf-keras`` (legacy 
 ``TF_USE_LEGACY_KERAS=1`` *before* TensorFlow is first imported. neurite 0.2 also calls
 ``inspect.getargspec``, which Python 3.11 removed; a shim built on ``inspect.getfullargspec`` restores it.
 
+TensorFlow (2.9 and later) turns its oneDNN CPU kernels on by default only on CPUs with AVX512_VNNI, AVX512_BF16 or
+AMX; on other x86 CPUs (AVX2 ones, many cloud and desktop machines) 3D convolutions and their gradients run on its
+Eigen kernels, several times slower (``benchmarks/ulae.py`` on a 2-core AVX2 AMD EPYC: see
+``docs/results/speed.md``). :func:`enable_onednn_kernels` turns them on unless the user chose
+(``TF_ENABLE_ONEDNN_OPTS=0`` before starting Python keeps TensorFlow's default); results change only by
+float round-off, as between two machines.
+
 Both packages of this project (``gsmorph_tf`` and ``ulae_tf``) import this module first, so importing
 either is enough. If TensorFlow was already imported with Keras 3, nothing can switch it back inside the
 process: :func:`ensure_legacy_keras` raises an ``ImportError`` that says what to do.
@@ -14,6 +21,8 @@ import os
 import sys
 
 _LEGACY_KERAS_VAR = "TF_USE_LEGACY_KERAS"
+#: TensorFlow's switch of its oneDNN CPU kernels ("1" on, "0" off; unset: on only for AVX512_VNNI/BF16/AMX CPUs).
+ONEDNN_VAR = "TF_ENABLE_ONEDNN_OPTS"
 
 
 def _install_getargspec_shim():
@@ -51,5 +60,13 @@ def ensure_legacy_keras():
             "TF_USE_LEGACY_KERAS=1 before starting Python (and `pip install tf-keras`)." % keras_version)
 
 
+def enable_onednn_kernels():
+    """Turn TensorFlow's oneDNN CPU kernels on for this process if TensorFlow is not imported yet and the user left
+    ``TF_ENABLE_ONEDNN_OPTS`` unset (see the module notes); otherwise change nothing."""
+    if "tensorflow" not in sys.modules:
+        os.environ.setdefault(ONEDNN_VAR, "1")
+
+
 _install_getargspec_shim()
+enable_onednn_kernels()
 ensure_legacy_keras()

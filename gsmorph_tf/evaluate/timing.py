@@ -37,12 +37,22 @@ def cpu_description(cpuinfo="/proc/cpuinfo"):
 
 
 def machine_description():
-    """CPU model, its vector extensions and cores, GPUs if any, TensorFlow version: where timings were measured."""
+    """CPU model, its vector extensions and cores, GPUs if any, TensorFlow version and whether its oneDNN CPU
+    kernels are on (:mod:`gsmorph_tf.compat`): where and how timings were measured."""
     cpu = cpu_description()
     gpus = [tf.config.experimental.get_device_details(g).get("device_name", g.name)
             for g in tf.config.list_physical_devices("GPU")]
-    return "%s, %d CPU cores, %s, TensorFlow %s" % (cpu, os.cpu_count(), "GPU: " + ", ".join(gpus) if gpus
-                                                     else "no GPU", tf.__version__)
+    return "%s, %d CPU cores, %s, TensorFlow %s, oneDNN %s" % (
+        cpu, os.cpu_count(), "GPU: " + ", ".join(gpus) if gpus else "no GPU", tf.__version__,
+        "on" if onednn_enabled() else "off")
+
+
+def onednn_enabled():
+    """Whether this TensorFlow process runs its oneDNN CPU kernels (TensorFlow's own test utilities read the same
+    flag, which depends on the CPU and ``TF_ENABLE_ONEDNN_OPTS``)."""
+    from tensorflow.python.util import _pywrap_util_port  # no public API tells it
+
+    return bool(_pywrap_util_port.IsMklEnabled())
 
 
 def median_ms(fn, steps, warmup=1):

@@ -80,8 +80,10 @@ def test_the_port_takes_the_given_batches_in_order(toy):
                               tf.constant(arrays["train_fixed"][index][..., None])))
         return weights(model)
     by_hand, swapped, ours = explicit(order[0]), explicit(order[0][::-1]), weights(trained)
-    for name, value in ours.items():   # to 5 % of a step (lr 1e-3): fit's graph and eager steps round apart
-        np.testing.assert_allclose(value, by_hand[name], rtol=0, atol=5e-5, err_msg=name)
+    for name, value in ours.items():   # to 5 % of a step (lr 1e-3): fit's graph and eager steps round apart;
+        # BatchNorm's moving statistics are no steps: they round with the activations (AVX2 machines: 5.1e-5 of 0.14)
+        rtol = 1e-3 if "/moving_" in name else 0
+        np.testing.assert_allclose(value, by_hand[name], rtol=rtol, atol=5e-5, err_msg=name)
     kernels = [k for k in ours if k.endswith("kernel:0")]
     assert max(np.abs(ours[k] - swapped[k]).max() for k in kernels) > 5e-4   # the order is not lost
 
