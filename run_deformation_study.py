@@ -9,7 +9,8 @@ reference objective, ULAE-net with gradient surgery and GSMorph-3D, each with ev
 SyN, trains ULAE-net and VoxelMorph x2 again at every ``--magnitudes`` level, and writes to ``--output_dir``:
 ``deformation_table.md``, ``deformation_study.json``, ``validation_curves.png``, ``dice_vs_magnitude.png`` and
 ``ulae_steps.png`` (see :mod:`gsmorph_tf.studies.deformation_study`). Re-running the same command resumes: finished runs
-are read back, an interrupted one continues.
+are read back, an interrupted one continues; with ``--record_dir`` the finished runs' records (and the outputs) are
+also kept in a folder small enough to commit, so the study resumes on another machine.
 """
 import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 
@@ -23,6 +24,9 @@ from gsmorph_tf.errors import ConfigError, DatasetError
 
 flags.DEFINE_string("data_dir", "data_cache/brain", "Where the brain datasets are written (one folder per level).")
 flags.DEFINE_string("output_dir", "runs/deformation_study", "Where every run and the study's tables and figures go.")
+flags.DEFINE_string("record_dir", "", "A folder that keeps what the study's numbers and figures need (its settings, "
+                    "each finished run's study_run.json, Fig. 3's network, the outputs), small enough to commit: runs "
+                    "kept there are read back on any machine instead of trained again. Empty: none.")
 flags.DEFINE_list("methods", None, "Subset of the rows by name (default: all): Initial, SyN, VoxelMorph, "
                   "VoxelMorph x2, ULAE-net, ULAE-net + gradient surgery, GSMorph-3D.")
 flags.DEFINE_list("lambdas", ["0.3", "1", "3"], "VoxelMorph's smoothness weights (l2); the one with the best mean "
@@ -103,7 +107,7 @@ def plan_from_flags():
     return deformation_study.StudyPlan(
         config=config, output_dir=FLAGS.output_dir, methods=deformation_study.select_methods(FLAGS.methods),
         seeds=seeds, lambdas=parse_numbers("lambdas", FLAGS.lambdas),
-        magnitudes=parse_numbers("magnitudes", FLAGS.magnitudes)).validate()
+        magnitudes=parse_numbers("magnitudes", FLAGS.magnitudes), record_dir=FLAGS.record_dir).validate()
 
 
 def main(argv):
@@ -118,7 +122,8 @@ def main(argv):
     except (ConfigError, DatasetError, ImportError) as error:
         return fail(error)
     print("\n" + summary["table"])
-    print("\nWrote deformation_table.md, deformation_study.json and the figures to %s" % FLAGS.output_dir)
+    print("\nWrote deformation_table.md, deformation_study.json and the figures to %s%s"
+          % (FLAGS.output_dir, " (and %s)" % FLAGS.record_dir if FLAGS.record_dir else ""))
     return 0
 
 

@@ -33,6 +33,13 @@ study's record ``study_run.json`` (a finished run is read back, not retrained); 
 ``deformation_study.json``, ``validation_curves.png``, ``dice_vs_magnitude.png`` and ``ulae_steps.png``, all
 written atomically. ``study_config.json`` holds the settings: a later call on the same folder must use the same
 ones (seeds, methods, lambdas and magnitudes may change: they select runs).
+
+**A study carried across machines** (``record_dir``): a study of many runs may outlive the machine it started on
+(scratch space wiped between jobs, a fresh clone each sitting). The record folder keeps what the study's numbers
+and figures need, small enough to commit: ``study_config.json``, every finished run's ``study_run.json`` at its
+place in the tree (``disp<level>/<slug>[/seed<k>]/``), the network of the run Fig. 3 draws
+(:func:`gsmorph_tf.train.runs.save_network_weights`) and the outputs. A run whose record is kept there is read
+back on any machine instead of trained again; checkpoints and TensorBoard events stay in ``output_dir``.
 """
 from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
 
@@ -47,11 +54,12 @@ from gsmorph_tf.config import TrainConfig
 from gsmorph_tf.errors import ConfigError
 from gsmorph_tf.evaluate.evaluation import write_json
 from gsmorph_tf.evaluate.timing import machine_description
-from gsmorph_tf.fileio import atomic_save_figure, atomic_write_text
+from gsmorph_tf.fileio import atomic_copy, atomic_save_figure, atomic_write_text
 from gsmorph_tf.studies import paper_comparison, seed_studies
 from gsmorph_tf.studies.paper_comparison import Method
 from gsmorph_tf.train import training
-from gsmorph_tf.train.runs import load_run_for_inference
+from gsmorph_tf.train.runs import (NETWORK_WEIGHTS, latest_run_checkpoint, load_network_weights,
+                                   load_run_for_inference, read_run_config, save_network_weights)
 
 INITIAL, SYN, VOXELMORPH, VOXELMORPH_X2 = "Initial", "SyN", "VoxelMorph", "VoxelMorph x2"
 ULAE, ULAE_GS, GSMORPH_3D = "ULAE-net", "ULAE-net + gradient surgery", "GSMorph-3D"
@@ -70,6 +78,9 @@ LATE_FRACTION = 0.25
 #: ULAE-net's outputs shown in its Fig. 3, with their titles: each step's warped image, then the composed warp.
 STEP_OUTPUTS = (("step1_moved", "Step 1"), ("step2_moved", "Step 2"), ("step3_moved", "Step 3"),
                 ("moved", "Composed"))
+#: The study's outputs, written to ``output_dir`` and copied to ``record_dir``.
+OUTPUTS = ("deformation_table.md", "deformation_study.json", "validation_curves.png", "dice_vs_magnitude.png",
+           "ulae_steps.png")
 #: The per-run metrics of the table beside Dice per structure: (key, header).
 TABLE_KEYS = (("dice_mean", "Dice mean (%)"), ("hd95_mean", "HD95 (mm)"), ("njd", "NJD (%)"), ("sdlogj", "SDlogJ"))
 
@@ -118,6 +129,7 @@ class StudyPlan:
         seeds: training seeds of every learned row.
         lambdas: VoxelMorph's sweep (the chosen one also trains VoxelMorph x2).
         magnitudes: ``brain_max_displacement`` levels (voxels) of the magnitude study; empty: none.
+        record_dir: the study's record folder (see the module's docstring); empty: none.
     """
     config: TrainConfig
     output_dir: str
@@ -125,6 +137,7 @@ class StudyPlan:
     seeds: tuple = (0, 1, 2)
     lambdas: tuple = DEFAULT_LAMBDAS
     magnitudes: tuple = ()
+    record_dir: str = ""
 
     @property
     def main_level(self):
@@ -149,6 +162,9 @@ class StudyPlan:
         self.config.validate()
         if not self.output_dir:
             raise ConfigError("output_dir is empty")
+        if self.record_dir and os.path.abspath(self.record_dir) == os.path.abspath(self.output_dir):
+            raise ConfigError("record_dir must be another folder than output_dir (%s): it keeps the study's records "
+                              "apart from its checkpoints" % self.output_dir)
         if not self.methods:
             raise ConfigError("methods is empty; valid: %s" % ", ".join(m.name for m in STUDY_METHODS))
         _check_distinct("seeds", self.seeds, lambda s: isinstance(s, int) and not isinstance(s, bool) and s >= 0,
@@ -162,6 +178,10 @@ class StudyPlan:
         if self.magnitudes:
             _check_distinct("magnitudes", self.magnitudes, _positive, "positive numbers (voxels)")
         return self
+
+    def record_folder(self, folder):
+        """Where the record folder keeps the run in ``folder`` (a folder under ``output_dir``); None without one."""
+        return os.path.join(self.record_dir, os.path.relpath(folder, self.output_dir)) if self.record_dir else None
 
     def level_config(self, level):
         """The base config on the brain dataset of ``level`` (its ``brain_max_displacement``)."""
@@ -216,14 +236,16 @@ def choose_lambda(records, lambdas):
     return float(best), validation
 
 
-def run_record(method, seed, level, config, splits, folder, log=print, networks=None):
+def run_record(method, seed, level, config, splits, folder, log=print, networks=None, kept=None):
     """One run of the study (``seed`` None for Initial and SyN), trained (or resumed) and scored, or read back
     from ``<folder>/study_run.json``; its record::
 
         {"method", "seed", "level", "kind", "test": summary, "test_subjects": one row per test pair,
          "ms_per_pair": [...], "parameters", "validation_curve": [...], "validation_dice", "steps"}
 
-    A learned run trained now leaves its network in ``networks[method.name]`` (ULAE's figure)."""
+    A learned run trained now leaves its network in ``networks[method.name]`` (ULAE's figure). With ``kept``
+    (the run's folder in the study's record folder), a record kept there and missing in ``folder`` is copied in
+    first (the run is read back, not trained), and the run's record is kept there once it exists."""
     def make():
         settings = method.settings + ((("seed", seed),) if seed is not None else ())
         scored = paper_comparison.method_record(dataclasses.replace(method, settings=settings), config, splits, folder,
@@ -236,7 +258,46 @@ def run_record(method, seed, level, config, splits, folder, log=print, networks=
                 "validation_dice": curve[-1] if curve else float("nan"),
                 "steps": seed_studies.epoch_steps(config, splits) * len(curve) if learned else 0,
                 "metric_protocol": config.metric_protocol}
-    return seed_studies.read_or_make(os.path.join(folder, "study_run.json"), make)
+    path = os.path.join(folder, "study_run.json")
+    kept_path = os.path.join(kept, "study_run.json") if kept else None
+    if kept_path and os.path.exists(kept_path) and not os.path.exists(path):
+        log("finished on another machine: %s read back" % kept_path)
+        atomic_copy(kept_path, path)
+    record = seed_studies.read_or_make(path, make)
+    if kept_path and not os.path.exists(kept_path):
+        atomic_copy(path, kept_path)
+    return record
+
+
+def keep_figure_network(plan, run_dir, network=None):
+    """Keep the network of the run Fig. 3 draws (``run_dir``) in the record folder, once: ``network`` (just
+    trained) or the one restored from the run's checkpoint. Nothing without a record folder, when it is kept
+    already, or when neither is here."""
+    kept = plan.record_folder(run_dir)
+    if kept is None or os.path.exists(os.path.join(kept, NETWORK_WEIGHTS)):
+        return
+    if network is None:
+        try:
+            latest_run_checkpoint(run_dir)
+        except FileNotFoundError:
+            return
+        _, network = load_run_for_inference(run_dir)
+    save_network_weights(kept, network, read_run_config(run_dir))
+
+
+def network_for_figure(plan, run_dir, network=None):
+    """The network Fig. 3 draws: ``network`` (trained in this call), else the run's own (restored by
+    :func:`ulae_step_images` from ``run_dir``), else the one kept in the record folder when the run was trained on
+    another machine. None: restore it from ``run_dir``."""
+    if network is not None:
+        return network
+    kept = plan.record_folder(run_dir)
+    try:
+        latest_run_checkpoint(run_dir)
+    except FileNotFoundError:
+        if kept and os.path.exists(os.path.join(kept, NETWORK_WEIGHTS)):
+            return load_network_weights(kept)[1]
+    return None
 
 
 def load_levels(plan):
@@ -257,9 +318,20 @@ def check_study_folder(plan):
         ConfigError: naming the folder and each setting that differs (seeds, methods, lambdas and magnitudes
             may change: they select runs; nothing else may).
     """
+    config = dataclasses.replace(plan.config, output_dir=plan.output_dir)
+    if plan.record_dir:
+        # the data is written again from its settings on each machine: its folder may change with the machine
+        record = os.path.join(plan.record_dir, "study_config.json")
+        if os.path.exists(record):
+            try:
+                config.check_resumable(record, may_change=("output_dir", "seed", "data_dir"))
+            except ConfigError as error:
+                raise ConfigError("record_dir: %s" % error) from error
+        else:
+            os.makedirs(plan.record_dir, exist_ok=True)
+            config.save(record)
     os.makedirs(plan.output_dir, exist_ok=True)
     path = os.path.join(plan.output_dir, "study_config.json")
-    config = dataclasses.replace(plan.config, output_dir=plan.output_dir)
     if os.path.exists(path):
         config.check_resumable(path, may_change=("output_dir", "seed"))
     else:
@@ -300,10 +372,12 @@ def run_deformation_study(plan, log=print):
                     folder = os.path.join(plan.output_dir, level_name(level), row.slug)
                     folder = folder if seed is None else os.path.join(folder, "seed%d" % seed)
                     trained = {}
-                    record = run_record(row, seed, level, config, splits[level], folder, log, trained)
+                    record = run_record(row, seed, level, config, splits[level], folder, log, trained,
+                                        plan.record_folder(folder))
                     records[level].setdefault(row.name, []).append(record)
                     if (level, row.name, seed) == (main, ULAE, plan.seeds[0]):
                         figure_network = trained.get(row.name)
+                        keep_figure_network(plan, folder, figure_network)
             if method.name == VOXELMORPH and level == main:
                 chosen = choose_lambda(records[main], plan.lambdas)[0]
                 log("VoxelMorph's lambda chosen on the validation split: %g" % chosen)
@@ -533,7 +607,8 @@ def write_outputs(plan, records, summary, splits, figure_network=None):
     if ULAE in plan.names:
         run_dir = os.path.join(plan.output_dir, level_name(main), _SLUGS[ULAE], "seed%d" % plan.seeds[0])
         pair = test[0]
-        errors = plot_ulae_steps(pair, ulae_step_images(run_dir, pair, figure_network),
+        network = network_for_figure(plan, run_dir, figure_network)
+        errors = plot_ulae_steps(pair, ulae_step_images(run_dir, pair, network),
                                  os.path.join(plan.output_dir, "ulae_steps.png"))
         figure = {"pair": pair.subject, "run": run_dir, "mse_x100": errors}
     summary["figure"] = figure
@@ -542,4 +617,8 @@ def write_outputs(plan, records, summary, splits, figure_network=None):
         "lambdas": list(plan.lambdas), "magnitudes": list(plan.magnitudes), "levels": list(plan.levels),
         "machine": machine_description(), "summary": summary,
         "runs": {level_name(level): by_method for level, by_method in records.items()}})
+    if plan.record_dir:
+        for name in OUTPUTS:
+            if os.path.exists(os.path.join(plan.output_dir, name)):
+                atomic_copy(os.path.join(plan.output_dir, name), os.path.join(plan.record_dir, name))
     summary["table"] = table

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from gsmorph_tf.config import ConfigError, TrainConfig
 from gsmorph_tf.errors import SavedModelError
+from gsmorph_tf.fileio import atomic_write_with
 from gsmorph_tf.registry import DATASETS, MODELS
 from gsmorph_tf.serve.provenance import read_provenance
 
@@ -109,6 +110,43 @@ def serving_network(run_dir, network, config):
                           "chosen on the validation split" % (path, ", ".join(model.chosen_for_serving.values()),
                                                               type(error).__name__, error)) from error
     return model.serving_network(network, chosen)
+
+
+#: A trained network kept apart from its run (:func:`save_network_weights`): its variables as Keras HDF5.
+NETWORK_WEIGHTS = "network.weights.h5"
+
+
+def save_network_weights(folder, network, config):
+    """Keep a trained ``network`` without its run (no checkpoints, no optimizer state): ``<folder>/config.json``
+    (the run's settings) and ``<folder>/network.weights.h5`` (every variable of the network, Keras HDF5, about
+    4 bytes per parameter), each written atomically; :func:`load_network_weights` builds it back."""
+    os.makedirs(folder, exist_ok=True)
+    config.save(os.path.join(folder, "config.json"))
+    # The temp name keeps the ".weights.h5" ending: Keras picks the weights format from the file name (a bare ".h5"
+    # writes the legacy layout, which load_weights of a ".weights.h5" file does not read).
+    atomic_write_with(os.path.join(folder, NETWORK_WEIGHTS), network.save_weights, ".weights.h5")
+
+
+def load_network_weights(folder):
+    """``(config, network)`` from a folder :func:`save_network_weights` wrote: the network built from its
+    ``config.json`` (as :func:`load_trained_network` builds it) with the saved weights, as it is served
+    (models that choose settings after training are not kept this way).
+
+    Raises:
+        FileNotFoundError: ``config.json`` or ``network.weights.h5`` is missing, naming it.
+        ConfigError: naming the weights file, if it does not fit the configured network.
+    """
+    config = read_run_config(folder)
+    path = os.path.join(folder, NETWORK_WEIGHTS)
+    if not os.path.isfile(path):
+        raise FileNotFoundError("%s not found: the folder holds no saved network weights" % path)
+    network = MODELS.load(config.model).build_network(config, DATASETS.load(config.dataset).network_shape(config))
+    try:
+        network.load_weights(path)
+    except (ValueError, OSError) as error:
+        raise ConfigError("%s does not hold the weights of the %s network configured in %s (%s)"
+                          % (path, config.model, os.path.join(folder, "config.json"), error)) from error
+    return config, MODELS.load(config.model).serving_network(network, {})
 
 
 def load_run_for_inference(run_dir):

@@ -330,15 +330,58 @@ def test_the_whole_command_on_a_tiny_task_and_its_resume(tmp_path, capsys):
     assert resumed["summary"] == summary and resumed["runs"] == saved["runs"]
 
 
+def test_a_study_carried_to_another_machine_by_its_record_folder(tmp_path, capsys):
+    """--record_dir keeps the settings, every finished run's record and the outputs; a new output folder (another
+    machine: its runs and data gone) reads the kept runs back instead of training them and writes the same numbers;
+    other settings, or the record folder as output folder, are refused by name."""
+    record = tmp_path / "record"
+    argv = ["--data_dir=%s" % (tmp_path / "data"), "--output_dir=%s" % (tmp_path / "study"), "--epochs=2",
+            "--seeds=0,1", "--lambdas=1", "--magnitudes=", "--methods=Initial,VoxelMorph,ULAE-net",
+            "--record_dir=%s" % record] + TINY_FLAGS
+    status, out = run_command(argv, fake_learned([]), capsys)
+    assert status == 0, out.err
+    assert "(and %s)" % record in out.out
+    kept = sorted(os.path.relpath(os.path.join(folder, name), record) for folder, _, names in os.walk(record)
+                  for name in names)
+    assert kept == ["deformation_study.json", "deformation_table.md", "disp2/initial/study_run.json",
+                    "disp2/ulae/seed0/study_run.json", "disp2/ulae/seed1/study_run.json",
+                    "disp2/voxelmorph_lam1/seed0/study_run.json", "disp2/voxelmorph_lam1/seed1/study_run.json",
+                    "study_config.json", "ulae_steps.png", "validation_curves.png"]
+    saved = json.loads((record / "deformation_study.json").read_text())
+    assert saved == json.loads((tmp_path / "study" / "deformation_study.json").read_text())
+
+    # another machine: a new output folder and data folder, the same record; nothing is trained or scored again
+    moved = [a.replace(str(tmp_path / "study"), str(tmp_path / "elsewhere")).replace(
+        str(tmp_path / "data"), str(tmp_path / "data2")) for a in argv]
+    with mock.patch("gsmorph_tf.train.training.train_and_evaluate", side_effect=AssertionError("trained")):
+        status, again = run_command(moved, lambda *a, **k: pytest.fail("a kept run was run again"), capsys)
+    assert status == 0, again.err
+    assert "finished on another machine: %s read back" % (record / "disp2" / "ulae" / "seed1" / "study_run.json") \
+        in again.out
+    resumed = json.loads((tmp_path / "elsewhere" / "deformation_study.json").read_text())
+    assert resumed["runs"] == saved["runs"]
+    figures = [summary.pop("figure") for summary in (resumed["summary"], saved["summary"])]
+    assert resumed["summary"] == saved["summary"]
+    assert figures[0]["run"] == str(tmp_path / "elsewhere" / "disp2" / "ulae" / "seed0")
+    assert (figures[0]["pair"], figures[0]["mse_x100"]) == (figures[1]["pair"], figures[1]["mse_x100"])
+
+    status, other = run_command(moved[:2] + ["--epochs=3"] + moved[3:], fake_learned([]), capsys)
+    assert status != 0
+    assert "record_dir: %s holds a run with other settings (epochs: 2 before, 3 now)" % record in other.err
+    status, same = run_command(argv + ["--output_dir=%s" % record], fake_learned([]), capsys)
+    assert status != 0 and "record_dir must be another folder than output_dir (%s)" % record in same.err
+
+
 # --- one real run ----------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def real_ulae_study(tmp_path_factory):
-    """The command on the tiny task with ULAE-net trained for real (1 step at the reference's lr 1e-4, seed 3):
-    ``(folder, its output)``."""
+    """The command on the tiny task with ULAE-net trained for real (1 step at the reference's lr 1e-4, seed 3),
+    its records kept in ``record/``: ``(folder, its output)``."""
     tmp_path = tmp_path_factory.mktemp("real_ulae")
     command = [sys.executable, os.path.join(ROOT, "run_deformation_study.py"), "--data_dir=%s" % (tmp_path / "data"),
-               "--output_dir=%s" % (tmp_path / "study"), "--methods=Initial,ULAE-net", "--seeds=3", "--epochs=1",
+               "--output_dir=%s" % (tmp_path / "study"), "--record_dir=%s" % (tmp_path / "record"),
+               "--methods=Initial,ULAE-net", "--seeds=3", "--epochs=1",
                "--magnitudes=", "--pairs_per_epoch=1", "--learning_rate=1e-4"] + [f for f in TINY_FLAGS if "pairs_per_epoch" not in f]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -362,6 +405,34 @@ def test_a_real_ulae_net_run_through_the_command(real_ulae_study):
     assert set(figure["mse_x100"]) == {"Moving", "Step 1", "Step 2", "Step 3", "Composed", "Fixed"}
     assert saved["summary"]["magnitudes"] == [] and not (tmp_path / "study" / "dice_vs_magnitude.png").exists()
     assert "| ULAE-net |" in (tmp_path / "study" / "deformation_table.md").read_text()
+
+
+def test_fig3_drawn_on_another_machine_from_the_kept_network(real_ulae_study):
+    """The record folder keeps Fig. 3's network (ULAE-net's first seed): it rebuilds the trained network exactly, and
+    the command on a new output folder draws the same figure from it without training."""
+    from gsmorph_tf.train.runs import load_network_weights, load_run_for_inference
+
+    tmp_path, _ = real_ulae_study
+    kept = tmp_path / "record" / "disp2" / "ulae" / "seed3"
+    assert sorted(os.listdir(kept)) == ["config.json", "network.weights.h5", "study_run.json"]
+    config, network = load_network_weights(str(kept))
+    _, trained = load_run_for_inference(str(tmp_path / "study" / "disp2" / "ulae" / "seed3"))
+    assert (config.model, config.seed, config.ulae_moved) == ("ulae", 3, "warp3")
+    pair = [np.random.default_rng(0).random((1, 16, 16, 16, 1), np.float32) for _ in range(2)]
+    for a, b in zip(network(pair, training=False), trained(pair, training=False)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+    command = [sys.executable, os.path.join(ROOT, "run_deformation_study.py"), "--data_dir=%s" % (tmp_path / "data"),
+               "--output_dir=%s" % (tmp_path / "elsewhere"), "--record_dir=%s" % (tmp_path / "record"),
+               "--methods=Initial,ULAE-net", "--seeds=3", "--epochs=1", "--magnitudes=", "--pairs_per_epoch=1",
+               "--learning_rate=1e-4"] + [f for f in TINY_FLAGS if "pairs_per_epoch" not in f]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "training" not in done.stdout and "finished on another machine" in done.stdout
+    figures = [json.loads((tmp_path / folder / "deformation_study.json").read_text())["summary"]["figure"]
+               for folder in ("study", "elsewhere")]
+    assert figures[1]["mse_x100"] == figures[0]["mse_x100"]
+    assert (tmp_path / "elsewhere" / "ulae_steps.png").read_bytes()[:8] == PNG
 
 
 #: Stands in for a Python with PyTorch: answers the harness's import probe and "trains" the reference by writing

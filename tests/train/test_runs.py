@@ -13,7 +13,7 @@ from gsmorph_tf.config import ConfigError, TrainConfig
 from gsmorph_tf.evaluate import evaluation
 from gsmorph_tf.models import hypermorph
 from gsmorph_tf.serve.export import export_run
-from gsmorph_tf.train.runs import load_trained_network
+from gsmorph_tf.train.runs import load_network_weights, load_trained_network, read_run_config, save_network_weights
 
 
 def test_checkpoint_restores_the_trained_weights(trained_run):
@@ -30,6 +30,31 @@ def test_checkpoint_restores_the_trained_weights(trained_run):
     assert "flow/kernel:0" in moved and len(moved) == 38
     for name in moved:
         assert not np.array_equal(restored[name], initial[name]), name
+
+
+def test_network_weights_kept_apart_from_the_run_load_back_exactly(trained_run, tmp_path):
+    run_dir, _, trained = trained_run
+    network, config = load_trained_network(str(run_dir))
+    save_network_weights(str(tmp_path / "kept"), network, read_run_config(str(run_dir)))
+    assert sorted(os.listdir(tmp_path / "kept")) == ["config.json", "network.weights.h5"]  # no temp file left
+    kept_config, served = load_network_weights(str(tmp_path / "kept"))
+    assert kept_config.crop_size == config.crop_size
+    restored = {w.name: w.numpy() for w in served.weights}
+    assert sorted(restored) == sorted(trained)
+    for name, value in restored.items():
+        np.testing.assert_array_equal(value, trained[name], err_msg=name)
+
+
+def test_network_weights_that_do_not_fit_are_named(trained_run, tmp_path):
+    run_dir, _, _ = trained_run
+    network, _ = load_trained_network(str(run_dir))
+    save_network_weights(str(tmp_path / "kept"), network, read_run_config(str(run_dir)))
+    TrainConfig(crop_size=32, model="ulae").save(str(tmp_path / "kept" / "config.json"))
+    with pytest.raises(ConfigError, match="network.weights.h5 does not hold the weights of the ulae network"):
+        load_network_weights(str(tmp_path / "kept"))
+    os.remove(tmp_path / "kept" / "network.weights.h5")
+    with pytest.raises(FileNotFoundError, match="network.weights.h5 not found"):
+        load_network_weights(str(tmp_path / "kept"))
 
 
 def test_missing_checkpoint_is_named(tmp_path):
