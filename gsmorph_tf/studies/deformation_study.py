@@ -269,6 +269,15 @@ def run_record(method, seed, level, config, splits, folder, log=print, networks=
     return record
 
 
+def _has_checkpoint(run_dir):
+    """Whether the run in ``run_dir`` has a checkpoint on this machine (:func:`latest_run_checkpoint`)."""
+    try:
+        latest_run_checkpoint(run_dir)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def keep_figure_network(plan, run_dir, network=None):
     """Keep the network of the run Fig. 3 draws (``run_dir``) in the record folder, once: ``network`` (just
     trained) or the one restored from the run's checkpoint. Nothing without a record folder, when it is kept
@@ -277,9 +286,7 @@ def keep_figure_network(plan, run_dir, network=None):
     if kept is None or os.path.exists(os.path.join(kept, NETWORK_WEIGHTS)):
         return
     if network is None:
-        try:
-            latest_run_checkpoint(run_dir)
-        except FileNotFoundError:
+        if not _has_checkpoint(run_dir):
             return
         _, network = load_run_for_inference(run_dir)
     save_network_weights(kept, network, read_run_config(run_dir))
@@ -292,11 +299,8 @@ def network_for_figure(plan, run_dir, network=None):
     if network is not None:
         return network
     kept = plan.record_folder(run_dir)
-    try:
-        latest_run_checkpoint(run_dir)
-    except FileNotFoundError:
-        if kept and os.path.exists(os.path.join(kept, NETWORK_WEIGHTS)):
-            return load_network_weights(kept)[1]
+    if not _has_checkpoint(run_dir) and kept and os.path.exists(os.path.join(kept, NETWORK_WEIGHTS)):
+        return load_network_weights(kept)[1]
     return None
 
 
