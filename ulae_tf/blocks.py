@@ -38,8 +38,9 @@ def upsample_linear_x2(x):
 
     The neighbours are two slices of the edge-padded tensor, not gathers: their gradients are a few dense ops,
     a gather's a scatter of indexed slices (the ULAE-net train step traced 27,914 graph ops with gathers, 20,570
-    with slices). An earlier form with slices and concatenations was mis-folded by grappler's constant folding
-    in 3D (wrong shapes at run time); ``tests/ulae/test_ulae_blocks.py`` checks the traced form against eager.
+    with slices). A form with slices joined by concatenations got wrong shapes at run time in one 3D graph from
+    grappler's constant folding (tried together with another rewrite, see docs/results/speed.md);
+    ``tests/ulae/test_ulae_blocks.py`` checks this traced form against eager, the 3D training tests the network.
     """
     ndim = len(x.shape) - 2
     for axis in range(1, ndim + 1):

@@ -112,7 +112,7 @@ def test_linear_upsampling_is_pytorchs_half_pixel_interpolation():
 @pytest.mark.parametrize("shape", [(1, 2, 3, 2, 4), (2, 1, 5, 2, 3)])
 def test_linear_upsampling_traced_equals_eager_with_its_gradient(shape):
     """Traced and optimised by grappler (as training runs it) the upsampling and its gradient equal the eager
-    ones, at axes of 1, 2 and odd sizes (an earlier form of it was mis-folded by grappler's constant folding)."""
+    ones, at axes of 1, 2 and odd sizes (grappler's constant folding gave another form of it wrong shapes)."""
     x = tf.random.stateless_normal(shape, seed=(2, 3))
     weights = tf.random.stateless_normal((shape[0], *(2 * s for s in shape[1:-1]), shape[-1]), seed=(4, 5))
 

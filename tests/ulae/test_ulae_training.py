@@ -12,8 +12,8 @@ from gsmorph_tf.train.runs import load_run_for_inference
 from gsmorph_tf.train.training import train_and_evaluate
 
 
-def quiet(config):
-    return train_and_evaluate(config, verbose=0, log=lambda *a: None)
+def quiet(config, export=True):
+    return train_and_evaluate(config, verbose=0, log=lambda *a: None, export=export)
 
 
 def test_ulae_on_the_brain_task_goes_through_the_learn2reg_layout(tmp_path):
@@ -48,7 +48,7 @@ def test_ulae_with_gradient_surgery_on_the_cardiac_phantom(tmp_path):
                          dataset_options=PHANTOM, crop_size=32, batch_size=4,
                          epochs=1)
     # Without the SavedModel (the 3D test above exports ULAE-net): the suite's time goes to the surgery.
-    outcome = train_and_evaluate(config, verbose=0, log=lambda *a: None, export=False)
+    outcome = quiet(config, export=False)
     assert outcome["export_dir"] is None and not (tmp_path / "run" / "export").exists()
     assert "conflict_fraction" in outcome["history"]  # surgery ran: the diagnostics are logged
     assert "ULAE-net + gradient surgery (layerwise)" in outcome["table"]
