@@ -21,6 +21,9 @@ within one voxel of the edge a sample blends the border voxel with 0 (``zeros``)
 """
 from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
 
+import itertools
+
+import numpy as np
 import tensorflow as tf
 import voxelmorph as vxm
 
@@ -34,8 +37,62 @@ def check_padding(padding):
     return padding
 
 
+def interpolate_linear(volume, flow):
+    """``volume(x + flow(x))`` by linear interpolation, the whole batch at once.
+
+    The same arithmetic as voxelmorph 0.2's ``vxm.utils.transform(..., interp_method="linear", indexing="ij")``
+    (neurite's ``interpn``: each location clipped to ``[0, n - 1]`` along each axis, i.e. the border rule, then
+    the ``2^ndim`` corners weighted and summed in the same order), so its output is bit for bit voxelmorph's on
+    each item. voxelmorph applies that function to a batch with ``tf.map_fn``, a while loop in the graph (and a
+    second one for its gradient); here the batch is one gather on the flattened batch, which traces faster and
+    keeps less memory (docs/results/speed.md, "Warps without map_fn").
+
+    Args:
+        volume: ``[B, *vol, C]``, floating point, static spatial shape.
+        flow: ``[B, *out, ndim]`` displacement in voxels ('ij': channel k along array axis k); ``out`` may
+            differ from ``vol``; cast to ``volume``'s dtype, as voxelmorph does.
+
+    Returns:
+        ``[B, *out, C]``, the dtype of ``volume``.
+
+    Raises:
+        ValueError: a spatial size that is not known when the graph is built, or ``flow``'s last axis not
+            ``ndim``.
+    """
+    volume, flow = tf.convert_to_tensor(volume), tf.convert_to_tensor(flow)
+    shape, out_shape = volume.shape[1:-1].as_list(), flow.shape[1:-1].as_list()
+    ndim = len(shape)
+    if None in shape or None in out_shape or flow.shape[-1] != ndim:
+        raise ValueError("interpolate_linear needs static spatial shapes and a %d-channel field: volume %s, "
+                         "flow %s" % (ndim, volume.shape, flow.shape))
+    grid = tf.meshgrid(*[tf.range(n, dtype=flow.dtype) for n in out_shape], indexing="ij")
+    location = [tf.cast(grid[d][None] + flow[..., d], volume.dtype) for d in range(ndim)]
+    last = [n - 1 for n in shape]
+    clipped = [tf.clip_by_value(location[d], 0, last[d]) for d in range(ndim)]
+    below = [tf.clip_by_value(tf.floor(location[d]), 0, last[d]) for d in range(ndim)]
+    above = [tf.clip_by_value(below[d] + 1, 0, last[d]) for d in range(ndim)]
+    corner_index = [[tf.cast(c, tf.int32) for c in below], [tf.cast(c, tf.int32) for c in above]]
+    # Each axis' weight of the lower and the upper neighbour, computed as neurite does (the same rounding).
+    weight_below = [above[d] - clipped[d] for d in range(ndim)]
+    weight = [weight_below, [1 - w for w in weight_below]]
+    # Row-major strides of one item, and each item's offset in the flattened batch: [B, 1, ..., 1].
+    strides = np.cumprod([1] + shape[:0:-1])[::-1]
+    offset = tf.reshape(tf.range(tf.shape(volume)[0]) * int(np.prod(shape)), [-1] + [1] * ndim)
+    flat = tf.reshape(volume, [-1, volume.shape[-1]])
+    moved = 0
+    for corner in itertools.product([0, 1], repeat=ndim):
+        index = offset
+        for d in range(ndim):
+            index = index + corner_index[corner[d]][d] * int(strides[d])
+        corner_weight = weight[corner[0]][0]
+        for d in range(1, ndim):
+            corner_weight = corner_weight * weight[corner[d]][d]
+        moved += corner_weight[..., None] * tf.gather(flat, index)
+    return moved
+
+
 def warp(image, flow, padding="border"):
-    """``moved(x) = image(x + flow(x))``, linear interpolation, per batch item (voxelmorph's transform).
+    """``moved(x) = image(x + flow(x))``, linear interpolation (voxelmorph's transform, :func:`interpolate_linear`).
 
     Args:
         image: ``[B, *vol, C]`` (an image, or a displacement field to resample).
@@ -54,8 +111,7 @@ def warp(image, flow, padding="border"):
         ndim = flow.shape[-1]
         image = tf.pad(image, [[0, 0]] + [[1, 1]] * ndim + [[0, 0]])
         flow = flow + tf.cast(1.0, flow.dtype)  # location x + u in the padded volume is x + u + 1
-    return tf.map_fn(lambda pair: vxm.utils.transform(pair[0], pair[1], interp_method="linear", indexing="ij"),
-                     (image, flow), fn_output_signature=image.dtype)
+    return interpolate_linear(image, flow)
 
 
 class Warp(tf.keras.layers.Layer):
