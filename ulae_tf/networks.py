@@ -10,8 +10,10 @@ Topology: that of the public reference code (PyTorch, ``ULAE.py``: one encoder o
   fused with the fixed features by a 1x1 conv; per-level skip = 3x3 conv block of both paths;
 - accumulative enhancement: step k (k = 1, 2, 3) runs the shared encoder on (its moving image, fixed), its
   own decoder (:func:`ulae_tf.blocks.build_step_decoder`) predicts a flow at 1/4, 1/2, 1 of full size,
-  voxelmorph's ``RescaleTransform`` upsamples it (magnitudes scaled) to full size, and voxelmorph's
-  ``SpatialTransformer`` warps the step's moving image, which becomes the next step's moving image;
+  voxelmorph's ``RescaleTransform`` upsamples it (magnitudes scaled) to full size, and a linear warp
+  (:func:`gsmorph_tf.core.flows.warp_layer`: voxelmorph's ``SpatialTransformer`` for the border rule, its
+  arithmetic on the whole batch for zero padding) warps the step's moving image, which becomes the next step's
+  moving image;
 - the three fields are composed recursively (:func:`gsmorph_tf.core.flows.compose_flows`), not summed.
 
 Trainable parameters, 16 base channels (measured; independent of the image size): **1,109,241 in 3D**,

@@ -1,4 +1,5 @@
-"""Composition of dense displacement fields (ULAE-net's accumulation of its steps, the brain task's known fields).
+"""Warps and composition of dense displacement fields (the networks' zero-padded warps, ULAE-net's accumulation of its
+steps, the brain task's known fields).
 
 Shared by the framework and the model packages: a dataset that composes fields (``gsmorph_tf.data.brain``)
 and a network that does (``ulae_tf.networks``) both use this module, so neither depends on the other.
