@@ -45,8 +45,8 @@ def interpolate_linear(volume, flow):
     (neurite's ``interpn``: each location clipped to ``[0, n - 1]`` along each axis, i.e. the border rule, then
     the ``2^ndim`` corners weighted and summed in the same order), so its output is bit for bit voxelmorph's on
     each item. voxelmorph applies that function to a batch with ``tf.map_fn``, a while loop in the graph (and a
-    second one for its gradient); here the batch is one gather on the flattened batch, which traces faster and
-    keeps less memory (docs/results/speed.md, "Warps without map_fn").
+    second one for its gradient); here each of the ``2^ndim`` corners is one gather on the flattened batch, which
+    traces faster and keeps less memory (docs/results/speed.md, "Warps without map_fn").
 
     Args:
         volume: ``[B, *vol, C]``, floating point, static spatial shape.
