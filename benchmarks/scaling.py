@@ -52,7 +52,7 @@ def measure(replicas):
     import numpy as np
 
     from gsmorph_tf.core.model import GradientSurgeryModel
-    from gsmorph_tf.evaluate.timing import machine_description, median_ms
+    from gsmorph_tf.evaluate.timing import keras_train_step, machine_description, median_ms
     from gsmorph_tf.models.networks import build_gsmorph_unet
 
     rng = np.random.default_rng(0)
@@ -67,14 +67,7 @@ def measure(replicas):
         if FLAGS.mixed_precision:
             optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
         model.compile(optimizer=optimizer)
-    data = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch).repeat())
-    iterator = iter(data)
-    train_function = model.make_train_function()
-
-    def step():
-        float(train_function(iterator)["sim_loss"])  # blocks until the step is done
-
-    ms = median_ms(step, FLAGS.steps, warmup=3)
+    ms = median_ms(keras_train_step(model, batch, strategy), FLAGS.steps, warmup=3)
     return {"replicas": replicas, "devices": devices, "ms": ms, "steps_per_s": 1000.0 / ms,
             "images_per_s": FLAGS.batch_size * 1000.0 / ms, "machine": machine_description()}
 

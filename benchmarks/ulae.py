@@ -7,7 +7,10 @@ train function, as ``fit`` runs it: mostly tracing) and one train step with the 
 ``flags/oasis_protocol.flags`` (surgery ``none``, lam 1, L2 smoothness, ULAE's multi-window NCC with the
 ``--ncc`` formula, zero padding; ULAE-net with the reference's objective), in float32 or
 ``--mixed_precision``, and reports the process's peak memory: resident set size on CPU,
-``tf.config.experimental.get_memory_info`` peak on a GPU.
+``tf.config.experimental.get_memory_info`` peak on a GPU. Train steps run Keras' train function on one iterator
+over the batch, as ``fit`` runs them; ``--runner=train_on_batch`` uses ``train_on_batch`` instead, a new
+``tf.data`` iterator per call, with which about half of the calls waited until about 630 ms after they began on
+our 2-core machine (``docs/results/speed.md``). The median step is printed with the fastest and slowest.
 
 Then the loss alone (``loss`` lines), forward + gradient with respect to the moved image, with the ``--ncc``
 formula: multi-window NCC (11, 9, 7) and single-window NCC (9), each with window sums by separable box
@@ -22,7 +25,7 @@ the 2-core AMD EPYC, float32, 80x96x80, reference NCC (``--sizes=80x96x80 --step
 option (with grappler's graph rewrites switched off it was no better: 4017 and 4109 MB).
 
 Usage: ``python benchmarks/ulae.py [--sizes=80x96x80,160x192x160] [--steps=3] [--parts=networks,loss]
-[--ncc=voxelmorph] [--mixed_precision] [--recompute]``
+[--ncc=voxelmorph] [--mixed_precision] [--recompute] [--runner=train_on_batch]``
 """
 import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 
@@ -49,6 +52,10 @@ flags.DEFINE_enum("ncc", NCC_FORMULAS[0], NCC_FORMULAS, "Local NCC formula of th
                   "(see gsmorph_tf.core.losses.local_ncc).")
 flags.DEFINE_boolean("mixed_precision", False, "Train the networks in mixed_float16 (loss scaling; for GPUs: slower on "
                      "CPUs).")
+flags.DEFINE_enum("runner", "train_function", ["train_function", "train_on_batch"], "How each train step is run: "
+                  "Keras' train function on one iterator, as fit runs it, or train_on_batch, which builds a new "
+                  "tf.data iterator on every call (kept to reproduce the slow calls described in "
+                  "docs/results/speed.md).")
 flags.DEFINE_boolean("recompute", False, "ULAE-net only: wrap its encoder and decoders in tf.recompute_grad (gradient "
                      "checkpointing), to measure what that saves.")
 flags.register_validator("parts", lambda parts: bool(parts) and set(parts) <= set(PARTS),
@@ -80,17 +87,18 @@ def with_recomputation(builder):
     return lambda *args, **kwargs: Recomputed(builder(*args, **kwargs))
 
 
-def measure(network_name, shape, steps, formula, mixed_precision, recompute=False):
-    """Forward and train-step median ms, the start-up of training (s from building the training model to the
-    end of its first step, most of it tracing the step) and peak memory for one network at one shape (this
-    process), built and trained through its registry entry with the 3D protocol of
+def measure(network_name, shape, steps, formula, mixed_precision, recompute=False, runner="train_function"):
+    """Forward and train-step median ms (and the fastest and slowest step), the start-up of training (s from
+    building the training model to the end of its first step, most of it tracing the step) and peak memory for one
+    network at one shape (this process), built and trained through its registry entry with the 3D protocol of
     ``flags/oasis_protocol.flags`` (batch 1, surgery ``none``, lambda 1, L2 smoothness, multi-window NCC with
     ``formula``, zero padding; ULAE-net with the reference's objective: ``warp3``, PyTorch's initialisation), in
-    mixed precision if asked."""
+    mixed precision if asked. ``runner``: ``train_function`` (:func:`gsmorph_tf.evaluate.timing.keras_train_step`,
+    as ``fit`` runs a step) or ``train_on_batch``."""
     import tensorflow as tf
 
     from gsmorph_tf.config import TrainConfig
-    from gsmorph_tf.evaluate.timing import median_ms
+    from gsmorph_tf.evaluate.timing import keras_train_step, median_ms, times_ms
     from gsmorph_tf.models.networks import count_trainable_parameters
     from gsmorph_tf.registry import MODELS
 
@@ -112,13 +120,18 @@ def measure(network_name, shape, steps, formula, mixed_precision, recompute=Fals
     forward_ms = median_ms(lambda: float(tf.reduce_sum(forward(batch["moving"], batch["fixed"])[1])), steps)
     started = time.perf_counter()
     model = plugin.build_training_model(config, network)
-    model.train_on_batch(batch)  # Keras' train function, as fit runs it: traced, then run once
+    if runner == "train_on_batch":
+        step = lambda: model.train_on_batch(batch, return_dict=True)  # noqa: E731  (blocks: returns floats)
+    else:
+        step = keras_train_step(model, batch)  # Keras' train function on one iterator, as fit runs it
+    step()  # traced, then run once
     first_step_s = time.perf_counter() - started
-    step_ms = median_ms(lambda: float(model.train_on_batch(batch, return_dict=True)["sim_loss"]), steps)
+    step_times = times_ms(step, steps, warmup=1)
     memory, memory_kind = _peak_memory_mb(tf)
     params = count_trainable_parameters(network)
     return {"network": network_name, "shape": list(shape), "parameters": params, "forward_ms": forward_ms,
-            "first_step_s": first_step_s, "train_step_ms": step_ms, "peak_mb": memory, "memory_kind": memory_kind}
+            "first_step_s": first_step_s, "train_step_ms": float(np.median(step_times)),
+            "train_step_range_ms": [min(step_times), max(step_times)], "peak_mb": memory, "memory_kind": memory_kind}
 
 
 #: The loss lines' columns: (key, windows, weights, window sums). ``direct``: the w^3 convolution.
@@ -162,25 +175,27 @@ def main(argv):
         shape = parse_shape(size)
         result = (loss_cost(shape, FLAGS.steps, FLAGS.ncc) if network_name == "loss"
                   else measure(network_name, shape, FLAGS.steps, FLAGS.ncc, FLAGS.mixed_precision,
-                               FLAGS.recompute and network_name == "ulae"))
+                               FLAGS.recompute and network_name == "ulae", FLAGS.runner))
         print("RESULT " + json.dumps(result))
         return
     from gsmorph_tf.evaluate.timing import machine_description
 
     print("machine: %s" % machine_description())
-    print("batch 1, median of %d steps after one warm-up; each line measured in a fresh process; NCC formula %s; "
-          "%s%s\n" % (FLAGS.steps, FLAGS.ncc, "mixed_float16" if FLAGS.mixed_precision else "float32",
-                      "; ULAE-net with its encoder and decoders recomputed (tf.recompute_grad)" if FLAGS.recompute else ""))
+    print("batch 1, median of %d steps after one warm-up (run by %s); each line measured in a fresh process; "
+          "NCC formula %s; %s%s\n" % (
+              FLAGS.steps, FLAGS.runner, FLAGS.ncc, "mixed_float16" if FLAGS.mixed_precision else "float32",
+              "; ULAE-net with its encoder and decoders recomputed (tf.recompute_grad)" if FLAGS.recompute else ""))
     if "networks" in FLAGS.parts:
-        print("%-8s %-12s %10s %12s %14s %14s %12s" % ("network", "size", "params", "forward ms", "first step s",
-                                                       "train step ms", "peak MB"))
+        print("%-8s %-12s %10s %12s %14s %14s %17s %12s" % ("network", "size", "params", "forward ms", "first step s",
+                                                            "train step ms", "step min-max ms", "peak MB"))
     names = (("gsmorph", "ulae") if "networks" in FLAGS.parts else ()) + (("loss",) if "loss" in FLAGS.parts else ())
     for size in FLAGS.sizes:
         shape = parse_shape(size)
         for network_name in names:
             done = subprocess.run([sys.executable, os.path.abspath(__file__), "--_child=%s:%s" % (network_name, size),
                                    "--steps=%d" % FLAGS.steps, "--ncc=%s" % FLAGS.ncc,
-                                   "--mixed_precision=%s" % FLAGS.mixed_precision, "--recompute=%s" % FLAGS.recompute],
+                                   "--mixed_precision=%s" % FLAGS.mixed_precision, "--recompute=%s" % FLAGS.recompute,
+                                   "--runner=%s" % FLAGS.runner],
                                   capture_output=True, text=True)
             lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
             if done.returncode != 0 or not lines:
@@ -196,9 +211,9 @@ def main(argv):
                          r["multi_direct"], r["single_direct"], r["multi_direct"] / r["single_direct"],
                          r["multi_fast"] / r["single_direct"]))
             else:
-                print("%-8s %-12s %10s %12.1f %14.1f %14.1f %12.0f  (%s)" % (
+                print("%-8s %-12s %10s %12.1f %14.1f %14.1f %17s %12.0f  (%s)" % (
                     network_name, size, "{:,}".format(r["parameters"]), r["forward_ms"], r["first_step_s"],
-                    r["train_step_ms"], r["peak_mb"], r["memory_kind"]))
+                    r["train_step_ms"], "%.0f-%.0f" % tuple(r["train_step_range_ms"]), r["peak_mb"], r["memory_kind"]))
 
 
 if __name__ == "__main__":

@@ -55,9 +55,10 @@ def onednn_enabled():
     return bool(_pywrap_util_port.IsMklEnabled())
 
 
-def median_ms(fn, steps, warmup=1):
-    """Median wall-clock ms of ``fn()`` over ``steps`` calls, after ``warmup`` untimed calls (tracing, first
-    allocations). ``fn`` must block until its work is done (e.g. convert a result to a Python float)."""
+def times_ms(fn, steps, warmup=1):
+    """Wall-clock ms of each of ``steps`` calls of ``fn()`` (a list, in call order), after ``warmup`` untimed calls
+    (tracing, first allocations). ``fn`` must block until its work is done (e.g. convert a result to a Python
+    float)."""
     for _ in range(warmup):
         fn()
     times = []
@@ -65,7 +66,32 @@ def median_ms(fn, steps, warmup=1):
         start = time.perf_counter()
         fn()
         times.append(1000.0 * (time.perf_counter() - start))
-    return float(np.median(times))
+    return times
+
+
+def median_ms(fn, steps, warmup=1):
+    """Median wall-clock ms of ``fn()`` over ``steps`` calls, after ``warmup`` untimed calls (as :func:`times_ms`)."""
+    return float(np.median(times_ms(fn, steps, warmup)))
+
+
+def keras_train_step(model, batch, strategy=None):
+    """One training step of the compiled Keras ``model`` on ``batch``, run as ``fit`` runs it, to time.
+
+    Keras' train function (the traced ``train_step``) on one iterator that repeats ``batch`` (a dict or tuple of
+    arrays, batch first), distributed by ``strategy`` when given. Returns a callable that runs one step, blocks
+    until it is done and returns its logs as Python floats. ``train_on_batch`` is not used: it builds a new
+    ``tf.data`` iterator on every call, and on our 2-core AMD EPYC about half of such calls then ended about
+    630 ms after they began whatever the step (a 350 ms ULAE-net step at 32x48x32 included, the CPUs idle
+    meanwhile), which ``fit``, iterating one dataset per epoch, does not do
+    (``docs/results/speed.md``, "The two groups of step times").
+    """
+    data = tf.data.Dataset.from_tensors(batch).repeat()
+    iterator = iter(strategy.experimental_distribute_dataset(data) if strategy is not None else data)
+    train_function = model.make_train_function()
+
+    def step():
+        return {name: float(value) for name, value in train_function(iterator).items()}
+    return step
 
 
 def compiled_predictor(network):

@@ -34,3 +34,18 @@ def test_median_ms_skips_warmup_and_takes_the_median(monkeypatch):
     monkeypatch.setattr(timing.time, "perf_counter", lambda: next(clock))
     assert timing.median_ms(lambda: calls.append(1), steps=3, warmup=2) == 1.0
     assert len(calls) == 5
+
+
+def test_keras_train_step_runs_fits_train_function_one_step_a_call():
+    import numpy as np
+    import tensorflow as tf
+
+    tf.keras.utils.set_random_seed(0)
+    model = tf.keras.Sequential([tf.keras.layers.Dense(1, input_shape=(3,))])
+    model.compile(optimizer=tf.keras.optimizers.SGD(0.1), loss="mse")
+    x = np.random.default_rng(0).random((4, 3), np.float32)
+    step = timing.keras_train_step(model, (x, x.sum(axis=1, keepdims=True)))
+    losses = [step()["loss"] for _ in range(3)]
+    assert all(isinstance(loss, float) for loss in losses)
+    assert int(model.optimizer.iterations.numpy()) == 3  # one optimiser step per call, on the same batch
+    assert losses[2] < losses[0]
