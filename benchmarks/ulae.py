@@ -2,8 +2,11 @@
 loss cost.
 
 For each network and volume size (batch 1) a fresh subprocess builds the network through its registry entry,
-times the forward pass, the start-up of training (building the training model and its first step through Keras'
-train function, as ``fit`` runs it: mostly tracing) and one train step with the 3D protocol of
+times the forward pass (``forward``: the traced call evaluation runs,
+:func:`gsmorph_tf.evaluate.evaluation.inference_call`; ``predict``: the same pair through Keras' ``predict``,
+which builds a ``tf.data`` pipeline per call), the start-up of training (building the training model and its
+first step through Keras' train function, as ``fit`` runs it: mostly tracing) and one train step with the 3D
+protocol of
 ``flags/oasis_protocol.flags`` (surgery ``none``, lam 1, L2 smoothness, ULAE's multi-window NCC with the
 ``--ncc`` formula, zero padding; ULAE-net with the reference's objective), in float32 or
 ``--mixed_precision``, and reports the process's peak memory: resident set size on CPU,
@@ -98,6 +101,7 @@ def measure(network_name, shape, steps, formula, mixed_precision, recompute=Fals
     import tensorflow as tf
 
     from gsmorph_tf.config import TrainConfig
+    from gsmorph_tf.evaluate.evaluation import inference_call
     from gsmorph_tf.evaluate.timing import keras_train_step, median_ms, times_ms
     from gsmorph_tf.models.networks import count_trainable_parameters
     from gsmorph_tf.registry import MODELS
@@ -116,7 +120,7 @@ def measure(network_name, shape, steps, formula, mixed_precision, recompute=Fals
     rng = np.random.default_rng(0)
     batch = {"moving": tf.constant(rng.random((1, *shape, 1), np.float32)),
              "fixed": tf.constant(rng.random((1, *shape, 1), np.float32))}
-    forward = tf.function(lambda m, f: network([m, f], training=False))
+    forward = inference_call(network)  # what evaluation and the study's inference times run
     forward_ms = median_ms(lambda: float(tf.reduce_sum(forward(batch["moving"], batch["fixed"])[1])), steps)
     started = time.perf_counter()
     model = plugin.build_training_model(config, network)
@@ -128,8 +132,11 @@ def measure(network_name, shape, steps, formula, mixed_precision, recompute=Fals
     first_step_s = time.perf_counter() - started
     step_times = times_ms(step, steps, warmup=1)
     memory, memory_kind = _peak_memory_mb(tf)
+    # Keras' predict on the same pair, after the peak is read (its own trace would add to the training's memory)
+    predict_ms = median_ms(lambda: network.predict(batch, verbose=0), steps)
     params = count_trainable_parameters(network)
     return {"network": network_name, "shape": list(shape), "parameters": params, "forward_ms": forward_ms,
+            "predict_ms": predict_ms,
             "first_step_s": first_step_s, "train_step_ms": float(np.median(step_times)),
             "train_step_range_ms": [min(step_times), max(step_times)], "peak_mb": memory, "memory_kind": memory_kind}
 
@@ -186,8 +193,9 @@ def main(argv):
               FLAGS.steps, FLAGS.runner, FLAGS.ncc, "mixed_float16" if FLAGS.mixed_precision else "float32",
               "; ULAE-net with its encoder and decoders recomputed (tf.recompute_grad)" if FLAGS.recompute else ""))
     if "networks" in FLAGS.parts:
-        print("%-8s %-12s %10s %12s %14s %14s %17s %12s" % ("network", "size", "params", "forward ms", "first step s",
-                                                            "train step ms", "step min-max ms", "peak MB"))
+        print("%-8s %-12s %10s %12s %12s %14s %14s %17s %12s" % (
+            "network", "size", "params", "forward ms", "predict ms", "first step s", "train step ms", "step min-max ms",
+            "peak MB"))
     names = (("gsmorph", "ulae") if "networks" in FLAGS.parts else ()) + (("loss",) if "loss" in FLAGS.parts else ())
     for size in FLAGS.sizes:
         shape = parse_shape(size)
@@ -211,8 +219,9 @@ def main(argv):
                          r["multi_direct"], r["single_direct"], r["multi_direct"] / r["single_direct"],
                          r["multi_fast"] / r["single_direct"]))
             else:
-                print("%-8s %-12s %10s %12.1f %14.1f %14.1f %17s %12.0f  (%s)" % (
-                    network_name, size, "{:,}".format(r["parameters"]), r["forward_ms"], r["first_step_s"],
+                print("%-8s %-12s %10s %12.1f %12.1f %14.1f %14.1f %17s %12.0f  (%s)" % (
+                    network_name, size, "{:,}".format(r["parameters"]), r["forward_ms"], r["predict_ms"],
+                    r["first_step_s"],
                     r["train_step_ms"], "%.0f-%.0f" % tuple(r["train_step_range_ms"]), r["peak_mb"], r["memory_kind"]))
 
 

@@ -34,6 +34,7 @@ from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
 import json
 import os
 import time
+import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -50,8 +51,34 @@ TABLE_COLUMNS = (("dice_mean", "Dice (%)"), ("hd95_mean", "HD95 (mm)"), ("mse_x1
                  ("njd", "NJD (%)"))
 
 
+#: Per network, its traced inference call (:func:`inference_call`); weakly keyed, so dropped with the network.
+_INFERENCE_CALLS = weakref.WeakKeyDictionary()
+
+
+def inference_call(network):
+    """``network`` in inference mode (``training=False``) as one ``tf.function``, kept per network.
+
+    ``f(moving [B, *vol, 1], fixed [B, *vol, 1]) -> (moved [B, *vol, 1], flow [B, *vol, ndim])``: tensors, the
+    network's first two outputs. Keras' ``predict`` instead builds a ``tf.data`` pipeline and an iterator on
+    every call: per 3D pair at 32x48x32 on our 2-core AMD EPYC it took about 170 ms, this call 64 to 110 ms
+    (``benchmarks/ulae.py``; ``docs/results/speed.md``). The trace is kept for the network's lifetime, so every
+    subject of an evaluation and every epoch's images reuse it; a new batch size or volume shape traces once
+    more, then generalises (``reduce_retracing``). The function holds the network weakly; it reads the weights
+    at each call, so it follows training and test-time refinement.
+    """
+    call = _INFERENCE_CALLS.get(network)
+    if call is None:
+        held = weakref.ref(network)
+
+        def infer(moving, fixed):
+            outputs = held()([moving, fixed], training=False)
+            return outputs[0], outputs[1]
+        call = _INFERENCE_CALLS[network] = tf.function(infer, reduce_retracing=True)
+    return call
+
+
 def predict_pairs(network, moving, fixed, batch_size=32):
-    """Run a Keras ``network`` on stacks of 2D pairs.
+    """Run a Keras ``network`` on stacks of 2D pairs, ``batch_size`` pairs a call.
 
     Args:
         network: Keras model ``[moving, fixed] -> (moved, flow, ...)``.
@@ -61,23 +88,24 @@ def predict_pairs(network, moving, fixed, batch_size=32):
         ``(moved [S, H, W], flow [S, H, W, 2])``, flow in pixels along (row, col). (3D: ``[S, D, H, W]`` and
         ``[S, D, H, W, 3]``.)
     """
-    inputs = {"moving": moving[..., None], "fixed": fixed[..., None]}
     if _distributed(network):
-        outputs = [np.concatenate(parts) for parts in zip(*(
-            [o.numpy() for o in network({k: v[start:start + batch_size] for k, v in inputs.items()},
-                                        training=False)[:2]]
-            for start in range(0, len(moving), batch_size)))]
+        def call(m, f):
+            return network({"moving": m, "fixed": f}, training=False)[:2]
     else:
-        outputs = network.predict(inputs, batch_size=batch_size, verbose=0)
-    return outputs[0][..., 0], outputs[1]
+        call = inference_call(network)
+    parts = [[o.numpy() for o in call(tf.constant(moving[start:start + batch_size, ..., None], tf.float32),
+                                      tf.constant(fixed[start:start + batch_size, ..., None], tf.float32))]
+             for start in range(0, len(moving), batch_size)]
+    moved, flow = (np.concatenate(outputs) for outputs in zip(*parts))
+    return moved[..., 0], flow
 
 
 def _distributed(network):
-    """Whether Keras' ``predict`` would run ``network`` under a ``tf.distribute`` strategy: it was built in a
-    strategy's scope, or is called inside one (a callback during ``fit``). ``predict`` would then split each
-    batch over the replicas (a replica given no example of a small batch fails in the U-Net's convolutions)
-    and, across workers, run collectives; :func:`predict_pairs` calls the network batch by batch instead, on
-    this process's first device, the same on every worker."""
+    """Whether ``network`` runs under a ``tf.distribute`` strategy: it was built in a strategy's scope, or is
+    called inside one (a callback during ``fit``). :func:`predict_pairs` then calls it eagerly, batch by batch, on
+    this process's first device, the same on every worker, as it did before :func:`inference_call` (Keras'
+    ``predict`` would split each batch over the replicas, and a replica given no example of a small batch fails
+    in the U-Net's convolutions, and across workers it would run collectives)."""
     return tf.distribute.has_strategy() or network.distribute_strategy is not tf.distribute.get_strategy()
 
 

@@ -95,13 +95,16 @@ def keras_train_step(model, batch, strategy=None):
 
 
 def compiled_predictor(network):
-    """A predictor (see :func:`gsmorph_tf.evaluate.evaluation.evaluate_predictor`) calling ``network`` through one
-    ``tf.function``: no per-call Keras ``predict`` overhead, so per-pair times measure the network."""
-    call = tf.function(lambda moving, fixed: network([moving, fixed], training=False), reduce_retracing=True)
+    """A predictor (see :func:`gsmorph_tf.evaluate.evaluation.evaluate_predictor`) running the whole stack in one
+    call of the network's traced inference function (:func:`gsmorph_tf.evaluate.evaluation.inference_call`):
+    no per-call Keras ``predict`` overhead, so per-pair times measure the network."""
+    from gsmorph_tf.evaluate.evaluation import inference_call
+
+    call = inference_call(network)
 
     def predict(moving, fixed):
-        outputs = call(tf.constant(moving[..., None], tf.float32), tf.constant(fixed[..., None], tf.float32))
-        return outputs[0].numpy()[..., 0], outputs[1].numpy()
+        moved, flow = call(tf.constant(moving[..., None], tf.float32), tf.constant(fixed[..., None], tf.float32))
+        return moved.numpy()[..., 0], flow.numpy()
     return predict
 
 

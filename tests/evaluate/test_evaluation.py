@@ -166,3 +166,28 @@ def test_warp_images_moves_content_like_the_label_warp():
     flow = np.zeros((*image.shape, 2), np.float32)
     flow[..., 0] = 1.0
     np.testing.assert_allclose(evaluation.warp_images(image, flow)[:, 3:7, 4:8], image[:, 4:8, 4:8])
+
+
+def test_predict_pairs_equals_keras_predict_batch_by_batch_and_keeps_one_trace_per_network():
+    import gc
+    import weakref
+
+    from gsmorph_tf.models.networks import build_gsmorph_unet
+
+    network = build_gsmorph_unet((32, 32))
+    rng = np.random.default_rng(0)
+    moving, fixed = rng.random((5, 32, 32), np.float32), rng.random((5, 32, 32), np.float32)
+    expected_moved, expected_flow = network.predict({"moving": moving[..., None], "fixed": fixed[..., None]},
+                                                    batch_size=2, verbose=0)[:2]
+    moved, flow = evaluation.predict_pairs(network, moving, fixed, batch_size=2)   # batches of 2, 2 and 1
+    assert moved.shape == (5, 32, 32) and flow.shape == (5, 32, 32, 2)
+    np.testing.assert_allclose(moved, expected_moved[..., 0], atol=1e-6)
+    np.testing.assert_allclose(flow, expected_flow, atol=1e-5)
+    call = evaluation.inference_call(network)
+    assert evaluation.inference_call(network) is call   # kept: every subject and epoch reuses the trace
+    evaluation.predict_pairs(network, moving, fixed, batch_size=2)
+    assert call.experimental_get_tracing_count() <= 2   # batch 2, then one shape-relaxed trace for the last batch
+    held = weakref.ref(network)
+    del network, call
+    gc.collect()
+    assert held() is None   # the kept trace does not keep the network alive
