@@ -56,24 +56,32 @@ _INFERENCE_CALLS = weakref.WeakKeyDictionary()
 
 
 def inference_call(network):
-    """``network`` in inference mode (``training=False``) as one ``tf.function``, kept per network.
+    """``network`` in inference mode (``training=False``) as one ``tf.function``, traced once per network.
 
-    ``f(moving [B, *vol, 1], fixed [B, *vol, 1]) -> (moved [B, *vol, 1], flow [B, *vol, ndim])``: tensors, the
-    network's first two outputs. Keras' ``predict`` instead builds a ``tf.data`` pipeline and an iterator on
-    every call: per 3D pair at 32x48x32 on our 2-core AMD EPYC it took about 170 ms, this call 64 to 110 ms
-    (``benchmarks/ulae.py``; ``docs/results/speed.md``). The trace is kept for the network's lifetime, so every
-    subject of an evaluation and every epoch's images reuse it; a new batch size or volume shape traces once
-    more, then generalises (``reduce_retracing``). The function holds the network weakly; it reads the weights
-    at each call, so it follows training and test-time refinement.
+    Returns ``f(moving [B, *vol, 1], fixed [B, *vol, 1]) -> (moved [B, *vol, 1], flow [B, *vol, ndim])``:
+    tensors, the network's first two outputs. ``f`` keeps the network alive while ``f`` is held, and
+    ``f.function`` is the ``tf.function`` it runs. Keras' ``predict`` instead builds a ``tf.data`` pipeline and
+    an iterator on every call: per 3D pair at 32x48x32 on our 2-core AMD EPYC it took about 170 ms, this call 64
+    to 110 ms (``benchmarks/ulae.py``; ``docs/results/speed.md``). The trace is kept for the network's lifetime
+    (a table keyed weakly by the network, whose function refers to the network weakly, so the table alone does
+    not keep it alive), so every subject of an evaluation and every epoch's images reuse it: it is traced once,
+    for any batch size at the network's input shapes. The weights are read at each call, so the call follows
+    training and test-time refinement.
     """
-    call = _INFERENCE_CALLS.get(network)
-    if call is None:
+    function = _INFERENCE_CALLS.get(network)
+    if function is None:
         held = weakref.ref(network)
 
         def infer(moving, fixed):
             outputs = held()([moving, fixed], training=False)
             return outputs[0], outputs[1]
-        call = _INFERENCE_CALLS[network] = tf.function(infer, reduce_retracing=True)
+        # Any batch size, the network's own input shapes: one trace, as Keras' predict_function has
+        signature = [tf.TensorSpec([None, *x.shape[1:]], tf.float32) for x in network.inputs[:2]]
+        function = _INFERENCE_CALLS[network] = tf.function(infer, input_signature=signature)
+
+    def call(moving, fixed, _network=network):  # the default argument holds the network while call is held
+        return function(moving, fixed)
+    call.function = function
     return call
 
 

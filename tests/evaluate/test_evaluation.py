@@ -172,6 +172,8 @@ def test_predict_pairs_equals_keras_predict_batch_by_batch_and_keeps_one_trace_p
     import gc
     import weakref
 
+    import tensorflow as tf
+
     from gsmorph_tf.models.networks import build_gsmorph_unet
 
     network = build_gsmorph_unet((32, 32))
@@ -183,11 +185,18 @@ def test_predict_pairs_equals_keras_predict_batch_by_batch_and_keeps_one_trace_p
     assert moved.shape == (5, 32, 32) and flow.shape == (5, 32, 32, 2)
     np.testing.assert_allclose(moved, expected_moved[..., 0], atol=1e-6)
     np.testing.assert_allclose(flow, expected_flow, atol=1e-5)
-    call = evaluation.inference_call(network)
-    assert evaluation.inference_call(network) is call   # kept: every subject and epoch reuses the trace
+    function = evaluation.inference_call(network).function
+    assert evaluation.inference_call(network).function is function   # kept: every subject and epoch reuses it
     evaluation.predict_pairs(network, moving, fixed, batch_size=2)
-    assert call.experimental_get_tracing_count() <= 2   # batch 2, then one shape-relaxed trace for the last batch
+    assert function.experimental_get_tracing_count() == 1   # one trace for the batches of 2 and the last of 1
+    # A call outlives the caller's own reference to the network (a predictor built on a temporary network) ...
     held = weakref.ref(network)
-    del network, call
+    call = evaluation.inference_call(network)
+    del network, function
     gc.collect()
-    assert held() is None   # the kept trace does not keep the network alive
+    moved_again, _ = call(tf.constant(moving[:1, ..., None]), tf.constant(fixed[:1, ..., None]))
+    np.testing.assert_allclose(moved_again.numpy()[0, ..., 0], expected_moved[0, ..., 0], atol=1e-6)
+    # ... and the kept trace alone does not keep the network alive.
+    del call
+    gc.collect()
+    assert held() is None
