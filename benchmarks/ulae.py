@@ -136,8 +136,7 @@ def measure(network_name, shape, steps, formula, mixed_precision, recompute=Fals
     predict_ms = median_ms(lambda: network.predict(batch, verbose=0), steps)
     params = count_trainable_parameters(network)
     return {"network": network_name, "shape": list(shape), "parameters": params, "forward_ms": forward_ms,
-            "predict_ms": predict_ms,
-            "first_step_s": first_step_s, "train_step_ms": float(np.median(step_times)),
+            "predict_ms": predict_ms, "first_step_s": first_step_s, "train_step_ms": float(np.median(step_times)),
             "train_step_range_ms": [min(step_times), max(step_times)], "peak_mb": memory, "memory_kind": memory_kind}
 
 
@@ -221,8 +220,8 @@ def main(argv):
             else:
                 print("%-8s %-12s %10s %12.1f %12.1f %14.1f %14.1f %17s %12.0f  (%s)" % (
                     network_name, size, "{:,}".format(r["parameters"]), r["forward_ms"], r["predict_ms"],
-                    r["first_step_s"],
-                    r["train_step_ms"], "%.0f-%.0f" % tuple(r["train_step_range_ms"]), r["peak_mb"], r["memory_kind"]))
+                    r["first_step_s"], r["train_step_ms"], "%.0f-%.0f" % tuple(r["train_step_range_ms"]),
+                    r["peak_mb"], r["memory_kind"]))
 
 
 if __name__ == "__main__":

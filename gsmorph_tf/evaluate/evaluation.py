@@ -111,9 +111,9 @@ def predict_pairs(network, moving, fixed, batch_size=32):
 def _distributed(network):
     """Whether ``network`` runs under a ``tf.distribute`` strategy: it was built in a strategy's scope, or is
     called inside one (a callback during ``fit``). :func:`predict_pairs` then calls it eagerly, batch by batch, on
-    this process's first device, the same on every worker, as it did before :func:`inference_call` (Keras'
-    ``predict`` would split each batch over the replicas, and a replica given no example of a small batch fails
-    in the U-Net's convolutions, and across workers it would run collectives)."""
+    this process's first device, the same on every worker, not through :func:`inference_call` (Keras' ``predict``
+    would split each batch over the replicas, and a replica given no example of a small batch fails in the
+    U-Net's convolutions, and across workers it would run collectives)."""
     return tf.distribute.has_strategy() or network.distribute_strategy is not tf.distribute.get_strategy()
 
 
