@@ -5,12 +5,14 @@ For each network and volume size (batch 1) a fresh subprocess builds the network
 times the forward pass (``forward``: the traced call evaluation runs,
 :func:`gsmorph_tf.evaluate.evaluation.inference_call`; ``predict``: the same pair through Keras' ``predict``,
 which builds a ``tf.data`` pipeline per call), the start-up of training (building the training model and its
-first step through Keras' train function, as ``fit`` runs it: mostly tracing) and one train step with the 3D
+first step through Keras' train function, as ``fit`` runs it: mostly tracing), one train step with the 3D
 protocol of
 ``flags/oasis_protocol.flags`` (surgery ``none``, lam 1, L2 smoothness, ULAE's multi-window NCC with the
 ``--ncc`` formula, zero padding; ULAE-net with the reference's objective), in float32 or
-``--mixed_precision``, and reports the process's peak memory: resident set size on CPU,
-``tf.config.experimental.get_memory_info`` peak on a GPU. Train steps run Keras' train function on one iterator
+``--mixed_precision``, and the time to export the network as the SavedModel TF Serving loads
+(:func:`gsmorph_tf.serve.export.export_saved_model`), and reports the process's peak memory (read before Keras'
+``predict`` and the export): resident set size on CPU, ``tf.config.experimental.get_memory_info`` peak on a GPU.
+Train steps run Keras' train function on one iterator
 over the batch, as ``fit`` runs them; ``--runner=train_on_batch`` uses ``train_on_batch`` instead, a new
 ``tf.data`` iterator per call, with which about half of the calls waited until about 630 ms after they began on
 our 2-core machine (``docs/results/speed.md``). The median step is printed with the fastest and slowest.
@@ -37,6 +39,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -105,6 +108,7 @@ def measure(network_name, shape, steps, formula, mixed_precision, recompute=Fals
     from gsmorph_tf.evaluate.timing import keras_train_step, median_ms, times_ms
     from gsmorph_tf.models.networks import count_trainable_parameters
     from gsmorph_tf.registry import MODELS
+    from gsmorph_tf.serve.export import export_saved_model
 
     own = {"ulae_moved": "warp3", "ulae_init": "pytorch"} if network_name == "ulae" else {}
     if recompute:
@@ -113,8 +117,9 @@ def measure(network_name, shape, steps, formula, mixed_precision, recompute=Fals
         networks.build_uncoupled_encoder = with_recomputation(networks.build_uncoupled_encoder)
         networks.build_step_decoder = with_recomputation(networks.build_step_decoder)
     config = TrainConfig(model=network_name, dataset="brain", data_dir="(random volumes)", surgery="none", lam=1.0,
-                         similarity="multi_ncc", ncc=formula, reg_penalty="l2", warp_padding="zeros", learning_rate=1e-4, batch_size=1,
-                         conflict_diagnostics=False, mixed_precision=mixed_precision, **own).validate()
+                         similarity="multi_ncc", ncc=formula, reg_penalty="l2", warp_padding="zeros",
+                         learning_rate=1e-4, batch_size=1, conflict_diagnostics=False, mixed_precision=mixed_precision,
+                         **own).validate()
     plugin = MODELS.load(network_name)
     network = plugin.build_network(config, shape)
     rng = np.random.default_rng(0)
@@ -134,9 +139,13 @@ def measure(network_name, shape, steps, formula, mixed_precision, recompute=Fals
     memory, memory_kind = _peak_memory_mb(tf)
     # Keras' predict on the same pair, after the peak is read (its own trace would add to the training's memory)
     predict_ms = median_ms(lambda: network.predict(batch, verbose=0), steps)
+    with tempfile.TemporaryDirectory() as scratch:  # the SavedModel TF Serving loads (three signatures traced)
+        started = time.perf_counter()
+        export_saved_model(network, os.path.join(scratch, network_name))
+        export_s = time.perf_counter() - started
     params = count_trainable_parameters(network)
     return {"network": network_name, "shape": list(shape), "parameters": params, "forward_ms": forward_ms,
-            "predict_ms": predict_ms, "first_step_s": first_step_s, "train_step_ms": float(np.median(step_times)),
+            "predict_ms": predict_ms, "export_s": export_s, "first_step_s": first_step_s, "train_step_ms": float(np.median(step_times)),
             "train_step_range_ms": [min(step_times), max(step_times)], "peak_mb": memory, "memory_kind": memory_kind}
 
 
@@ -192,9 +201,9 @@ def main(argv):
               FLAGS.steps, FLAGS.runner, FLAGS.ncc, "mixed_float16" if FLAGS.mixed_precision else "float32",
               "; ULAE-net with its encoder and decoders recomputed (tf.recompute_grad)" if FLAGS.recompute else ""))
     if "networks" in FLAGS.parts:
-        print("%-8s %-12s %10s %12s %12s %14s %14s %17s %12s" % (
+        print("%-8s %-12s %10s %12s %12s %14s %14s %17s %12s %10s" % (
             "network", "size", "params", "forward ms", "predict ms", "first step s", "train step ms", "step min-max ms",
-            "peak MB"))
+            "peak MB", "export s"))
     names = (("gsmorph", "ulae") if "networks" in FLAGS.parts else ()) + (("loss",) if "loss" in FLAGS.parts else ())
     for size in FLAGS.sizes:
         shape = parse_shape(size)
@@ -218,10 +227,10 @@ def main(argv):
                          r["multi_direct"], r["single_direct"], r["multi_direct"] / r["single_direct"],
                          r["multi_fast"] / r["single_direct"]))
             else:
-                print("%-8s %-12s %10s %12.1f %12.1f %14.1f %14.1f %17s %12.0f  (%s)" % (
+                print("%-8s %-12s %10s %12.1f %12.1f %14.1f %14.1f %17s %12.0f %10.1f  (%s)" % (
                     network_name, size, "{:,}".format(r["parameters"]), r["forward_ms"], r["predict_ms"],
                     r["first_step_s"], r["train_step_ms"], "%.0f-%.0f" % tuple(r["train_step_range_ms"]),
-                    r["peak_mb"], r["memory_kind"]))
+                    r["peak_mb"], r["export_s"], r["memory_kind"]))
 
 
 if __name__ == "__main__":

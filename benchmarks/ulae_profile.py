@@ -59,10 +59,9 @@ def main(argv):
 
     logging.set_verbosity(logging.ERROR)  # each part is its own tf.function: no retracing warnings
     import tensorflow as tf
-    import voxelmorph as vxm
 
     from gsmorph_tf.config import TrainConfig
-    from gsmorph_tf.core.flows import compose_flows, warp
+    from gsmorph_tf.core.flows import RescaleFlow, compose_flows, warp
     from gsmorph_tf.core.losses import smoothness_loss
     from gsmorph_tf.evaluate.timing import machine_description, median_ms
     from gsmorph_tf.registry import SIMILARITIES
@@ -90,7 +89,7 @@ def main(argv):
                                                                   inputs, decoder.trainable_variables)))
     for factor in STEP_DOWNSAMPLING[:2]:
         parts.append(("rescale a 1/%d field" % factor, 1,
-                      gradient_timer(vxm.layers.RescaleTransform(factor), (field(factor),))))
+                      gradient_timer(RescaleFlow(factor), (field(factor),))))
     parts.append(("warp an image (zeros)", 4, gradient_timer(lambda i, u: warp(i, u, "zeros"), (image(), field()))))
     parts.append(("compose 3 fields", 1, gradient_timer(lambda a, b, c: compose_flows([a, b, c], "zeros"),
                                                         (field(), field(), field()))))

@@ -10,7 +10,8 @@ Topology: that of the public reference code (PyTorch, ``ULAE.py``: one encoder o
   fused with the fixed features by a 1x1 conv; per-level skip = 3x3 conv block of both paths;
 - accumulative enhancement: step k (k = 1, 2, 3) runs the shared encoder on (its moving image, fixed), its
   own decoder (:func:`ulae_tf.blocks.build_step_decoder`) predicts a flow at 1/4, 1/2, 1 of full size,
-  voxelmorph's ``RescaleTransform`` upsamples it (magnitudes scaled) to full size, and a linear warp
+  :class:`gsmorph_tf.core.flows.RescaleFlow` (voxelmorph's ``RescaleTransform``, bit for bit, on the whole batch at
+  once) upsamples it (magnitudes scaled) to full size, and a linear warp
   (:func:`gsmorph_tf.core.flows.warp_layer`: voxelmorph's ``SpatialTransformer`` for the border rule, its
   arithmetic on the whole batch for zero padding) warps the step's moving image, which becomes the next step's
   moving image;
@@ -33,8 +34,10 @@ The reference's training objective and our variant (the settings of :func:`build
   :func:`pytorch_default_init`) or Keras' (``init="keras"``: Glorot-uniform kernels, zero biases).
 
 Beyond those, stride-2 convs and upsampling follow the reference's sampling positions but are built from Keras
-layers (see :mod:`ulae_tf.blocks`); flows are upsampled by voxelmorph's ``RescaleTransform``
-(corner-aligned linear, as the reference's ``ResizeTransform``).
+layers (see :mod:`ulae_tf.blocks`); flows are upsampled by voxelmorph's ``RescaleTransform`` arithmetic
+(corner-aligned linear, as the reference's ``ResizeTransform``), computed on the whole batch at once
+(voxelmorph's layer loops over the items with ``tf.map_fn``; docs/results/speed.md, "Flow upsampling without
+map_fn").
 """
 from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
 
@@ -42,10 +45,9 @@ import contextlib
 import math
 
 import tensorflow as tf
-import voxelmorph as vxm
 
 from gsmorph_tf.config import ULAE_INITS
-from gsmorph_tf.core.flows import ComposeFlows, check_padding, warp_layer
+from gsmorph_tf.core.flows import ComposeFlows, RescaleFlow, check_padding, warp_layer
 from ulae_tf.blocks import build_step_decoder, build_uncoupled_encoder
 
 KL = tf.keras.layers
@@ -158,7 +160,7 @@ def build_ulae_net(inshape, base_channels=16, name="ulae_net", warp_padding="bor
         e1, e2, e3, e4 = encoder([step_input, fixed])
         coarse_flow = decoder([e4, e3, e2, e1][:step + 1] + [step_input, fixed])
         # Applied at step 3 too (a x1 rescale is the identity) so that every step names its field alike.
-        flow = vxm.layers.RescaleTransform(downsampling, name="step%d_flow" % step, dtype=output)(coarse_flow)
+        flow = RescaleFlow(downsampling, name="step%d_flow" % step, dtype=output)(coarse_flow)
         step_input = warp_layer(warp_padding, name="step%d_moved" % step, dtype=output)([step_input, flow])
         step_moved.append(step_input)
         step_flows.append(flow)

@@ -82,12 +82,19 @@ class _RegistrationModule(tf.Module):
 
     def __init__(self, network, provenance_path=None):
         super().__init__(name="registration")
-        self.network = network
+        # The Keras objects are kept out of the SavedModel's object graph (set past tf.Module's tracking), and
+        # the network's variables saved as a plain list: a tracked Keras model makes tf.saved_model.save trace
+        # every layer's call to write Keras' own metadata, most of an export's time (ULAE-net at 16^3: 34 s of
+        # it), for a layer-by-layer restore that neither TF Serving nor tf.saved_model.load's signatures use.
+        object.__setattr__(self, "network", network)
+        self.network_variables = list(network.variables)
         self.vol = list(network.inputs[0].shape[1:-1])
         image = [None, *self.vol, 1]
         flow = [None, *self.vol, len(self.vol)]
-        self.linear = vxm.layers.SpatialTransformer(interp_method="linear", indexing="ij", name="warp_linear")
-        self.nearest = vxm.layers.SpatialTransformer(interp_method="nearest", indexing="ij", name="warp_nearest")
+        object.__setattr__(self, "linear", vxm.layers.SpatialTransformer(interp_method="linear", indexing="ij",
+                                                                          name="warp_linear"))
+        object.__setattr__(self, "nearest", vxm.layers.SpatialTransformer(interp_method="nearest", indexing="ij",
+                                                                           name="warp_nearest"))
         self.register_crop = tf.function(self._register_crop, input_signature=[
             tf.TensorSpec(image, tf.float32, name="moving"), tf.TensorSpec(image, tf.float32, name="fixed")])
         self.warp = tf.function(self._warp, input_signature=[

@@ -193,6 +193,46 @@ def test_the_batched_warp_needs_static_sizes():
         interpolate_linear(tf.zeros((1, 4, 4, 1)), tf.zeros((1, 4, 4, 3)))
 
 
+@pytest.mark.parametrize("shape", [(6, 10), (4, 6, 8)])
+@pytest.mark.parametrize("factor", [2, 4, 0.5, 1])
+def test_the_batched_rescale_is_voxelmorphs_rescale_transform(shape, factor):
+    """RescaleFlow (ULAE-net's coarse fields to full size) equals voxelmorph's RescaleTransform on a batch of 3:
+    bit for bit eagerly, to float round-off inside a traced function (grappler may fold the arithmetic another
+    way), with the same gradient, for upsampling, downsampling and the identity, in 2D and 3D."""
+    from gsmorph_tf.core.flows import RescaleFlow
+
+    rng = np.random.default_rng(3)
+    flows = tf.constant(rng.normal(0.0, 2.0, (3, *shape, len(shape))).astype(np.float32))
+    theirs, ours = vxm.layers.RescaleTransform(factor), RescaleFlow(factor)
+
+    def run(layer):
+        with tf.GradientTape() as tape:
+            tape.watch(flows)
+            rescaled = layer(flows)
+            loss = tf.reduce_sum(rescaled ** 2)
+        return rescaled, tape.gradient(loss, flows)
+
+    expected, expected_gradient = run(theirs)
+    assert expected.shape[1:-1] == tuple(int(n * factor) for n in shape)
+    assert tuple(ours.compute_output_shape((None, *shape, len(shape)))[1:]) == expected.shape[1:]
+    got, gradient = run(ours)
+    np.testing.assert_array_equal(got.numpy(), expected.numpy())
+    # Each input voxel's gradient sums up to factor^ndim contributions, in another order than voxelmorph's.
+    np.testing.assert_allclose(gradient.numpy(), expected_gradient.numpy(), rtol=1e-4, atol=1e-5)
+    got, gradient = tf.function(lambda: run(ours))()
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gradient.numpy(), expected_gradient.numpy(), rtol=1e-4, atol=1e-5)
+    assert RescaleFlow.from_config(ours.get_config()).factor == factor
+
+
+def test_the_batched_rescale_needs_a_static_shape():
+    from gsmorph_tf.core.flows import rescale_flow
+
+    traced = tf.function(lambda flow: rescale_flow(flow, 2))
+    with pytest.raises(ValueError, match=r"static spatial shape and a 2-channel field, got \(None, None, 8, 2\)"):
+        traced.get_concrete_function(tf.TensorSpec([None, None, 8, 2], tf.float32))
+
+
 def test_unknown_padding_is_named():
     from gsmorph_tf.core.flows import warp as warp_fn
 

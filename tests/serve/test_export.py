@@ -77,6 +77,26 @@ def test_versions_are_integers_never_overwritten(tmp_path, network):
     assert os.path.exists(base / "1" / "saved_model.pb") and os.path.isdir(base / "1" / "variables")
 
 
+def test_the_export_holds_the_variables_and_no_keras_objects(network, export_dir):
+    """The SavedModel's object graph holds the network's variables as a plain list and no Keras layer or model:
+    saving a tracked Keras model traces every layer to write Keras' metadata (most of an export's time), which
+    nothing that loads the export uses."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    with open(os.path.join(export_dir, "saved_model.pb"), "rb") as f:
+        saved.ParseFromString(f.read())
+    nodes = saved.meta_graphs[0].object_graph_def.nodes
+    identifiers = {node.user_object.identifier for node in nodes if node.WhichOneof("kind") == "user_object"}
+    assert not [name for name in identifiers if "keras" in name], identifiers
+    variables = [node.variable.name for node in nodes if node.WhichOneof("kind") == "variable"]
+    assert sorted(variables) == sorted(v.name.split(":")[0] for v in network.variables)
+    loaded = tf.saved_model.load(export_dir)
+    restored = {v.name: v.numpy() for v in loaded.network_variables}
+    for variable in network.variables:
+        np.testing.assert_array_equal(restored[variable.name], variable.numpy())
+
+
 def raw_pair(rng, shape=(2, 217, 181)):
     """A raw scanner-like slice pair ``[B, X, Y]``: smooth background 0..800 plus noise, and a disc around
     (150, 60) that is larger in the fixed frame (it is what moves)."""

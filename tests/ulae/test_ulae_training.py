@@ -19,7 +19,7 @@ def quiet(config, export=True):
 def test_ulae_on_the_brain_task_goes_through_the_learn2reg_layout(tmp_path):
     config = TrainConfig(dataset="brain", data_dir=str(tmp_path / "data"), output_dir=str(tmp_path / "run"),
                          model="ulae", surgery="none", lam=1.0, similarity="multi_ncc", ncc_windows=(5, 3),
-                         learning_rate=1e-4, batch_size=1, epochs=1,
+                         learning_rate=1e-4, batch_size=1, epochs=1, warp_padding="zeros",  # the paper flagfiles'
                          dataset_options=dict(brain_subjects=7, brain_shape=(16, 16, 16), brain_max_displacement=2.0,
                                               pairs_per_epoch=2))
     outcome = quiet(config)
