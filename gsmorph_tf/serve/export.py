@@ -87,6 +87,8 @@ class _RegistrationModule(tf.Module):
         # every layer's call to write Keras' own metadata, most of an export's time (ULAE-net at 16^3: 34 s of
         # it), for a layer-by-layer restore that neither TF Serving nor tf.saved_model.load's signatures use.
         object.__setattr__(self, "network", network)
+        # In the order of network.variables: gsmorph_tf.train.runs.load_export_for_training reads them back into
+        # the network rebuilt from the provenance.
         self.network_variables = list(network.variables)
         self.vol = list(network.inputs[0].shape[1:-1])
         image = [None, *self.vol, 1]

@@ -167,7 +167,9 @@ def load_export_for_training(export_dir):
     and trainable variables as Keras has them) cannot wrap them. Instead the network is rebuilt by the model's
     registry entry from the run's settings recorded in ``assets/provenance.json`` (``training``), for the
     exported input size (``crop.size``), and its variables (trainable and BatchNorm statistics) are read from the
-    SavedModel's ``variables/``, where the export stores them under ``network`` as a checkpoint does.
+    SavedModel's ``variables/``: a list ``network_variables`` in the order of the network's ``variables``
+    (exports since 2026-12-06), or the Keras model's own layout under ``network`` (earlier exports, which held the
+    model itself).
 
     Returns:
         ``(network, config)``.
@@ -193,9 +195,17 @@ def load_export_for_training(export_dir):
                               "training step trains" % (export_dir, config.model,
                                                         ", ".join(entry.chosen_for_serving.values())))
     network = entry.build_network(config, tuple(provenance["crop"]["size"]))
+    path = os.path.join(export_dir, "variables", "variables")
     try:
-        status = tf.train.Checkpoint(network=network).read(os.path.join(export_dir, "variables", "variables"))
-        status.assert_existing_objects_matched()
+        stored = [name for name, _ in tf.train.list_variables(path) if name.startswith("network_variables/")]
+        if stored:
+            if len(stored) != len(network.variables):
+                raise ValueError("%d stored variables for the %d of the rebuilt network"
+                                 % (len(stored), len(network.variables)))
+            checkpoint = tf.train.Checkpoint(network_variables=list(network.variables))
+        else:
+            checkpoint = tf.train.Checkpoint(network=network)
+        checkpoint.read(path).assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.OpError) as error:
         raise SavedModelError("%s: its variables do not fit the %s network its provenance describes (%s)"
                               % (export_dir, config.model, error)) from error

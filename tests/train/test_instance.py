@@ -13,6 +13,7 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from conftest import ROOT, raises_naming
 from gsmorph_tf.config import TrainConfig
@@ -138,6 +139,14 @@ def test_an_export_rebuilds_its_network_or_says_why_not(run, tmp_path):
     assert config == run["config"]
     for restored, trained in zip(network.weights, run["network"].weights):
         np.testing.assert_array_equal(restored.numpy(), trained.numpy())
+    # An export written before 2026-12-06 held the Keras model, its variables in the model's checkpoint layout.
+    earlier = tmp_path / "earlier"
+    shutil.copytree(export_dir, earlier)
+    shutil.rmtree(earlier / "variables")
+    tf.train.Checkpoint(network=run["network"]).write(str(earlier / "variables" / "variables"))
+    network, _ = load_export_for_training(str(earlier))
+    for restored, trained in zip(network.weights, run["network"].weights):
+        np.testing.assert_array_equal(restored.numpy(), trained.numpy())
     copy = tmp_path / "1"
     shutil.copytree(export_dir, copy)
     path = copy / "assets" / "provenance.json"
@@ -145,6 +154,12 @@ def test_an_export_rebuilds_its_network_or_says_why_not(run, tmp_path):
     path.write_text(json.dumps(dict(provenance, training=None)))
     with raises_naming(copy, "records no training settings", SavedModelError):
         load_export_for_training(str(copy))
+    # Settings that rebuild another network: its variables are named as not fitting, in both layouts.
+    for folder in (copy, earlier):
+        path = folder / "assets" / "provenance.json"
+        path.write_text(json.dumps(dict(provenance, training=dict(provenance["training"], unet_width=2))))
+        with raises_naming(folder, "variables do not fit the gsmorph network", SavedModelError):
+            load_export_for_training(str(folder))
 
 
 def command(tmp, script, *args):
