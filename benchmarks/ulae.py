@@ -1,21 +1,25 @@
-"""ULAE-net vs the GSMorph U-Net in 3D: forward time, start-up and train-step time, peak memory; multi-window
-loss cost.
+"""ULAE-net vs the GSMorph U-Net in 3D: forward time, start-up and train-step time, peak memory, export time;
+multi-window loss cost.
 
-For each network and volume size (batch 1) a fresh subprocess builds the network through its registry entry,
-times the forward pass (``forward``: the traced call evaluation runs,
-:func:`gsmorph_tf.evaluate.evaluation.inference_call`; ``predict``: the same pair through Keras' ``predict``,
-which builds a ``tf.data`` pipeline per call), the start-up of training (building the training model and its
-first step through Keras' train function, as ``fit`` runs it: mostly tracing), one train step with the 3D
-protocol of
-``flags/oasis_protocol.flags`` (surgery ``none``, lam 1, L2 smoothness, ULAE's multi-window NCC with the
-``--ncc`` formula, zero padding; ULAE-net with the reference's objective), in float32 or
-``--mixed_precision``, and the time to export the network as the SavedModel TF Serving loads
-(:func:`gsmorph_tf.serve.export.export_saved_model`), and reports the process's peak memory (read before Keras'
-``predict`` and the export): resident set size on CPU, ``tf.config.experimental.get_memory_info`` peak on a GPU.
-Train steps run Keras' train function on one iterator
-over the batch, as ``fit`` runs them; ``--runner=train_on_batch`` uses ``train_on_batch`` instead, a new
-``tf.data`` iterator per call, with which about half of the calls waited until about 630 ms after they began on
-our 2-core machine (``docs/results/speed.md``). The median step is printed with the fastest and slowest.
+For each network and volume size (batch 1) a fresh subprocess builds the network through its registry entry and
+measures:
+
+- the forward pass (``forward``: the traced call evaluation runs,
+  :func:`gsmorph_tf.evaluate.evaluation.inference_call`; ``predict``: the same pair through Keras' ``predict``,
+  which builds a ``tf.data`` pipeline per call);
+- the start-up of training (building the training model and its first step through Keras' train function, as
+  ``fit`` runs it: mostly tracing) and one train step, with the 3D protocol of ``flags/oasis_protocol.flags``
+  (surgery ``none``, lam 1, L2 smoothness, ULAE's multi-window NCC with the ``--ncc`` formula, zero padding;
+  ULAE-net with the reference's objective), in float32 or ``--mixed_precision``;
+- the process's peak memory, read after training and before Keras' ``predict`` and the export: resident set size
+  on CPU, ``tf.config.experimental.get_memory_info`` peak on a GPU;
+- the time to export the network as the SavedModel TF Serving loads
+  (:func:`gsmorph_tf.serve.export.export_saved_model`).
+
+Train steps run Keras' train function on one iterator over the batch, as ``fit`` runs them;
+``--runner=train_on_batch`` uses ``train_on_batch`` instead, a new ``tf.data`` iterator per call, with which about
+half of the calls waited until about 630 ms after they began on our 2-core machine (``docs/results/speed.md``).
+The median step is printed with the fastest and slowest.
 
 Then the loss alone (``loss`` lines), forward + gradient with respect to the moved image, with the ``--ncc``
 formula: multi-window NCC (11, 9, 7) and single-window NCC (9), each with window sums by separable box
@@ -95,8 +99,8 @@ def with_recomputation(builder):
 
 def measure(network_name, shape, steps, formula, mixed_precision, recompute=False, runner="train_function"):
     """Forward and train-step median ms (and the fastest and slowest step), the start-up of training (s from
-    building the training model to the end of its first step, most of it tracing the step) and peak memory for one
-    network at one shape (this process), built and trained through its registry entry with the 3D protocol of
+    building the training model to the end of its first step, most of it tracing the step), peak memory and the
+    export's time (s) for one network at one shape (this process), built and trained through its registry entry with the 3D protocol of
     ``flags/oasis_protocol.flags`` (batch 1, surgery ``none``, lambda 1, L2 smoothness, multi-window NCC with
     ``formula``, zero padding; ULAE-net with the reference's objective: ``warp3``, PyTorch's initialisation), in
     mixed precision if asked. ``runner``: ``train_function`` (:func:`gsmorph_tf.evaluate.timing.keras_train_step`,
@@ -145,7 +149,8 @@ def measure(network_name, shape, steps, formula, mixed_precision, recompute=Fals
         export_s = time.perf_counter() - started
     params = count_trainable_parameters(network)
     return {"network": network_name, "shape": list(shape), "parameters": params, "forward_ms": forward_ms,
-            "predict_ms": predict_ms, "export_s": export_s, "first_step_s": first_step_s, "train_step_ms": float(np.median(step_times)),
+            "predict_ms": predict_ms, "export_s": export_s, "first_step_s": first_step_s,
+            "train_step_ms": float(np.median(step_times)),
             "train_step_range_ms": [min(step_times), max(step_times)], "peak_mb": memory, "memory_kind": memory_kind}
 
 
