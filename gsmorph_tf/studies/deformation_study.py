@@ -23,7 +23,8 @@ per structure, HD95, NJD, SDlogJ, inference ms per pair). Models are named by th
 Stopping rule: every learned run trains at most ``epochs`` epochs of ``pairs_per_epoch`` steps; with
 ``early_stopping_patience`` (the CPU flagfile's) it stops earlier, once its validation Dice has not improved for that
 many epochs (:class:`gsmorph_tf.train.training.ValidationPlateau`), so each run trains until its own plateau. It is
-scored with its last weights (no best-epoch pick: the reference's inference loads the last). The validation curves,
+scored with its last weights (no best-epoch pick: the reference's inference loads the last). The validation curves
+(every run's own, one panel per row and level),
 each method's validation-Dice gain over the last quarter of its epochs and its steps (min-max over seeds) say
 where each method stopped and whether it still improved.
 
@@ -596,15 +597,17 @@ def plot_ulae_steps(pair, images, path):
 
 
 def write_outputs(plan, records, summary, splits, figure_network=None):
-    """``deformation_table.md``, ``validation_curves.png``, ``dice_vs_magnitude.png`` (with magnitudes),
+    """``deformation_table.md``, ``validation_curves.png`` (every learned run's own curve, a panel per row and
+    level: :func:`gsmorph_tf.studies.seed_studies.plot_seed_curves`), ``dice_vs_magnitude.png`` (with magnitudes),
     ``ulae_steps.png`` (with ULAE-net: the first test pair of the main level, the first seed's run) and
     ``deformation_study.json`` (settings, summary, every run) in ``plan.output_dir``."""
     main = plan.main_level
     test = splits[main]["test"]
     table = study_table(summary, training.pair_count(test))
     atomic_write_text(os.path.join(plan.output_dir, "deformation_table.md"), table + "\n")
-    seed_studies.plot_curves({name: r for name, r in records[main].items()},
-                             os.path.join(plan.output_dir, "validation_curves.png"))
+    seed_studies.plot_seed_curves({"%s, %g voxels" % (name, level): runs for level in plan.levels
+                                   for name, runs in records[level].items()},
+                                  os.path.join(plan.output_dir, "validation_curves.png"))
     if summary["magnitudes"]:
         plot_magnitudes(summary, os.path.join(plan.output_dir, "dice_vs_magnitude.png"))
     figure = None

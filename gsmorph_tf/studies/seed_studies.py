@@ -1,6 +1,6 @@
 """What the multi-seed studies share (:mod:`gsmorph_tf.studies.lambda_study`,
 :mod:`gsmorph_tf.studies.deformation_study`): run records made once and read back, per-epoch curves from a run's
-TensorBoard events, statistics over seeds and over test subjects, and the validation-curve figure.
+TensorBoard events, statistics over seeds and over test subjects, and the validation-curve figures.
 
 A *record* is the JSON-serialisable result of one training run (one method, one seed)::
 
@@ -118,3 +118,45 @@ def plot_curves(records_by_method, path, ylabel="validation Dice (%)"):
     fig.tight_layout()
     atomic_save_figure(fig, path)
     plt.close(fig)
+
+
+def plot_seed_curves(panels, path, ylabel="validation Dice (%)", columns=4):
+    """Every run's own validation curve: one panel per entry of ``panels`` (``{title: records}``, in order), one
+    line per seed over the epochs that run trained, its last epoch marked, so that each run's plateau (or the lack
+    of one) and where early stopping ended it are seen; entries without a curve (no training) are left out. Panels
+    share the y axis; at most ``columns`` per row. Written atomically.
+
+    Returns:
+        list: the titles drawn, in order.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    drawn = [(title, [r for r in records if r["validation_curve"]]) for title, records in panels.items()]
+    drawn = [(title, records) for title, records in drawn if records]
+    if not drawn:
+        raise ValueError("%s: no run has a validation curve to draw" % path)
+    ncols = min(columns, len(drawn))
+    nrows = -(-len(drawn) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.0 * ncols, 2.4 * nrows), sharey=True, squeeze=False)
+    for axis, (title, records) in zip(axes.flat, drawn):
+        for record in records:
+            curve = record["validation_curve"]
+            epochs = np.arange(1, len(curve) + 1)
+            label = "seed %s (%d ep.)" % (record.get("seed"), len(curve))
+            line, = axis.plot(epochs, curve, linewidth=1, label=label)
+            axis.plot(epochs[-1], curve[-1], "o", markersize=3, color=line.get_color())
+        axis.set_title(title, fontsize=8)
+        axis.set_xlabel("epoch", fontsize=7)
+        axis.tick_params(labelsize=7)
+        axis.legend(fontsize=6)
+    for axis in axes[:, 0]:
+        axis.set_ylabel(ylabel, fontsize=7)
+    for axis in list(axes.flat)[len(drawn):]:
+        axis.set_visible(False)
+    fig.tight_layout()
+    atomic_save_figure(fig, path)
+    plt.close(fig)
+    return [title for title, _ in drawn]

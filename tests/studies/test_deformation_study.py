@@ -16,7 +16,7 @@ from scipy import stats
 from gsmorph_tf.config import TrainConfig
 from gsmorph_tf.errors import ConfigError, DatasetError
 from gsmorph_tf.evaluate import evaluation
-from gsmorph_tf.studies import deformation_study, paper_comparison
+from gsmorph_tf.studies import deformation_study, paper_comparison, seed_studies
 from gsmorph_tf.studies.deformation_study import StudyPlan
 
 from conftest import ROOT
@@ -260,8 +260,15 @@ def test_the_whole_command_on_a_tiny_task_and_its_resume(tmp_path, capsys):
             "--seeds=0,1", "--lambdas=0.5,1", "--magnitudes=1,2", "--early_stopping_patience=4",
             "--early_stopping_min_delta=0.1", "--methods=Initial,SyN,VoxelMorph,VoxelMorph x2,ULAE-net"] + TINY_FLAGS
     calls = []
-    status, out = run_command(argv, fake_learned(calls), capsys)
+    with mock.patch.object(seed_studies, "plot_seed_curves", wraps=seed_studies.plot_seed_curves) as curves:
+        status, out = run_command(argv, fake_learned(calls), capsys)
     assert status == 0, out.err
+    # every run's own curve, a panel per row and level (Initial and SyN: none drawn)
+    panels = curves.call_args.args[0]
+    assert list(panels) == ["%s, %g voxels" % (name, level) for level, names in (
+        (2, ["Initial", "SyN", "VoxelMorph (lam=0.5)", "VoxelMorph (lam=1)", "VoxelMorph x2 (lam=1)", "ULAE-net"]),
+        (1, ["Initial", "VoxelMorph x2 (lam=1)", "ULAE-net"])) for name in names]
+    assert [len(r["validation_curve"]) for r in panels["ULAE-net, 1 voxels"]] == [3, 3]
     # main level (2 voxels): Initial, SyN, 2 lambdas x 2 seeds, x2 x 2, ULAE x 2; level 1: Initial, x2 x 2, ULAE x 2
     assert "[1/15] Initial (max displacement 2 voxels)" in out.out
     assert "[10/15] ULAE-net, seed 1 (max displacement 2 voxels)" in out.out
@@ -519,6 +526,28 @@ def test_the_ulae_reference_comparison_refuses_another_objective(tmp_path):
     missing = subprocess.run(command[:2] + ["--study_dir=%s" % tmp_path] + command[3:], capture_output=True, text=True,
                              timeout=300)
     assert missing.returncode == 2 and "no study_config.json; run run_deformation_study.py" in missing.stderr
+
+
+def test_every_runs_own_validation_curve_gets_drawn(tmp_path):
+    """The curves figure: a panel per learned row and level, a line per seed, no panel for untrained rows."""
+    import matplotlib.image
+
+    def runs(*curves):
+        return [{"seed": seed, "validation_curve": list(curve)} for seed, curve in enumerate(curves)]
+    panels = {"Initial, 5 voxels": [{"seed": None, "validation_curve": []}],
+              "VoxelMorph (lam=1), 5 voxels": runs([40, 50, 52], [41, 49, 51, 52, 52]),
+              "ULAE-net, 5 voxels": runs([45, 55], [44, 54, 57], [46, 53, 56, 57]),
+              "ULAE-net, 2 voxels": runs([60, 62, 63]), "VoxelMorph x2 (lam=1), 2 voxels": runs([58, 61]),
+              "ULAE-net, 7 voxels": runs([30, 40, 45])}
+    path = tmp_path / "curves.png"
+    drawn = seed_studies.plot_seed_curves(panels, str(path))
+    assert drawn == list(panels)[1:]
+    # 5 panels: 4 columns, 2 rows of 3.0 x 2.4 inches at 120 dpi
+    assert matplotlib.image.imread(str(path)).shape[:2] == (2 * 288, 4 * 360)
+    with pytest.raises(ValueError, match="no run has a validation curve"):
+        seed_studies.plot_seed_curves({"SyN, 5 voxels": [{"seed": None, "validation_curve": []}]},
+                                      str(tmp_path / "none.png"))
+    assert not (tmp_path / "none.png").exists()
 
 
 def test_the_steps_column_shows_the_spread_of_runs_that_stopped_on_their_plateaus():
