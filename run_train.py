@@ -102,7 +102,7 @@ flags.DEFINE_boolean("sync_batchnorm", _DEFAULTS.sync_batchnorm, "BatchNorm uses
                      "instead of each replica's slice (--strategy=mirrored or multi_worker; --model=gsmorph).")
 flags.DEFINE_boolean("mixed_precision", _DEFAULTS.mixed_precision, "mixed_float16: the network body computes in "
                      "float16, the flow heads, warps and losses in float32, with loss scaling (GPUs; --model=gsmorph "
-                     "or ulae).")
+                     "or ulae; 3D images need a GPU: TensorFlow's CPU kernels have no float16 MaxPool3D).")
 for _name in define_dataset_options():
     flags.declare_key_flag(_name)  # listed by --help with the flags above
 flags.register_validator("crop_size", lambda size: size % 16 == 0,

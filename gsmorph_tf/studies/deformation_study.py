@@ -307,12 +307,14 @@ def network_for_figure(plan, run_dir, network=None):
 
 def load_levels(plan):
     """Every level's data, written on first use and checked (:func:`gsmorph_tf.train.training.load_data`,
-    :func:`~gsmorph_tf.train.training.check_batches`) before any training: ``{level: splits}``."""
+    :func:`~gsmorph_tf.train.training.check_batches`, :func:`~gsmorph_tf.train.training.check_mixed_precision`)
+    before any training: ``{level: splits}``."""
     splits = {}
     for level in plan.levels:
         config = plan.level_config(level)
         splits[level] = training.load_data(config)
         training.check_batches(config, splits[level])
+        training.check_mixed_precision(config, splits[level])
     return splits
 
 
@@ -597,17 +599,17 @@ def plot_ulae_steps(pair, images, path):
 
 
 def write_outputs(plan, records, summary, splits, figure_network=None):
-    """``deformation_table.md``, ``validation_curves.png`` (every learned run's own curve, a panel per row and
-    level: :func:`gsmorph_tf.studies.seed_studies.plot_seed_curves`), ``dice_vs_magnitude.png`` (with magnitudes),
-    ``ulae_steps.png`` (with ULAE-net: the first test pair of the main level, the first seed's run) and
-    ``deformation_study.json`` (settings, summary, every run) in ``plan.output_dir``."""
+    """``deformation_table.md``, ``validation_curves.png`` (with learned rows: every learned run's own curve, a
+    panel per row and level, :func:`gsmorph_tf.studies.seed_studies.plot_seed_curves`), ``dice_vs_magnitude.png``
+    (with magnitudes), ``ulae_steps.png`` (with ULAE-net: the first test pair of the main level, the first seed's
+    run) and ``deformation_study.json`` (settings, summary, every run) in ``plan.output_dir``."""
     main = plan.main_level
     test = splits[main]["test"]
     table = study_table(summary, training.pair_count(test))
     atomic_write_text(os.path.join(plan.output_dir, "deformation_table.md"), table + "\n")
-    seed_studies.plot_seed_curves({"%s, %g voxels" % (name, level): runs for level in plan.levels
-                                   for name, runs in records[level].items()},
-                                  os.path.join(plan.output_dir, "validation_curves.png"))
+    panels = {"%s, %g voxels" % (name, level): runs for level in plan.levels for name, runs in records[level].items()}
+    if any(r["validation_curve"] for runs in panels.values() for r in runs):  # a learned run to draw
+        seed_studies.plot_seed_curves(panels, os.path.join(plan.output_dir, "validation_curves.png"))
     if summary["magnitudes"]:
         plot_magnitudes(summary, os.path.join(plan.output_dir, "dice_vs_magnitude.png"))
     figure = None

@@ -311,6 +311,17 @@ def check_batches(config, splits, replicas=1):
                           % config.early_stopping_patience)
 
 
+def check_mixed_precision(config, splits):
+    """Raise ConfigError when ``mixed_precision`` would train a 3D network on a machine where TensorFlow sees no GPU:
+    its CPU kernels have no float16 3D max pooling (``MaxPool3D``), which both 3D networks use, so the run would
+    fail at its first step. 2D networks train in mixed precision on a CPU too (slowly)."""
+    if (config.mixed_precision and len(input_shape(splits["train"])) == 3
+            and not tf.config.list_physical_devices("GPU")):
+        raise ConfigError("mixed_precision needs a GPU for 3D images (%s): TensorFlow's CPU kernels have no float16 "
+                          "MaxPool3D, and TensorFlow sees no GPU here; train in float32 (mixed_precision=False)"
+                          % "x".join(str(s) for s in input_shape(splits["train"])))
+
+
 def prepare_output_dir(config, write_dir=None):
     """Check that the run already in the output dir, if any, has the same settings; save config.json into
     ``write_dir`` (default: the output dir, created if needed; see :func:`train_and_evaluate` for the other
@@ -355,6 +366,7 @@ def train_and_evaluate(config, verbose=None, log=print, export=True):
         rundir.check_not_in_use(config.output_dir)  # a busy run directory is refused before the data is read
     splits = load_data(config)
     check_batches(config, splits, strategy.num_replicas_in_sync)
+    check_mixed_precision(config, splits)
     with distribute.chief_write_dir(config.output_dir, strategy) as write_dir, rundir.locked(write_dir):
         prepare_output_dir(config, write_dir)
         outcome = _train_and_evaluate(config, strategy, splits, write_dir, verbose, log, export)

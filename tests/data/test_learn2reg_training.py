@@ -158,3 +158,24 @@ def test_bad_learn2reg_settings_and_data_fail_before_training(tmp_path):
     write_learn2reg_task(tmp_path / "odd", n_images=6, shape=(16, 16, 12))
     with raises_naming(tmp_path / "odd" / "TOY_dataset.json", "not a multiple of 16"):
         DATASETS.load("learn2reg").load(tiny_config(tmp_path, tmp_path / "odd"))
+
+
+def test_mixed_precision_in_3d_without_a_gpu_is_refused_before_the_run_starts(tmp_path, monkeypatch):
+    """TensorFlow's CPU kernels have no float16 MaxPool3D: a 3D mixed-precision run on a machine without a GPU is
+    refused with the reason before its folder is made (not at its first step); 2D and float32 pass the check."""
+    import tensorflow as tf
+
+    from gsmorph_tf.train import training
+
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])  # this test's machine: no GPU
+    write_learn2reg_task(tmp_path / "task", n_images=6)
+    for model in ("gsmorph", "ulae"):
+        config = tiny_config(tmp_path, tmp_path / "task").replace_for_model(model=model, mixed_precision=True)
+        with pytest.raises(ConfigError, match=r"mixed_precision needs a GPU for 3D images \(16x16x16\): TensorFlow's "
+                                              "CPU kernels have no float16 MaxPool3D"):
+            training.train_and_evaluate(config, verbose=0, log=lambda *a: None)
+        assert not (tmp_path / "run").exists()
+    two_d = {"train": [mock.Mock(moving=tf.zeros((1, 32, 32)))]}
+    training.check_mixed_precision(tiny_config(tmp_path, "x").replace_for_model(mixed_precision=True), two_d)
+    three_d = {"train": [mock.Mock(moving=tf.zeros((1, 16, 16, 16)))]}
+    training.check_mixed_precision(tiny_config(tmp_path, "x"), three_d)   # float32: nothing to refuse
