@@ -120,8 +120,9 @@ def measure(network_name, shape, steps, formula, mixed_precision, recompute=Fals
     export's time (s) for one network at one shape (this process), built and trained through its registry entry with
     the 3D protocol of ``flags/oasis_protocol.flags`` (batch 1, ``surgery`` (``none``: lambda 1), L2 smoothness,
     multi-window NCC with ``formula``, zero padding; ULAE-net with the reference's objective: ``warp3``, PyTorch's
-    initialisation), in mixed precision if asked; ``export_s`` None unless ``export``. ``runner``: ``train_function`` (:func:`gsmorph_tf.evaluate.timing.keras_train_step`,
-    as ``fit`` runs a step) or ``train_on_batch``."""
+    initialisation), in mixed precision if asked; ``export_s`` None unless ``export``. ``runner``:
+    ``train_function`` (:func:`gsmorph_tf.evaluate.timing.keras_train_step`, as ``fit`` runs a step) or
+    ``train_on_batch``."""
     import tensorflow as tf
 
     from gsmorph_tf.config import TrainConfig
@@ -224,7 +225,8 @@ def main(argv):
     print("machine: %s" % machine_description())
     print("batch 1, median of %d steps after one warm-up (run by %s); each line measured in a fresh process; "
           "NCC formula %s; surgery %s; %s%s\n" % (
-              FLAGS.steps, FLAGS.runner, FLAGS.ncc, FLAGS.surgery, "mixed_float16" if FLAGS.mixed_precision else "float32",
+              FLAGS.steps, FLAGS.runner, FLAGS.ncc, FLAGS.surgery,
+              "mixed_float16" if FLAGS.mixed_precision else "float32",
               "; ULAE-net with its encoder and decoders recomputed (tf.recompute_grad)" if FLAGS.recompute else ""))
     if "networks" in FLAGS.parts:
         print("%-8s %-12s %10s %12s %12s %14s %14s %17s %12s %10s" % (

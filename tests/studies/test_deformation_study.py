@@ -195,19 +195,26 @@ def test_command_names_a_bad_flag_value(tmp_path):
 def test_the_cpu_flagfile_is_the_commands_defaults(tmp_path):
     code = ("import json, run_deformation_study as r; from gsmorph_tf import cli; cli._install_flagfile_lookup(); "
             "plans = []\nfor argv in ([], ['--flagfile=deformation_study.flags'], "
-            "['--flagfile=deformation_study_gpu.flags']):\n"
+            "['--flagfile=deformation_study_gpu.flags'], ['--flagfile=deformation_study_64.flags']):\n"
             "    r.FLAGS.unparse_flags(); r.FLAGS(['x'] + argv); plans.append(r.plan_from_flags())\n"
             "print(json.dumps([plans[0] == plans[1], plans[0].run_count(), list(plans[0].levels), "
             "plans[0].config.dataset_options, plans[2].config.dataset_options, list(plans[2].magnitudes), "
-            "plans[0].config.ncc, [p.config.learning_rate for p in plans], [p.config.early_stopping_patience for p in plans], "
-            "plans[0].config.epochs]))")
+            "plans[0].config.ncc, [p.config.learning_rate for p in plans], "
+            "[p.config.early_stopping_patience for p in plans], "
+            "plans[0].config.epochs, plans[3].config.dataset_options, list(plans[3].levels), plans[3].run_count(), "
+            "plans[3].config.to_dict() == __import__('dataclasses').replace(plans[0].config, "
+            "dataset_options=plans[3].config.dataset_options, output_dir=plans[3].config.output_dir).to_dict()]))")
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, PYTHONPATH=ROOT))
     assert done.returncode == 0, done.stderr[-2000:]
-    same, runs, levels, cpu, gpu, magnitudes, ncc, rates, patience, epochs = json.loads(done.stdout)
+    same, runs, levels, cpu, gpu, magnitudes, ncc, rates, patience, epochs, grid64, levels64, runs64, otherwise_cpu = \
+        json.loads(done.stdout)
     assert same and levels == [5.0, 2.0, 7.0] and ncc == "reference"   # the ULAE code's NCC formula
     # on CPU every run stops on its plateau within 60 epochs at lr 1e-3; the GPU study keeps the reference's 1e-4
-    assert rates == [1e-3, 1e-3, 1e-4] and patience == [8, 8, 3] and epochs == 60
+    assert rates == [1e-3, 1e-3, 1e-4, 1e-3] and patience == [8, 8, 3, 8] and epochs == 60
+    # the GPU session's study: the CPU protocol on a grid twice as fine, the magnitudes scaled with it
+    assert grid64 == dict(cpu, brain_shape=[64, 96, 64], brain_max_displacement=10.0) and otherwise_cpu
+    assert levels64 == [10.0, 4.0, 14.0] and runs64 == 37
     # main level: Initial, SyN, 3 lambdas x 3 seeds, x2, ULAE-net, ULAE + GS, GSMorph-3D x 3 seeds; two more levels:
     # Initial and (x2, ULAE-net) x 3 seeds
     assert runs == 2 + 9 + 4 * 3 + 2 * (1 + 2 * 3) == 37
@@ -389,7 +396,8 @@ def real_ulae_study(tmp_path_factory):
     command = [sys.executable, os.path.join(ROOT, "run_deformation_study.py"), "--data_dir=%s" % (tmp_path / "data"),
                "--output_dir=%s" % (tmp_path / "study"), "--record_dir=%s" % (tmp_path / "record"),
                "--methods=Initial,ULAE-net", "--seeds=3", "--epochs=1",
-               "--magnitudes=", "--pairs_per_epoch=1", "--learning_rate=1e-4"] + [f for f in TINY_FLAGS if "pairs_per_epoch" not in f]
+               "--magnitudes=", "--pairs_per_epoch=1", "--learning_rate=1e-4"] + [
+                   f for f in TINY_FLAGS if "pairs_per_epoch" not in f]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return tmp_path, done.stdout
@@ -521,7 +529,8 @@ def test_the_ulae_reference_comparison_refuses_another_objective(tmp_path):
     command = [sys.executable, os.path.join(ROOT, "benchmarks", "reference_ulae_training.py"), "--study_dir=%s" % study,
                "--reference_dir=%s" % (tmp_path / "ULAE-net"), "--reference_python=%s" % python]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2 and "study_config.json: the study's ULAE-net objective is not the reference's" in done.stderr
+    assert done.returncode == 2
+    assert "study_config.json: the study's ULAE-net objective is not the reference's" in done.stderr
     assert "ncc=voxelmorph (the reference: reference)" in done.stderr
     missing = subprocess.run(command[:2] + ["--study_dir=%s" % tmp_path] + command[3:], capture_output=True, text=True,
                              timeout=300)
