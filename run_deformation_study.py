@@ -9,8 +9,9 @@ reference objective, ULAE-net with gradient surgery and GSMorph-3D, each with ev
 SyN, trains ULAE-net and VoxelMorph x2 again at every ``--magnitudes`` level, and writes to ``--output_dir``:
 ``deformation_table.md``, ``deformation_study.json``, ``validation_curves.png``, ``dice_vs_magnitude.png`` and
 ``ulae_steps.png`` (see :mod:`gsmorph_tf.studies.deformation_study`). Re-running the same command resumes: finished runs
-are read back, an interrupted one continues; with ``--record_dir`` the finished runs' records (and the outputs) are
-also kept in a folder small enough to commit, so the study resumes on another machine.
+are read back, an interrupted one continues; with ``--record_dir`` the finished runs' records (and the outputs, when
+the call covers every run kept there) are also kept in a folder small enough to commit, so the study resumes on
+another machine.
 """
 import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 
@@ -123,7 +124,7 @@ def main(argv):
         return fail(error)
     print("\n" + summary["table"])
     print("\nWrote deformation_table.md, deformation_study.json and the figures to %s%s"
-          % (FLAGS.output_dir, " (and %s)" % FLAGS.record_dir if FLAGS.record_dir else ""))
+          % (FLAGS.output_dir, " (and %s)" % FLAGS.record_dir if summary["recorded"] else ""))
     return 0
 
 

@@ -352,7 +352,8 @@ def run_deformation_study(plan, log=print):
     data) fails before any training.
 
     Returns:
-        The study's summary (:func:`summarize`) with ``table`` (the Markdown written to ``deformation_table.md``).
+        The study's summary (:func:`summarize`) with ``table`` (the Markdown written to ``deformation_table.md``)
+        and ``recorded`` (whether the outputs were copied to the record folder: :func:`write_outputs`).
     """
     plan.validate()
     paper_comparison.check_requirements(plan.methods)
@@ -361,7 +362,7 @@ def run_deformation_study(plan, log=print):
     records = {level: {} for level in plan.levels}
     main = plan.main_level
     chosen = plan.lambdas[0] if len(plan.lambdas) == 1 else None
-    figure_network, done, total = None, 0, plan.run_count()
+    figure_network, done, total, folders = None, 0, plan.run_count(), []
     for level in plan.levels:
         config = plan.level_config(level)
         for method in plan.level_methods(level):
@@ -378,6 +379,7 @@ def run_deformation_study(plan, log=print):
                         % (done, total, row.name, "" if seed is None else ", seed %d" % seed, level))
                     folder = os.path.join(plan.output_dir, level_name(level), row.slug)
                     folder = folder if seed is None else os.path.join(folder, "seed%d" % seed)
+                    folders.append(os.path.relpath(folder, plan.output_dir))
                     trained = {}
                     record = run_record(row, seed, level, config, splits[level], folder, log, trained,
                                         plan.record_folder(folder))
@@ -389,7 +391,7 @@ def run_deformation_study(plan, log=print):
                 chosen = choose_lambda(records[main], plan.lambdas)[0]
                 log("VoxelMorph's lambda chosen on the validation split: %g" % chosen)
     summary = summarize(records, plan, chosen)
-    write_outputs(plan, records, summary, splits, figure_network)
+    write_outputs(plan, records, summary, splits, figure_network, folders, log)
     return summary
 
 
@@ -598,11 +600,23 @@ def plot_ulae_steps(pair, images, path):
     return errors
 
 
-def write_outputs(plan, records, summary, splits, figure_network=None):
+def kept_runs(record_dir):
+    """The run folders (relative to the study's folder, e.g. ``disp5/ulae/seed0``) whose records ``record_dir``
+    keeps."""
+    return {os.path.relpath(folder, record_dir) for folder, _, names in os.walk(record_dir)
+            if "study_run.json" in names}
+
+
+def write_outputs(plan, records, summary, splits, figure_network=None, folders=None, log=print):
     """``deformation_table.md``, ``validation_curves.png`` (with learned rows: every learned run's own curve, a
     panel per row and level, :func:`gsmorph_tf.studies.seed_studies.plot_seed_curves`), ``dice_vs_magnitude.png``
     (with magnitudes), ``ulae_steps.png`` (with ULAE-net: the first test pair of the main level, the first seed's
-    run) and ``deformation_study.json`` (settings, summary, every run) in ``plan.output_dir``."""
+    run) and ``deformation_study.json`` (settings, summary, every run) in ``plan.output_dir``.
+
+    With a record folder, the outputs are copied there too, unless it keeps runs this call did not cover (its
+    ``folders``, relative to ``plan.output_dir``: a call on a subset of the methods, seeds, lambdas or levels, such
+    as one of several processes sharing a study): the record folder's outputs are the whole study's, and a subset's
+    table must not replace them. ``summary["recorded"]`` says whether they were copied."""
     main = plan.main_level
     test = splits[main]["test"]
     table = study_table(summary, training.pair_count(test))
@@ -626,8 +640,13 @@ def write_outputs(plan, records, summary, splits, figure_network=None):
         "lambdas": list(plan.lambdas), "magnitudes": list(plan.magnitudes), "levels": list(plan.levels),
         "machine": machine_description(), "summary": summary,
         "runs": {level_name(level): by_method for level, by_method in records.items()}})
-    if plan.record_dir:
+    uncovered = sorted(kept_runs(plan.record_dir) - set(folders or ())) if plan.record_dir else []
+    if uncovered:
+        log("The outputs were not copied to %s: it keeps %d run(s) this call did not cover (%s%s); the call "
+            "covering every run updates them" % (plan.record_dir, len(uncovered), ", ".join(uncovered[:3]),
+                                                ", ..." if len(uncovered) > 3 else ""))
+    elif plan.record_dir:
         for name in OUTPUTS:
             if os.path.exists(os.path.join(plan.output_dir, name)):
                 atomic_copy(os.path.join(plan.output_dir, name), os.path.join(plan.record_dir, name))
-    summary["table"] = table
+    summary["table"], summary["recorded"] = table, bool(plan.record_dir) and not uncovered

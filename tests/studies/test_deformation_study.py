@@ -345,9 +345,9 @@ def test_the_whole_command_on_a_tiny_task_and_its_resume(tmp_path, capsys):
 
 
 def test_a_study_carried_to_another_machine_by_its_record_folder(tmp_path, capsys):
-    """--record_dir keeps the settings, every finished run's record and the outputs; a new output folder (another
-    machine: its runs and data gone) reads the kept runs back instead of training them and writes the same numbers;
-    other settings, or the record folder as output folder, are refused by name."""
+    """--record_dir keeps the settings, every finished run's record and the outputs (not a subset's); a new output
+    folder (another machine: its runs and data gone) reads the kept runs back instead of training them and writes the
+    same numbers; other settings, or the record folder as output folder, are refused by name."""
     record = tmp_path / "record"
     argv = ["--data_dir=%s" % (tmp_path / "data"), "--output_dir=%s" % (tmp_path / "study"), "--epochs=2",
             "--seeds=0,1", "--lambdas=1", "--magnitudes=", "--methods=Initial,VoxelMorph,ULAE-net",
@@ -363,6 +363,19 @@ def test_a_study_carried_to_another_machine_by_its_record_folder(tmp_path, capsy
                     "study_config.json", "ulae_steps.png", "validation_curves.png"]
     saved = json.loads((record / "deformation_study.json").read_text())
     assert saved == json.loads((tmp_path / "study" / "deformation_study.json").read_text())
+
+    # a call on a subset of the runs (one of several processes sharing the study, say) leaves the record folder's
+    # outputs, the whole study's, as they are
+    table = (record / "deformation_table.md").read_text()
+    subset = [a if not a.startswith("--methods=") else "--methods=Initial,ULAE-net" for a in argv]
+    status, part = run_command(subset, fake_learned([]), capsys)
+    assert status == 0, part.err
+    assert ("The outputs were not copied to %s: it keeps 2 run(s) this call did not cover "
+            "(disp2/voxelmorph_lam1/seed0, disp2/voxelmorph_lam1/seed1)" % record) in part.out
+    assert "(and %s)" % record not in part.out
+    assert (record / "deformation_table.md").read_text() == table and "| VoxelMorph (lam=1) |" in table
+    assert "VoxelMorph" not in (tmp_path / "study" / "deformation_table.md").read_text()
+    assert json.loads((record / "deformation_study.json").read_text()) == saved
 
     # another machine: a new output folder and data folder, the same record; nothing is trained or scored again
     moved = [a.replace(str(tmp_path / "study"), str(tmp_path / "elsewhere")).replace(
