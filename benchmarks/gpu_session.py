@@ -130,8 +130,9 @@ def run_study(flagfile, record_dir, work_dir, output_dir, minutes, quick):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-    finished = sorted(os.path.relpath(os.path.join(folder, "study_run.json"), record_dir)
-                      for folder, _, files in os.walk(record_dir) if "study_run.json" in files)
+    from gsmorph_tf.studies.deformation_study import kept_runs
+
+    finished = sorted(os.path.join(run, "study_run.json") for run in kept_runs(record_dir))
     if os.path.isdir(record_dir):
         inside = os.path.abspath(record_dir).startswith(ROOT + os.sep)
         name = os.path.relpath(record_dir, ROOT) if inside else os.path.basename(record_dir)

@@ -9,8 +9,8 @@ measures:
   which builds a ``tf.data`` pipeline per call);
 - the start-up of training (building the training model and its first step through Keras' train function, as
   ``fit`` runs it: mostly tracing) and one train step, with the 3D protocol of ``flags/oasis_protocol.flags``
-  (surgery ``none``, lam 1, L2 smoothness, ULAE's multi-window NCC with the ``--ncc`` formula, zero padding;
-  ULAE-net with the reference's objective), in float32 or ``--mixed_precision``;
+  (``--surgery``, by default ``none`` with lam 1, L2 smoothness, ULAE's multi-window NCC with the ``--ncc``
+  formula, zero padding; ULAE-net with the reference's objective), in float32 or ``--mixed_precision``;
 - the process's peak memory, read after training and before Keras' ``predict`` and the export: resident set size
   on CPU, ``tf.config.experimental.get_memory_info`` peak on a GPU;
 - the time to export the network as the SavedModel TF Serving loads

@@ -315,11 +315,11 @@ def check_mixed_precision(config, splits):
     """Raise ConfigError when ``mixed_precision`` would train a 3D network on a machine where TensorFlow sees no GPU:
     its CPU kernels have no float16 3D max pooling (``MaxPool3D``), which both 3D networks use, so the run would
     fail at its first step. 2D networks train in mixed precision on a CPU too (slowly)."""
-    if (config.mixed_precision and len(input_shape(splits["train"])) == 3
-            and not tf.config.list_physical_devices("GPU")):
+    shape = input_shape(splits["train"])
+    if config.mixed_precision and len(shape) == 3 and not tf.config.list_physical_devices("GPU"):
         raise ConfigError("mixed_precision needs a GPU for 3D images (%s): TensorFlow's CPU kernels have no float16 "
                           "MaxPool3D, and TensorFlow sees no GPU here; train in float32 (mixed_precision=False)"
-                          % "x".join(str(s) for s in input_shape(splits["train"])))
+                          % "x".join(str(s) for s in shape))
 
 
 def prepare_output_dir(config, write_dir=None):
