@@ -6,8 +6,10 @@
 table). Runs trained over several sittings, or beside other work, were timed under different loads, so that
 column compares methods only roughly. This script times them all again, one after the other, in the same
 process: every finished learned run of one level (``--level``, default the study's main level; each
-``disp<level>/<method>/seed<k>/`` holding a ``study_run.json``) and SyN (``--syn``, its own
-``disp<level>/syn/benchmark.json`` must exist: the study ran it).
+``disp<level>/<method>/seed<k>/`` holding a ``study_run.json``) whose checkpoint is on this machine, and SyN
+(``--syn``; ``disp<level>/syn/study_run.json`` must exist: the study ran it, here or elsewhere). A run read back
+from the study's record folder after training on another machine has no checkpoint here: it is listed as not
+timed, and its own ``ms_per_pair`` (in its ``study_run.json``) is the one measured where it trained.
 
 Per run: the network as it is served (:func:`gsmorph_tf.train.runs.load_run_for_inference`) called through one
 ``tf.function`` (:func:`gsmorph_tf.evaluate.timing.compiled_predictor`), one warm-up pair, then each test pair
@@ -65,7 +67,7 @@ def study_level(study_dir, level):
 
 def finished_runs(level_dir):
     """The finished learned runs of a study level: ``[(method name, seed, run folder)]`` in folder order, each
-    ``<level_dir>/<slug>/seed<k>/`` holding its ``study_run.json``.
+    ``<level_dir>/<slug>/seed<k>/`` holding its ``study_run.json`` (whether or not its checkpoint is here).
 
     Raises:
         ConfigError: ``level_dir`` holds none (naming it).
@@ -91,9 +93,10 @@ def time_pairs(predict, subjects, repeats):
     return [median_ms(lambda m=m, f=f: predict(m[None], f[None]), repeats, warmup=0) for m, f in pairs]
 
 
-def summary_table(rows, machine, load, cores, level, pairs):
+def summary_table(rows, machine, load, cores, level, pairs, not_timed=()):
     """The Markdown written to ``inference_times.md``: a row per method, mean +- std over seeds of the runs' median
-    ms per pair, and the per-seed medians."""
+    ms per pair, and the per-seed medians; then the ``not_timed`` runs (``(method, seed, folder)``: no checkpoint
+    on this machine), if any."""
     import numpy as np
 
     lines = ["Inference ms per pair (batch 1, float32; each run's median over %d test pairs at %g voxels), all "
@@ -107,6 +110,9 @@ def summary_table(rows, machine, load, cores, level, pairs):
         lines.append("| %s | %s | %s |" % (name, spread, ", ".join(
             "%.1f" % run["median_ms"] if run["seed"] is None else "seed %d: %.1f" % (run["seed"], run["median_ms"])
             for run in runs)))
+    if not_timed:
+        lines += ["", "Not timed (no checkpoint on this machine; each run's own time, measured where it trained, is in "
+                  "its study_run.json): %s." % ", ".join("%s seed %d" % (name, seed) for name, seed, _ in not_timed)]
     return "\n".join(lines)
 
 
@@ -119,11 +125,15 @@ def main(argv):
         from gsmorph_tf.studies import deformation_study
 
         level_dir = os.path.join(FLAGS.study_dir, deformation_study.level_name(level))
+        from gsmorph_tf.train.runs import has_run_checkpoint
+
         runs = finished_runs(level_dir)
+        not_timed = [run for run in runs if not has_run_checkpoint(run[2])]
+        runs = [run for run in runs if run not in not_timed]
         syn_dir = os.path.join(level_dir, "syn")
         if FLAGS.syn:
-            if not os.path.isfile(os.path.join(syn_dir, "benchmark.json")):
-                raise ConfigError("%s: no benchmark.json; the study has not run SyN at this level (or pass --nosyn)"
+            if not os.path.isfile(os.path.join(syn_dir, "study_run.json")):
+                raise ConfigError("%s: no study_run.json; the study has not run SyN at this level (or pass --nosyn)"
                                   % syn_dir)
             from gsmorph_tf.evaluate import baselines
 
@@ -145,6 +155,9 @@ def main(argv):
     if load > BUSY_LOAD_PER_CORE * cores:
         print("warning: 1-minute load average %.2f on %d cores: the machine is busy, timings will carry its load"
               % (load, cores), flush=True)
+    for name, seed, folder in not_timed:
+        print("not timed: %s, seed %d (%s): no checkpoint on this machine (its record was kept from the machine it "
+              "trained on)" % (name, seed, folder), flush=True)
     test = splits["test"]
     rows = {}
     jobs = runs + ([(deformation_study.SYN, None, syn_dir)] if FLAGS.syn else [])
@@ -159,11 +172,12 @@ def main(argv):
         print("    median %.1f ms per pair" % run["median_ms"], flush=True)
         rows.setdefault(name, []).append(run)
     pairs = training.pair_count(test)
-    table = summary_table(rows, machine, load, cores, level, pairs)
+    table = summary_table(rows, machine, load, cores, level, pairs, not_timed)
     atomic_write_text(os.path.join(FLAGS.study_dir, "inference_times.md"), table + "\n")
     write_json(os.path.join(FLAGS.study_dir, "inference_times.json"), {
         "level": level, "repeats": FLAGS.repeats, "test_pairs": pairs, "machine": machine, "load_average": load,
-        "cores": cores, "methods": rows})
+        "cores": cores, "methods": rows,
+        "not_timed": [{"method": name, "seed": seed, "run": folder} for name, seed, folder in not_timed]})
     print(table)
     return 0
 

@@ -59,7 +59,7 @@ from gsmorph_tf.fileio import atomic_copy, atomic_save_figure, atomic_write_text
 from gsmorph_tf.studies import paper_comparison, seed_studies
 from gsmorph_tf.studies.paper_comparison import Method
 from gsmorph_tf.train import training
-from gsmorph_tf.train.runs import (NETWORK_WEIGHTS, latest_run_checkpoint, load_network_weights,
+from gsmorph_tf.train.runs import (NETWORK_WEIGHTS, has_run_checkpoint, load_network_weights,
                                    load_run_for_inference, read_run_config, save_network_weights)
 
 INITIAL, SYN, VOXELMORPH, VOXELMORPH_X2 = "Initial", "SyN", "VoxelMorph", "VoxelMorph x2"
@@ -270,15 +270,6 @@ def run_record(method, seed, level, config, splits, folder, log=print, networks=
     return record
 
 
-def _has_checkpoint(run_dir):
-    """Whether the run in ``run_dir`` has a checkpoint on this machine (:func:`latest_run_checkpoint`)."""
-    try:
-        latest_run_checkpoint(run_dir)
-    except FileNotFoundError:
-        return False
-    return True
-
-
 def keep_figure_network(plan, run_dir, network=None):
     """Keep the network of the run Fig. 3 draws (``run_dir``) in the record folder, once: ``network`` (just
     trained) or the one restored from the run's checkpoint. Nothing without a record folder, when it is kept
@@ -287,7 +278,7 @@ def keep_figure_network(plan, run_dir, network=None):
     if kept is None or os.path.exists(os.path.join(kept, NETWORK_WEIGHTS)):
         return
     if network is None:
-        if not _has_checkpoint(run_dir):
+        if not has_run_checkpoint(run_dir):
             return
         _, network = load_run_for_inference(run_dir)
     save_network_weights(kept, network, read_run_config(run_dir))
@@ -300,7 +291,7 @@ def network_for_figure(plan, run_dir, network=None):
     if network is not None:
         return network
     kept = plan.record_folder(run_dir)
-    if not _has_checkpoint(run_dir) and kept and os.path.exists(os.path.join(kept, NETWORK_WEIGHTS)):
+    if not has_run_checkpoint(run_dir) and kept and os.path.exists(os.path.join(kept, NETWORK_WEIGHTS)):
         return load_network_weights(kept)[1]
     return None
 

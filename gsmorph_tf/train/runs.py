@@ -54,6 +54,17 @@ def latest_run_checkpoint(run_dir):
     raise FileNotFoundError("no checkpoint in %s: the run must complete at least one epoch before export" % folder)
 
 
+def has_run_checkpoint(run_dir):
+    """Whether the run in ``run_dir`` has a checkpoint on this machine (:func:`latest_run_checkpoint`): False for a
+    run folder holding only records, e.g. a study run read back from its record folder after training
+    elsewhere."""
+    try:
+        latest_run_checkpoint(run_dir)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def load_trained_network(run_dir):
     """Rebuild a training run's network and restore its trained weights from the run's last checkpoint.
 

@@ -5,6 +5,7 @@ import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from unittest import mock
@@ -601,22 +602,31 @@ def test_instance_optimisation_of_the_studys_ulae_net_run(real_ulae_study, tmp_p
 
 
 def test_the_inference_benchmark_times_the_studys_runs_again(real_ulae_study, tmp_path):
-    """benchmarks/study_inference.py on the study's real ULAE-net run and SyN (its benchmark.json stood in for):
-    every test pair timed, the table and JSON written; a missing SyN record or study folder is refused by name."""
+    """benchmarks/study_inference.py on the study's real ULAE-net run and SyN (its record stood in for): every test
+    pair timed, the table and JSON written; a run without a checkpoint here (kept from another machine) listed as
+    not timed; a missing SyN record or study folder is refused by name."""
     study = real_ulae_study[0] / "study"
     script = os.path.join(ROOT, "benchmarks", "study_inference.py")
     missing_syn = subprocess.run([sys.executable, script, "--study_dir=%s" % study], capture_output=True, text=True,
                                  timeout=300)
     assert missing_syn.returncode == 2
-    assert "%s: no benchmark.json; the study has not run SyN" % (study / "disp2" / "syn") in missing_syn.stderr
+    assert "%s: no study_run.json; the study has not run SyN" % (study / "disp2" / "syn") in missing_syn.stderr
     (study / "disp2" / "syn").mkdir()
-    (study / "disp2" / "syn" / "benchmark.json").write_text("{}")
-    done = subprocess.run([sys.executable, script, "--study_dir=%s" % study, "--repeats=2"], capture_output=True,
-                          text=True, timeout=300)
+    (study / "disp2" / "syn" / "study_run.json").write_text("{}")
+    kept_only = study / "disp2" / "ulae" / "seed4"       # a run read back from its record: no checkpoint here
+    kept_only.mkdir()
+    (kept_only / "study_run.json").write_text(json.dumps({"method": "ULAE-net", "seed": 4}))
+    try:
+        done = subprocess.run([sys.executable, script, "--study_dir=%s" % study, "--repeats=2"], capture_output=True,
+                              text=True, timeout=300)
+    finally:
+        shutil.rmtree(kept_only)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "[1/2] ULAE-net, seed 3" in done.stdout and "[2/2] SyN" in done.stdout
+    assert "not timed: ULAE-net, seed 4 (%s): no checkpoint on this machine" % kept_only in done.stdout
     saved = json.loads((study / "inference_times.json").read_text())
     assert saved["level"] == 2.0 and saved["repeats"] == 2 and saved["test_pairs"] == 2
+    assert saved["not_timed"] == [{"method": "ULAE-net", "seed": 4, "run": str(kept_only)}]
     ulae, syn = saved["methods"]["ULAE-net"], saved["methods"]["SyN"]
     assert [run["seed"] for run in ulae] == [3] and syn[0]["seed"] is None
     for run in ulae + syn:
@@ -625,6 +635,7 @@ def test_the_inference_benchmark_times_the_studys_runs_again(real_ulae_study, tm
     table = (study / "inference_times.md").read_text()
     assert "| ULAE-net | %.1f | seed 3: %.1f |" % (ulae[0]["median_ms"], ulae[0]["median_ms"]) in table
     assert "| SyN | %.1f | %.1f |" % (syn[0]["median_ms"], syn[0]["median_ms"]) in table
+    assert "Not timed (no checkpoint on this machine; " in table and "): ULAE-net seed 4." in table
     nowhere = subprocess.run([sys.executable, script, "--study_dir=%s" % tmp_path], capture_output=True, text=True,
                              timeout=300)
     assert nowhere.returncode == 2 and "--study_dir=%s: no study_config.json" % tmp_path in nowhere.stderr
