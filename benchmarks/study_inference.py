@@ -123,10 +123,9 @@ def main(argv):
     try:
         config, level = study_level(FLAGS.study_dir, FLAGS.level)
         from gsmorph_tf.studies import deformation_study
-
-        level_dir = os.path.join(FLAGS.study_dir, deformation_study.level_name(level))
         from gsmorph_tf.train.runs import has_run_checkpoint
 
+        level_dir = os.path.join(FLAGS.study_dir, deformation_study.level_name(level))
         runs = finished_runs(level_dir)
         not_timed = [run for run in runs if not has_run_checkpoint(run[2])]
         runs = [run for run in runs if run not in not_timed]
