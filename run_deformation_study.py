@@ -11,7 +11,9 @@ SyN, trains ULAE-net and VoxelMorph x2 again at every ``--magnitudes`` level, an
 ``ulae_steps.png`` (see :mod:`gsmorph_tf.studies.deformation_study`). Re-running the same command resumes: finished runs
 are read back, an interrupted one continues; with ``--record_dir`` the finished runs' records (and the outputs, when
 the call covers every run kept there) are also kept in a folder small enough to commit, so the study resumes on
-another machine.
+another machine. The same command may run in several processes at once (e.g. one per core, each with
+``TF_NUM_INTRAOP_THREADS=1``): each skips the runs another is training, and the call that finds every run finished
+writes the outputs (run it once more at the end).
 """
 import gsmorph_tf  # noqa: F401  (legacy Keras before TensorFlow)
 
@@ -122,6 +124,8 @@ def main(argv):
         summary = deformation_study.run_deformation_study(plan)
     except (ConfigError, DatasetError, ImportError) as error:
         return fail(error)
+    if summary is None:     # runs left to other processes on the same study: the last call writes the outputs
+        return 0
     print("\n" + summary["table"])
     print("\nWrote deformation_table.md, deformation_study.json and the figures to %s%s"
           % (FLAGS.output_dir, " (and %s)" % FLAGS.record_dir if summary["recorded"] else ""))

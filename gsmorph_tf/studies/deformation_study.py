@@ -41,6 +41,13 @@ and figures need, small enough to commit: ``study_config.json``, every finished 
 place in the tree (``disp<level>/<slug>[/seed<k>]/``), the network of the run Fig. 3 draws
 (:func:`gsmorph_tf.train.runs.save_network_weights`) and the outputs. A run whose record is kept there is read
 back on any machine instead of trained again; checkpoints and TensorBoard events stay in ``output_dir``.
+
+**Several processes on one study.** The same call may run in several processes at once on one ``output_dir``
+(e.g. one single-thread process per core): each run's folder is locked by the process training it
+(:mod:`gsmorph_tf.train.rundir`), and a process that meets a run another live process is training skips it (and
+VoxelMorph x2 while VoxelMorph's lambda waits for such a run) and goes on to the next. A call that skipped runs
+writes no outputs; the call that finds every run finished writes them: run the command once more after the others
+end (it reads every run back).
 """
 from gsmorph_tf import compat  # noqa: F401  (legacy Keras before TensorFlow)
 
@@ -58,7 +65,7 @@ from gsmorph_tf.evaluate.timing import machine_description
 from gsmorph_tf.fileio import atomic_copy, atomic_save_figure, atomic_write_text
 from gsmorph_tf.studies import paper_comparison, seed_studies
 from gsmorph_tf.studies.paper_comparison import Method
-from gsmorph_tf.train import training
+from gsmorph_tf.train import rundir, training
 from gsmorph_tf.train.runs import (NETWORK_WEIGHTS, has_run_checkpoint, load_network_weights,
                                    load_run_for_inference, read_run_config, save_network_weights)
 
@@ -336,15 +343,29 @@ def check_study_folder(plan):
         config.save(path)
 
 
+def in_training_elsewhere(folder):
+    """Whether another live process is training the run in ``folder`` (it holds the run's lock,
+    :func:`gsmorph_tf.train.rundir.check_not_in_use`) and the run has not finished (no ``study_run.json``)."""
+    if os.path.exists(os.path.join(folder, "study_run.json")):
+        return False
+    try:
+        rundir.check_not_in_use(folder)
+    except ConfigError:
+        return True
+    return False
+
+
 def run_deformation_study(plan, log=print):
     """Run (or resume) every run of ``plan`` and write its table, figures and JSON to ``plan.output_dir``.
 
     Every bad input (settings, the baselines extra for SyN, a study folder holding other settings, each level's
-    data) fails before any training.
+    data) fails before any training. A run another process is training is skipped (:func:`in_training_elsewhere`;
+    see the module docstring), and then no output is written.
 
     Returns:
         The study's summary (:func:`summarize`) with ``table`` (the Markdown written to ``deformation_table.md``)
-        and ``recorded`` (whether the outputs were copied to the record folder: :func:`write_outputs`).
+        and ``recorded`` (whether the outputs were copied to the record folder: :func:`write_outputs`); None when
+        runs were skipped.
     """
     plan.validate()
     paper_comparison.check_requirements(plan.methods)
@@ -353,34 +374,59 @@ def run_deformation_study(plan, log=print):
     records = {level: {} for level in plan.levels}
     main = plan.main_level
     chosen = plan.lambdas[0] if len(plan.lambdas) == 1 else None
-    figure_network, done, total, folders = None, 0, plan.run_count(), []
+    figure_network, done, total, folders, skipped = None, 0, plan.run_count(), [], []
     for level in plan.levels:
         config = plan.level_config(level)
         for method in plan.level_methods(level):
+            seeds = plan.seeds if method.kind == "learned" else (None,)
+            if method.name == VOXELMORPH_X2 and chosen is None:
+                done += len(seeds)
+                skipped += ["%s at %g voxels, seed %d" % (method.name, level, seed) for seed in seeds]
+                log("[%d/%d] %s (max displacement %g voxels): skipped, VoxelMorph's lambda is not chosen yet (its "
+                    "runs are training in another process)" % (done, total, method.name, level))
+                continue
             if method.name == VOXELMORPH:
                 rows = [_voxelmorph_row(method, lam, VOXELMORPH) for lam in plan.lambdas]
             elif method.name == VOXELMORPH_X2:
                 rows = [_voxelmorph_row(method, chosen, VOXELMORPH_X2)]
             else:
                 rows = [method]
+            level_skipped = len(skipped)
             for row in rows:
-                for seed in (plan.seeds if method.kind == "learned" else (None,)):
+                for seed in seeds:
                     done += 1
-                    log("[%d/%d] %s%s (max displacement %g voxels)"
-                        % (done, total, row.name, "" if seed is None else ", seed %d" % seed, level))
+                    what = "%s%s (max displacement %g voxels)" % (row.name, "" if seed is None else ", seed %d" % seed,
+                                                                  level)
                     folder = os.path.join(plan.output_dir, level_name(level), row.slug)
                     folder = folder if seed is None else os.path.join(folder, "seed%d" % seed)
                     folders.append(os.path.relpath(folder, plan.output_dir))
+                    if in_training_elsewhere(folder):
+                        log("[%d/%d] %s: skipped, another process is training it" % (done, total, what))
+                        skipped.append(what)
+                        continue
+                    log("[%d/%d] %s" % (done, total, what))
                     trained = {}
-                    record = run_record(row, seed, level, config, splits[level], folder, log, trained,
-                                        plan.record_folder(folder))
+                    try:
+                        record = run_record(row, seed, level, config, splits[level], folder, log, trained,
+                                            plan.record_folder(folder))
+                    except ConfigError:
+                        if not in_training_elsewhere(folder):   # not taken by another process meanwhile
+                            raise
+                        log("[%d/%d] %s: skipped, another process started training it" % (done, total, what))
+                        skipped.append(what)
+                        continue
                     records[level].setdefault(row.name, []).append(record)
                     if (level, row.name, seed) == (main, ULAE, plan.seeds[0]):
                         figure_network = trained.get(row.name)
                         keep_figure_network(plan, folder, figure_network)
-            if method.name == VOXELMORPH and level == main:
+            if method.name == VOXELMORPH and level == main and len(skipped) == level_skipped:
                 chosen = choose_lambda(records[main], plan.lambdas)[0]
                 log("VoxelMorph's lambda chosen on the validation split: %g" % chosen)
+    if skipped:
+        log("%d run(s) were skipped, being trained by other processes: %s. No outputs written: run the same command "
+            "again once those processes have ended; it reads every finished run back and writes them."
+            % (len(skipped), "; ".join(skipped)))
+        return None
     summary = summarize(records, plan, chosen)
     write_outputs(plan, records, summary, splits, figure_network, folders, log)
     return summary

@@ -19,6 +19,7 @@ from gsmorph_tf.errors import ConfigError, DatasetError
 from gsmorph_tf.evaluate import evaluation
 from gsmorph_tf.studies import deformation_study, paper_comparison, seed_studies
 from gsmorph_tf.studies.deformation_study import StudyPlan
+from gsmorph_tf.train import rundir
 
 from conftest import ROOT
 
@@ -343,6 +344,58 @@ def test_the_whole_command_on_a_tiny_task_and_its_resume(tmp_path, capsys):
     assert "[15/15] ULAE-net, seed 1 (max displacement 1 voxels)" in again.out and "training" not in again.out
     resumed = json.loads((study / "deformation_study.json").read_text())
     assert resumed["summary"] == summary and resumed["runs"] == saved["runs"]
+
+
+def test_several_processes_share_a_study_by_the_run_locks(tmp_path, capsys):
+    """Runs another live process is training are skipped (and VoxelMorph x2 while VoxelMorph's lambda waits for one),
+    also when the other process takes a run between the check and the training; a call that skipped runs writes
+    no outputs, and the next call trains just those runs and writes them."""
+    import contextlib
+
+    argv = ["--data_dir=%s" % (tmp_path / "data"), "--output_dir=%s" % (tmp_path / "study"), "--epochs=2",
+            "--seeds=0,1", "--lambdas=0.5,1", "--magnitudes=1",
+            "--methods=Initial,VoxelMorph,VoxelMorph x2,ULAE-net"] + TINY_FLAGS
+    study = tmp_path / "study"
+    vxm, ulae, raced = (study / "disp2" / "voxelmorph_lam0.5" / "seed0", study / "disp1" / "ulae" / "seed1",
+                        study / "disp2" / "ulae" / "seed0")
+    calls, others = [], contextlib.ExitStack()
+    learned = fake_learned(calls)
+
+    def racing(method, config, splits, folder, *args, **kwargs):
+        if folder == str(raced):     # another process locks this run just before this one would train it
+            others.enter_context(rundir.locked(folder))
+            raise ConfigError("output_dir %s is in use by another run" % folder)
+        return learned(method, config, splits, folder, *args, **kwargs)
+
+    with others:
+        others.enter_context(rundir.locked(str(vxm)))
+        others.enter_context(rundir.locked(str(ulae)))
+        status, out = run_command(argv, racing, capsys)
+    assert status == 0, out.err
+    assert "VoxelMorph (lam=0.5), seed 0 (max displacement 2 voxels): skipped, another process is training it" \
+        in out.out
+    assert "ULAE-net, seed 0 (max displacement 2 voxels): skipped, another process started training it" in out.out
+    assert "ULAE-net, seed 1 (max displacement 1 voxels): skipped, another process is training it" in out.out
+    for level in (2, 1):
+        assert "VoxelMorph x2 (max displacement %d voxels): skipped, VoxelMorph's lambda is not chosen yet" % level \
+            in out.out
+    assert "VoxelMorph's lambda chosen" not in out.out
+    assert "7 run(s) were skipped, being trained by other processes" in out.out and "No outputs written" in out.out
+    assert not (study / "deformation_study.json").exists() and not (study / "deformation_table.md").exists()
+    first = {c.output_dir for c in calls}
+    assert len(first) == 5 and not {str(vxm), str(ulae), str(raced)} & first   # VoxelMorph x3, ULAE-net x2
+    assert not any("voxelmorph_x2" in folder for folder in first)
+
+    # The last call, the others ended: it trains just the skipped runs and writes the outputs.
+    calls.clear()
+    status, out = run_command(argv, fake_learned(calls), capsys)
+    assert status == 0, out.err
+    assert "skipped" not in out.out and "VoxelMorph's lambda chosen on the validation split: 1" in out.out
+    x2 = {str(study / level / "voxelmorph_x2_lam1" / ("seed%d" % seed))
+          for level in ("disp2", "disp1") for seed in (0, 1)}
+    assert {c.output_dir for c in calls} == {str(vxm), str(ulae), str(raced)} | x2
+    saved = json.loads((study / "deformation_study.json").read_text())
+    assert [r["seed"] for r in saved["runs"]["disp1"]["ULAE-net"]] == [0, 1]
 
 
 def test_a_study_carried_to_another_machine_by_its_record_folder(tmp_path, capsys):
