@@ -355,6 +355,23 @@ def in_training_elsewhere(folder):
     return False
 
 
+def record_unless_elsewhere(method, seed, level, config, splits, folder, log, networks, kept, label):
+    """:func:`run_record` (its arguments), announced by logging ``label``; None (logged) when another live process
+    is training the run, found before this process would start it or by the trainer's lock error when the other
+    process took it in between."""
+    if in_training_elsewhere(folder):
+        log("%s: skipped, another process is training it" % label)
+        return None
+    log(label)
+    try:
+        return run_record(method, seed, level, config, splits, folder, log, networks, kept)
+    except ConfigError:
+        if not in_training_elsewhere(folder):
+            raise
+        log("%s: skipped, another process started training it" % label)
+        return None
+
+
 def run_deformation_study(plan, log=print):
     """Run (or resume) every run of ``plan`` and write its table, figures and JSON to ``plan.output_dir``.
 
@@ -400,19 +417,10 @@ def run_deformation_study(plan, log=print):
                     folder = os.path.join(plan.output_dir, level_name(level), row.slug)
                     folder = folder if seed is None else os.path.join(folder, "seed%d" % seed)
                     folders.append(os.path.relpath(folder, plan.output_dir))
-                    if in_training_elsewhere(folder):
-                        log("[%d/%d] %s: skipped, another process is training it" % (done, total, what))
-                        skipped.append(what)
-                        continue
-                    log("[%d/%d] %s" % (done, total, what))
                     trained = {}
-                    try:
-                        record = run_record(row, seed, level, config, splits[level], folder, log, trained,
-                                            plan.record_folder(folder))
-                    except ConfigError:
-                        if not in_training_elsewhere(folder):   # not taken by another process meanwhile
-                            raise
-                        log("[%d/%d] %s: skipped, another process started training it" % (done, total, what))
+                    record = record_unless_elsewhere(row, seed, level, config, splits[level], folder, log, trained,
+                                                     plan.record_folder(folder), "[%d/%d] %s" % (done, total, what))
+                    if record is None:
                         skipped.append(what)
                         continue
                     records[level].setdefault(row.name, []).append(record)
