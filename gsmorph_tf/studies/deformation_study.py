@@ -343,6 +343,11 @@ def check_study_folder(plan):
         config.save(path)
 
 
+def run_label(name, seed, level):
+    """How the study names a run in its log: ``<row>[, seed <k>] (max displacement <level> voxels)``."""
+    return "%s%s (max displacement %g voxels)" % (name, "" if seed is None else ", seed %d" % seed, level)
+
+
 def in_training_elsewhere(folder):
     """Whether another live process is training the run in ``folder`` (it holds the run's lock,
     :func:`gsmorph_tf.train.rundir.check_not_in_use`) and the run has not finished (no ``study_run.json``)."""
@@ -398,9 +403,9 @@ def run_deformation_study(plan, log=print):
             seeds = plan.seeds if method.kind == "learned" else (None,)
             if method.name == VOXELMORPH_X2 and chosen is None:
                 done += len(seeds)
-                skipped += ["%s at %g voxels, seed %d" % (method.name, level, seed) for seed in seeds]
-                log("[%d/%d] %s (max displacement %g voxels): skipped, VoxelMorph's lambda is not chosen yet (its "
-                    "runs are training in another process)" % (done, total, method.name, level))
+                skipped += [run_label(method.name, seed, level) for seed in seeds]
+                log("[%d/%d] %s: skipped, VoxelMorph's lambda is not chosen yet (its runs are training in another "
+                    "process)" % (done, total, run_label(method.name, None, level)))
                 continue
             if method.name == VOXELMORPH:
                 rows = [_voxelmorph_row(method, lam, VOXELMORPH) for lam in plan.lambdas]
@@ -412,8 +417,7 @@ def run_deformation_study(plan, log=print):
             for row in rows:
                 for seed in seeds:
                     done += 1
-                    what = "%s%s (max displacement %g voxels)" % (row.name, "" if seed is None else ", seed %d" % seed,
-                                                                  level)
+                    what = run_label(row.name, seed, level)
                     folder = os.path.join(plan.output_dir, level_name(level), row.slug)
                     folder = folder if seed is None else os.path.join(folder, "seed%d" % seed)
                     folders.append(os.path.relpath(folder, plan.output_dir))
