@@ -189,16 +189,17 @@ def loss_cost(shape, steps, formula):
     from gsmorph_tf.evaluate.timing import median_ms
 
     rng = np.random.default_rng(0)
-    fixed = tf.constant(rng.random((1, *shape, 1), np.float32))
-    moved = tf.Variable(rng.random((1, *shape, 1), np.float32))
+    fixed, moved = (tf.constant(rng.random((1, *shape, 1), np.float32)) for _ in range(2))
     result = {}
     for name, windows, weights, sums in LOSSES:
+        # Both images are arguments, as in a train step (not constants the graph optimiser could fold).
         @tf.function
-        def value_and_grad(windows=windows, weights=weights, sums=getattr(losses, sums)):
+        def value_and_grad(fixed, moved, windows=windows, weights=weights, sums=getattr(losses, sums)):
             with tf.GradientTape() as tape:
+                tape.watch(moved)
                 value = losses.windowed_ncc_loss(fixed, moved, windows, weights, formula, window_sums=sums)
             return value, tape.gradient(value, moved)
-        result[name] = median_ms(lambda f=value_and_grad: float(f()[0]), steps)
+        result[name] = median_ms(lambda f=value_and_grad: float(f(fixed, moved)[0]), steps)
     return result
 
 

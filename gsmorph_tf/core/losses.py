@@ -53,40 +53,30 @@ def check_ncc_window(window):
     return int(window)
 
 
-def _running_box_sums(images, window):
-    """:func:`box_sums` without its gradient: along each spatial axis in turn, the difference of two entries of a
-    running sum (a summed-area table one axis at a time): with the axis zero-padded by ``(window - 1) // 2 + 1``
-    voxels before and ``window // 2`` after, and ``R`` its cumulative sum, the window sum at voxel ``i`` is
-    ``R[i + window] - R[i]``. Summed in float64, so that the difference of two large running sums keeps the
-    window sum's float32 precision (float64 sums are exact to ~1e-16 relative here); returned in the dtype of
-    ``images``."""
-    ndim = images.shape.rank - 2
-    sums = tf.cast(images, tf.float64)
-    for axis in range(1, ndim + 1):
-        padding = [[0, 0]] * (ndim + 2)
-        padding[axis] = [(window - 1) // 2 + 1, window // 2]
-        running = tf.cumsum(tf.pad(sums, padding), axis=axis)
-        begin, size = [0] * (ndim + 2), [-1] * (ndim + 2)
-        size[axis] = tf.shape(sums)[axis]
-        upper = tf.slice(running, begin[:axis] + [window] + begin[axis + 1:], size)
-        sums = upper - tf.slice(running, begin, size)
-    return tf.cast(sums, images.dtype)
+def _ones_convolution(images, kernel_shape):
+    """``images`` ``[B, *vol, 1]`` convolved with a ones kernel of spatial shape ``kernel_shape`` ('SAME', zero
+    padding): the sum over a ``kernel_shape`` box around each voxel, ``[B, *vol, 1]``."""
+    # data_format named: without it, TensorFlow 2.21's eager Conv3D gradient fails (the attribute reads None).
+    data_format = "NDHWC" if len(kernel_shape) == 3 else "NHWC"
+    return tf.nn.convolution(images, tf.ones(list(kernel_shape) + [1, 1], images.dtype), padding="SAME",
+                             data_format=data_format)
 
 
 def box_sums(images, window):
     """Sum of each channel of ``images`` over the ``window``-sided cube around each voxel, zero outside the
-    volume: the numbers of :func:`box_sums_direct`, in ``O(1)`` work per voxel and axis instead of
-    ``O(window^ndim)`` per voxel.
+    volume: the numbers of :func:`box_sums_direct`, in ``O(window)`` work per voxel instead of
+    ``O(window^ndim)``.
 
     The cube is 'same' (TensorFlow's convention): ``(window - 1) // 2`` voxels before each voxel and
-    ``window // 2`` after, along each axis. It is filtered one axis at a time, each pass the difference of two
-    entries of a running sum (:func:`_running_box_sums`); the gradient is the same box sum of the incoming
-    gradient (the box sum is its own adjoint; for an even window, mirrored). (A first version filtered with
-    'same' average pooling; on CPUs without AVX-512, TensorFlow's 3D average pooling ran many times slower
-    than the running sum.)
+    ``window // 2`` after, along each axis. It is filtered one axis at a time by a 1-D convolution with a ones
+    kernel ('SAME', zero padding), each channel folded into the batch so that every convolution has one input
+    and one output channel; the gradient is TensorFlow's, the same box sum of the incoming gradient (mirrored
+    for an even window). Earlier versions used 'same' average pooling (slow in 3D on CPUs without AVX-512) and
+    then running sums in float64, slower than these convolutions from 80x96x80 up (docs/results/speed.md).
 
     Args:
-        images: ``[B, *vol, C]``, 2D or 3D; each channel is summed on its own; any float dtype.
+        images: ``[B, *vol, C]``, 2D or 3D; each channel is summed on its own; float32 or float64 (float16 and
+            bfloat16 are summed in float32).
         window: cube side in voxels, a positive integer.
 
     Returns:
@@ -94,17 +84,18 @@ def box_sums(images, window):
     """
     window = check_ncc_window(window)
     images = tf.convert_to_tensor(images)
-    spatial_axes = list(range(1, _spatial_rank(images) + 1))
-
-    @tf.custom_gradient
-    def sums(x):
-        def adjoint(upstream):
-            if window % 2:
-                return _running_box_sums(upstream, window)
-            return tf.reverse(_running_box_sums(tf.reverse(upstream, spatial_axes), window), spatial_axes)
-        return _running_box_sums(x, window), adjoint
-
-    return sums(images)
+    ndim = _spatial_rank(images)
+    channels = images.shape[-1]
+    sums = tf.cast(images, tf.float32) if images.dtype in (tf.float16, tf.bfloat16) else images
+    if channels != 1:  # [B, *vol, C] -> [C * B, *vol, 1], channel-major
+        sums = tf.expand_dims(tf.concat(tf.unstack(sums, axis=-1), axis=0), -1)
+    for axis in range(ndim):
+        kernel_shape = [1] * ndim
+        kernel_shape[axis] = window
+        sums = _ones_convolution(sums, kernel_shape)
+    if channels != 1:
+        sums = tf.stack(tf.split(sums[..., 0], channels, axis=0), axis=-1)
+    return tf.cast(sums, images.dtype)
 
 
 def box_sums_direct(images, window):
@@ -116,27 +107,31 @@ def box_sums_direct(images, window):
     """
     window = check_ncc_window(window)
     images = tf.convert_to_tensor(images)
-    kernel = tf.ones([window] * _spatial_rank(images) + [1, 1], images.dtype)
-    return tf.concat([tf.nn.convolution(images[..., c:c + 1], kernel, padding="SAME")
-                      for c in range(images.shape[-1])], axis=-1)
+    kernel_shape = [window] * _spatial_rank(images)
+    return tf.concat([_ones_convolution(images[..., c:c + 1], kernel_shape) for c in range(images.shape[-1])],
+                     axis=-1)
 
 
 def ncc_moments(fixed, moved):
-    """The five maps local NCC sums over windows: ``[B, *vol, 5]`` = ``I, J, I^2, J^2, I*J`` for ``I = fixed``,
-    ``J = moved`` (both ``[B, *vol, 1]``, 2D or 3D)."""
+    """The five maps local NCC sums over windows, in two stacks along the batch axis: ``(fixed_maps,
+    moved_maps)``, ``[2 * B, *vol, 1]`` = ``I, I^2`` and ``[3 * B, *vol, 1]`` = ``J, J^2, I*J`` (each map
+    ``[B, *vol, 1]``) for ``I = fixed``, ``J = moved`` (both ``[B, *vol, 1]``, 2D or 3D). Along the batch axis
+    rather than as channels, so that :func:`box_sums` filters one channel; in two stacks, so that a gradient
+    with respect to the moved image only (training) does not pass back through the fixed image's window sums."""
     fixed, moved = tf.convert_to_tensor(fixed), tf.convert_to_tensor(moved)
     for what, image in (("fixed", fixed), ("moved", moved)):
         _spatial_rank(image, what)
         if image.shape[-1] != 1:
             raise ValueError("local NCC takes one-channel images [B, *vol, 1]; %s has shape %s" % (what, image.shape))
-    return tf.concat([fixed, moved, fixed * fixed, moved * moved, fixed * moved], axis=-1)
+    return tf.concat([fixed, fixed * fixed], axis=0), tf.concat([moved, moved * moved, fixed * moved], axis=0)
 
 
-def local_ncc(sums, window, formula):
+def local_ncc(fixed_sums, moved_sums, window, formula):
     """Squared local correlation per voxel from window sums.
 
     Args:
-        sums: ``[B, *vol, 5]``: window sums of the :func:`ncc_moments` maps ``I, J, I^2, J^2, I*J``.
+        fixed_sums, moved_sums: ``[2 * B, *vol, 1]`` and ``[3 * B, *vol, 1]``: window sums of the two
+            :func:`ncc_moments` stacks, ``I, I^2`` and ``J, J^2, I*J``.
         window: the window side the sums were taken over; the means divide by ``n = window^ndim`` voxels,
             also at the borders where part of the window is zero padding.
         formula: ``voxelmorph`` (clamped, voxelmorph 0.2) or ``reference`` (the ULAE-net code); see the module
@@ -149,8 +144,9 @@ def local_ncc(sums, window, formula):
         ``cross^2 / (I_var * J_var + eps)``; ``eps`` = :data:`NCC_EPS`.
     """
     check_ncc_formula(formula)
-    n = float(window ** (sums.shape.rank - 2))
-    i_sum, j_sum, i2_sum, j2_sum, ij_sum = tf.split(sums, 5, axis=-1)
+    n = float(window ** (moved_sums.shape.rank - 2))
+    i_sum, i2_sum = tf.split(fixed_sums, 2, axis=0)
+    j_sum, j2_sum, ij_sum = tf.split(moved_sums, 3, axis=0)
     # voxelmorph's and the reference code's expressions (the means u = sum / n written out), kept as they are
     # so that rounding, which matters where the variances are near eps, follows theirs.
     u_i, u_j = i_sum / n, j_sum / n
@@ -183,8 +179,9 @@ def windowed_ncc_loss(fixed, moved, windows, weights, formula, window_sums=box_s
     if len(windows) != len(weights) or not windows:
         raise ValueError("windowed_ncc_loss takes one weight per window, got windows %r and weights %r"
                          % (windows, weights))
-    moments = ncc_moments(fixed, moved)
-    terms = [weight * tf.reduce_mean(local_ncc(window_sums(moments, window), window, formula))
+    fixed_maps, moved_maps = ncc_moments(fixed, moved)
+    terms = [weight * tf.reduce_mean(local_ncc(window_sums(fixed_maps, window), window_sums(moved_maps, window),
+                                               window, formula))
              for window, weight in zip(windows, weights)]
     return -tf.add_n(terms)
 

@@ -38,21 +38,13 @@ def structured_pair(shape, seed=0):
 PAIRS = {"random": random_pair, "structured": structured_pair}
 
 
-def _value_and_gradient(loss, fixed, moved):
+def value_and_gradient(loss, fixed, moved):
+    """``loss(fixed, moved)`` and its gradient with respect to ``moved``, eagerly (also in 3D: the box sums name
+    the convolutions' data_format, without which TensorFlow 2.21's eager Conv3D gradient fails)."""
     with tf.GradientTape() as tape:
         tape.watch(moved)
         value = loss(fixed, moved)
     return value, tape.gradient(value, moved)
-
-
-_traced_value_and_gradient = tf.function(_value_and_gradient, reduce_retracing=True)
-
-
-def value_and_gradient(loss, fixed, moved):
-    """``loss(fixed, moved)`` and its gradient with respect to ``moved``: eagerly in 2D (no tracing, fast),
-    under tf.function in 3D (TensorFlow 2.21's eager Conv3D gradient fails on a missing data_format)."""
-    run = _traced_value_and_gradient if moved.shape.rank == 5 else _value_and_gradient
-    return run(loss, fixed, moved)
 
 
 def assert_close(actual, expected, rtol):
@@ -111,6 +103,15 @@ def test_box_sums_equal_the_direct_convolution(shape, window):
     assert_same_loss(weighted(box_sums), weighted(box_sums_direct), images, images)
 
 
+@pytest.mark.parametrize("dtype, atol", [(tf.float16, 0.02), (tf.bfloat16, 0.2), (tf.float64, 1e-12)])
+def test_box_sums_keep_the_dtype(dtype, atol):
+    # Half-precision images are summed in float32 and rounded once; float64 stays float64 throughout.
+    images = np.random.default_rng(3).random((1, 8, 8, 8, 2))
+    sums = box_sums(tf.constant(images, dtype), 3)
+    assert sums.dtype == dtype
+    np.testing.assert_allclose(tf.cast(sums, tf.float64), box_sums_direct(tf.constant(images), 3), atol=atol)
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("pair", sorted(PAIRS))
 @pytest.mark.parametrize("formula", ["voxelmorph", "reference"])
@@ -120,6 +121,19 @@ def test_fast_ncc_equals_the_direct_convolution(shape, pair, formula):
         assert_same_loss(lambda f, m: windowed_ncc_loss(f, m, windows, weights, formula),
                          lambda f, m: windowed_ncc_loss(f, m, windows, weights, formula, window_sums=box_sums_direct),
                          fixed, moved)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_the_gradient_with_respect_to_the_fixed_image_too(shape):
+    # The fixed image's window sums are a stack of their own (a moved-only gradient skips them); a gradient with
+    # respect to the fixed image still passes through them.
+    fixed, moved = structured_pair(shape)
+    windows, weights = (11, 9, 7), (1.0, 0.5, 0.25)
+
+    def of_fixed(sums):  # the loss as a function of (moved, fixed): assert_same_loss differentiates the second
+        return lambda m, f: windowed_ncc_loss(f, m, windows, weights, "reference", window_sums=sums)
+
+    assert_same_loss(of_fixed(box_sums), of_fixed(box_sums_direct), moved, fixed)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
